@@ -1,0 +1,39 @@
+"""SFTPipeline: a base model plus an sft adapter, completing records or plain prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from peft_apps.core.config import Recipe, load_recipe
+from peft_apps.core.data import Record
+from peft_apps.core.engine import Engine, GenerationOptions
+
+
+class SFTPipeline:
+    def __init__(self, engine: Engine, recipe: Recipe):
+        self.engine = engine
+        self.recipe = recipe
+
+    @classmethod
+    def from_pretrained(cls, base: str | None, adapters: str | Path) -> "SFTPipeline":
+        engine = Engine.from_pretrained(base, adapters)
+        recipe_file = Path(adapters) / "recipe.yaml"
+        recipe = load_recipe(recipe_file) if recipe_file.is_file() else Recipe(app="sft")
+        return cls(engine, recipe)
+
+    def complete_records(self, records: Sequence[Record], recipe: Recipe | None = None) -> list[str]:
+        r = recipe or self.recipe
+        opts = GenerationOptions(max_new_tokens=r.eval.max_new_tokens, do_sample=r.eval.do_sample,
+                                 temperature=r.eval.temperature, top_p=r.eval.top_p,
+                                 batch_size=r.eval.batch_size, stop=list(r.task.get("stop", [])))
+        return [t.strip() for t in self.engine.chat([rec.prompt for rec in records], options=opts)]
+
+    def __call__(self, rows: Sequence[dict[str, Any] | str], template: str | None = None) -> list[str]:
+        """Complete each row (fields for the template) or plain prompt string."""
+        from peft_apps.core.prompts import render
+
+        tpl = template or self.recipe.data.template
+        recs = [Record.simple(str(i), render("sft", tpl, **(row if isinstance(row, dict) else {"prompt": row})), "")
+                for i, row in enumerate(rows)]
+        return self.complete_records(recs)

@@ -1,0 +1,259 @@
+"""Recipes: one YAML file per app and method, validated by a typed schema, with `key=value` overrides.
+
+    app: autore
+    model: {base: Qwen/Qwen2.5-7B-Instruct, quantization: nf4}
+    peft: {method: lora, r: 16, alpha: 32, target_modules: auto}
+    data: {train: path/to/train.json, max_length: 2048}
+    train: {lr: 2.0e-4, epochs: 3, batch_size: 4}
+
+`peft-apps train APP train.lr=1e-4 peft.r=8` overrides single keys; an unknown or ill-typed key is a
+`UserError` naming the key and the valid choices. App-specific settings live under `task:` and are
+validated by the app's own schema (`App.task_schema`).
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from peft_apps.core.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    base: str = Field("builtin:tiny", description="hub id, local directory, or builtin:tiny / builtin:small")
+    revision: str | None = None
+    trust_remote_code: bool = False
+    quantization: Literal["nf4", "int8", "none"] = "nf4"
+    double_quant: bool = True
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+
+
+class PeftConfig(_Section):
+    method: str = "lora"
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["auto", "all-linear"] = "auto"
+    modules_to_save: list[str] = Field(default_factory=list)
+    # prompt / prefix tuning
+    num_virtual_tokens: int = Field(20, ge=1)
+    prompt_init_text: str | None = None
+    # adalora rank budget
+    init_r: int = Field(12, ge=1)
+    target_r: int = Field(8, ge=1)
+    # anything else, passed to the peft config as is (e.g. {use_rslora: true})
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from peft_apps.core.methods import METHODS
+
+        if v not in METHODS:
+            raise ValueError(f"unknown PEFT method {v!r}; choose one of: {', '.join(METHODS)}")
+        return v
+
+
+class DataConfig(_Section):
+    train: str | None = Field(None, description="training file (app format); default: the app's bundled sample")
+    eval: str | None = None
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="held out from train when no eval file")
+    template: str = "default"
+    system_prompt: str | None = None
+    max_length: int = Field(1024, ge=8)
+    truncation: Literal["keep_start", "drop"] = "keep_start"
+    limit_train: int | None = Field(None, ge=1)
+    limit_eval: int | None = Field(None, ge=1)
+
+
+class TrainConfig(_Section):
+    output_dir: str = "runs/{app}-{recipe}"
+    lr: float = Field(2e-4, gt=0)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, description="overrides epochs when > 0")
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    batching: Literal["auto", "group_by_length", "packing", "random"] = "auto"
+    gradient_checkpointing: bool = True
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
+    optim: str = "auto"
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 42
+    save_steps: int = Field(100, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    logging_steps: int = Field(10, ge=1)
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
+
+
+class EvalConfig(_Section):
+    split: Literal["eval", "train"] = "eval"
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int = Field(128, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    limit: int | None = Field(None, ge=1)
+
+
+class Recipe(_Section):
+    app: str
+    name: str = "custom"
+    description: str = ""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    peft: PeftConfig = Field(default_factory=PeftConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    task: dict[str, Any] = Field(default_factory=dict, description="app-specific settings")
+
+    def output_dir(self) -> Path:
+        return Path(self.train.output_dir.format(app=self.app, recipe=self.name, method=self.peft.method))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# ---- loading and overrides ----------------------------------------------------------------------
+
+
+def _choices_at(model: type[BaseModel], path: list[str]) -> tuple[str, list[str]]:
+    """Walk `path` through the schema; return (dotted prefix that is valid, valid keys there)."""
+    cur: type[BaseModel] = model
+    done: list[str] = []
+    for part in path:
+        fields = cur.model_fields
+        if part not in fields:
+            return ".".join(done), sorted(fields)
+        ann = fields[part].annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            cur = ann
+            done.append(part)
+        else:
+            return ".".join(done + [part]), []
+    return ".".join(done), sorted(cur.model_fields)
+
+
+def _allowed_values(model: type[BaseModel], path: list[str]) -> list[str]:
+    cur: Any = model
+    for part in path:
+        if not (isinstance(cur, type) and issubclass(cur, BaseModel)) or part not in cur.model_fields:
+            return []
+        cur = cur.model_fields[part].annotation
+    out: list[str] = []
+
+    def walk(t: Any) -> None:
+        origin = typing.get_origin(t)
+        if origin is Literal:
+            out.extend(str(a) for a in typing.get_args(t))
+        elif origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            for a in typing.get_args(t):
+                walk(a)
+
+    walk(cur)
+    if path and path[-1] == "method" and path[0] == "peft":
+        from peft_apps.core.methods import METHODS
+
+        out = list(METHODS)
+    return out
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid recipe ({source}):"]
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        key = ".".join(loc)
+        if e["type"] == "extra_forbidden":
+            parent, valid = _choices_at(Recipe, loc[:-1])
+            lines.append(f"  unknown key {key!r}; valid keys{' under ' + parent if parent else ''}: {', '.join(valid)}")
+        else:
+            msg = e["msg"]
+            allowed = _allowed_values(Recipe, loc)
+            extra = f" (choices: {', '.join(allowed)})" if allowed and "choose one of" not in msg \
+                and "Input should be" not in msg else ""
+            lines.append(f"  {key}: {msg}{extra} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise UserError(f"override {item!r} is not of the form key=value (e.g. train.lr=1e-4)")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key:
+        raise UserError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        if path[0] != "task":  # task.* is free-form here and checked by the app
+            parent, valid = _choices_at(Recipe, path)
+            if valid and path[-1] not in valid and ".".join(path) != parent:
+                where = f" under {parent!r}" if parent else ""
+                raise UserError(f"unknown recipe key {'.'.join(path)!r}; valid keys{where}: {', '.join(valid)}")
+        node = data
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise UserError(f"cannot set {'.'.join(path)!r}: {part!r} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, app: str | None = None) -> Recipe:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise UserError(f"recipe file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"recipe {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"recipe {path} must be a mapping at the top level")
+    data.setdefault("name", path.stem)
+    if app is not None:
+        data.setdefault("app", app)
+    data = apply_overrides(data, overrides or [])
+    return validate_recipe(data, source=str(path))
+
+
+def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise UserError(_format_validation_error(err, source)) from None
+
+
+def validate_task(recipe: Recipe, schema: type[BaseModel]) -> BaseModel:
+    """Validate the recipe's `task:` section against an app's schema, with the same error style."""
+    try:
+        return schema.model_validate(recipe.task)
+    except ValidationError as err:
+        lines = [f"invalid task settings for app {recipe.app!r}:"]
+        for e in err.errors():
+            key = "task." + ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                lines.append(f"  unknown key {key!r}; valid keys: {', '.join(sorted(schema.model_fields))}")
+            else:
+                lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+        raise UserError("\n".join(lines)) from None

@@ -1,0 +1,176 @@
+"""From an app's records to token ids: chat template, completion-only labels, counted truncation.
+
+An app hands the core `Record`s (prompt messages + completion text). The core renders them with the
+model's chat template, tokenizes prompt and completion separately (so training sees exactly the ids
+that inference will feed: the prompt alone, then generation), marks completion tokens for the loss,
+and truncates to `max_length` with a report of what was cut or dropped: never silently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from peft_apps.core.errors import UserError
+
+
+@dataclass
+class Record:
+    id: str
+    prompt: list[dict[str, str]]  # chat messages ending with the user's turn
+    completion: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def simple(cls, id: str, user: str, completion: str, system: str | None = None, **meta: Any) -> "Record":
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        return cls(id=str(id), prompt=msgs, completion=completion, meta=meta)
+
+
+# ---- reading files ----------------------------------------------------------------------------
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object); a bad line is a UserError naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}")
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def require(obj: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...] = str) -> Any:
+    """`obj[key]`, or a UserError naming the place (file:line or document) and the field."""
+    if key not in obj:
+        raise UserError(f"{where}: missing field {key!r}")
+    value = obj[key]
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise UserError(f"{where}: field {key!r} must be {names}, got {type(value).__name__}")
+    return value
+
+
+def write_jsonl(path: str | Path, rows) -> int:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def load_prompt_completion_jsonl(path: str | Path) -> list[Record]:
+    """The generic record file: {"id"?, "prompt": str | messages, "completion": str, "system"?: str}."""
+    records = []
+    for lineno, obj in read_jsonl(path):
+        where = f"{path}:{lineno}"
+        prompt = require(obj, "prompt", where, (str, list))
+        completion = require(obj, "completion", where, str)
+        rid = str(obj.get("id", lineno - 1))
+        if isinstance(prompt, str):
+            records.append(Record.simple(rid, prompt, completion, system=obj.get("system")))
+        else:
+            for i, m in enumerate(prompt):
+                if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                    raise UserError(f"{where}: field 'prompt' item {i} must be {{role, content}}")
+            records.append(Record(rid, prompt, completion))
+    return records
+
+
+# ---- rendering and tokenizing -----------------------------------------------------------------
+
+
+def render_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # Base models without a chat template: plain text turns.
+    text = "".join(f"{m['content']}\n\n" for m in messages)
+    return (tokenizer.bos_token or "") + text
+
+
+def render_completion(tokenizer, messages: list[dict[str, str]], completion: str, prompt_text: str) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": completion}],
+                                             tokenize=False)
+        if full.startswith(prompt_text):
+            return full[len(prompt_text):]
+    return completion + (tokenizer.eos_token or "")
+
+
+def encode_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+
+@dataclass
+class TokenizeReport:
+    records: int = 0
+    kept: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    tokens: int = 0
+    completion_tokens: int = 0
+    max_length: int = 0
+    truncated_ids: list[str] = field(default_factory=list)
+    dropped_ids: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self.__dict__.copy()
+        d["truncated_ids"] = self.truncated_ids[:20]
+        d["dropped_ids"] = self.dropped_ids[:20]
+        return d
+
+    def summary(self, split: str) -> str:
+        s = f"{split}: {self.kept}/{self.records} records, {self.tokens} tokens"
+        if self.truncated:
+            s += f"; {self.truncated} truncated to {self.max_length} tokens (e.g. {', '.join(self.truncated_ids[:3])})"
+        if self.dropped:
+            s += f"; {self.dropped} dropped as longer than {self.max_length} (e.g. {', '.join(self.dropped_ids[:3])})"
+        return s
+
+
+def tokenize_records(records: list[Record], tokenizer, max_length: int, truncation: str = "keep_start"
+                     ) -> tuple[dict[str, list], TokenizeReport]:
+    """Columns `input_ids`, `completion_mask`, `length`, `id` for trl, and the truncation report.
+
+    `keep_start` keeps the first `max_length` tokens (the prompt first, then as much of the completion
+    as fits); a record whose prompt alone fills `max_length` has nothing to learn and is dropped.
+    `drop` drops every record longer than `max_length`. Both are counted in the report.
+    """
+    rep = TokenizeReport(records=len(records), max_length=max_length)
+    cols: dict[str, list] = {"input_ids": [], "completion_mask": [], "length": [], "id": []}
+    for rec in records:
+        p_text = render_prompt(tokenizer, rec.prompt)
+        c_text = render_completion(tokenizer, rec.prompt, rec.completion, p_text)
+        p_ids = tokenizer(p_text, add_special_tokens=False)["input_ids"]
+        c_ids = tokenizer(c_text, add_special_tokens=False)["input_ids"]
+        ids = p_ids + c_ids
+        mask = [0] * len(p_ids) + [1] * len(c_ids)
+        if len(ids) > max_length:
+            if truncation == "drop" or len(p_ids) >= max_length:
+                rep.dropped += 1
+                rep.dropped_ids.append(rec.id)
+                continue
+            ids, mask = ids[:max_length], mask[:max_length]
+            rep.truncated += 1
+            rep.truncated_ids.append(rec.id)
+        cols["input_ids"].append(ids)
+        cols["completion_mask"].append(mask)
+        cols["length"].append(len(ids))
+        cols["id"].append(rec.id)
+        rep.kept += 1
+        rep.tokens += len(ids)
+        rep.completion_tokens += sum(mask)
+    return cols, rep

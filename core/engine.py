@@ -1,0 +1,207 @@
+"""Inference engine: one base model, several named adapters, batched generation.
+
+    engine = Engine.from_pretrained("builtin:tiny", {"a": "runs/x", "b": "runs/y"})
+    engine.generate(["prompt 1", "prompt 2"], adapter="a")              # one adapter for the batch
+    engine.generate(["prompt 1", "prompt 2"], adapter=["a", "b"])       # one adapter per row (mixed batch)
+    engine.chat([[{"role": "user", "content": "..."}]])                 # the first adapter loaded
+    engine.generate(["prompt"], adapter="__base__")                     # the base model alone
+
+Rows are left-padded, sorted by length into batches so padding stays small, and decoded until EOS,
+a stop string or `max_new_tokens`. Greedy by default; `do_sample=True` with temperature/top_p samples.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from peft_apps.core.config import ModelConfig
+from peft_apps.core.data import render_prompt
+from peft_apps.core.errors import UserError
+
+BASE = "__base__"
+
+
+@dataclass
+class GenerationOptions:
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.95
+    stop: list[str] = field(default_factory=list)
+    batch_size: int = 8
+    seed: int | None = None
+
+
+def adapter_base_config(adapter_dir: str | Path) -> ModelConfig:
+    """The model section of the recipe an adapter was trained with (recipe.yaml beside it)."""
+    import yaml
+
+    d = Path(adapter_dir)
+    if not (d / "adapter_config.json").is_file():
+        raise UserError(f"{d} is not an adapter folder (no adapter_config.json)",
+                        hint="train one with `peft-apps train APP` or point --adapter at its output folder")
+    recipe = d / "recipe.yaml"
+    if recipe.is_file():
+        data = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+        return ModelConfig.model_validate(data.get("model", {}))
+    base = json.loads((d / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{d}: cannot tell which base model the adapter belongs to; pass --model")
+    return ModelConfig(base=base)
+
+
+class Engine:
+    def __init__(self, model, tokenizer, adapters: Sequence[str] = ()):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.adapters = list(adapters)
+        self.model.eval()
+
+    # ---- loading -----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, base: str | ModelConfig | None = None,
+                        adapters: str | Path | dict[str, str | Path] | None = None,
+                        quantize: bool | None = None) -> "Engine":
+        """`base`: hub id, path, `builtin:*` or a ModelConfig; None takes it from the first adapter's recipe.
+
+        `adapters`: one folder, or {name: folder}. `quantize` defaults to the recipe's setting.
+        """
+        from peft import PeftModel
+
+        from peft_apps.core.modeling import load_base_model, load_tokenizer
+
+        if isinstance(adapters, (str, Path)):
+            adapters = {"default": adapters}
+        adapters = dict(adapters or {})
+        if isinstance(base, ModelConfig):
+            mcfg = base
+        elif base is None:
+            if not adapters:
+                raise UserError("no base model and no adapter given")
+            mcfg = adapter_base_config(next(iter(adapters.values())))
+        else:
+            mcfg = ModelConfig(base=base)
+            if adapters:  # keep the adapter's quantization unless told otherwise
+                try:
+                    trained = adapter_base_config(next(iter(adapters.values())))
+                    mcfg = mcfg.model_copy(update={"quantization": trained.quantization, "dtype": trained.dtype})
+                except UserError:
+                    pass
+        if quantize is False:
+            mcfg = mcfg.model_copy(update={"quantization": "none"})
+        model = load_base_model(mcfg)
+        model.config.use_cache = True
+        first = next(iter(adapters), None)
+        tok_dir = str(adapters[first]) if first and (Path(adapters[first]) / "tokenizer_config.json").is_file() \
+            else None
+        tokenizer = load_tokenizer(mcfg, tok_dir)
+        if adapters:
+            for name, path in adapters.items():
+                if not (Path(path) / "adapter_config.json").is_file():
+                    raise UserError(f"{path} is not an adapter folder (no adapter_config.json)")
+                if isinstance(model, PeftModel):
+                    model.load_adapter(str(path), adapter_name=name)
+                else:
+                    model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+            model.set_adapter(first)
+        return cls(model, tokenizer, list(adapters))
+
+    def load_adapter(self, path: str | Path, name: str) -> None:
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(str(path), adapter_name=name)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+        self.adapters.append(name)
+        self.model.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---- generation --------------------------------------------------------------------------
+    def chat(self, conversations: Sequence[list[dict[str, str]]], adapter: str | Sequence[str] | None = None,
+             **opts: Any) -> list[str]:
+        prompts = [render_prompt(self.tokenizer, c) for c in conversations]
+        return self.generate(prompts, adapter=adapter, **opts)
+
+    def generate(self, prompts: Sequence[str], adapter: str | Sequence[str | None] | None = None,
+                 options: GenerationOptions | None = None, **opts: Any) -> list[str]:
+        """Complete each rendered prompt; returns the generated text only (no prompt, no EOS)."""
+        o = options or GenerationOptions(**opts)
+        n = len(prompts)
+        if n == 0:
+            return []
+        per_row = list(adapter) if isinstance(adapter, (list, tuple)) else [adapter] * n
+        if len(per_row) != n:
+            raise UserError(f"{len(per_row)} adapter names for {n} prompts")
+        default = self.adapters[0] if self.adapters else BASE
+        per_row = [default if a is None else a for a in per_row]
+        for a in set(per_row) - {BASE}:
+            if a not in self.adapters:
+                raise UserError(f"unknown adapter {a!r}; loaded: {', '.join(self.adapters) or '(none)'}")
+        enc = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        order = sorted(range(n), key=lambda i: len(enc[i]))
+        out: list[str] = [""] * n
+        for start in range(0, n, o.batch_size):
+            idx = order[start:start + o.batch_size]
+            texts = self._generate_ids([enc[i] for i in idx], [per_row[i] for i in idx], o)
+            for i, t in zip(idx, texts):
+                out[i] = t
+        return out
+
+    @torch.inference_mode()
+    def _generate_ids(self, rows: list[list[int]], adapters: list[str], o: GenerationOptions) -> list[str]:
+        pad = self.tokenizer.pad_token_id
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+        kw: dict[str, Any] = dict(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+            max_new_tokens=o.max_new_tokens, do_sample=o.do_sample, pad_token_id=pad,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        if o.do_sample:
+            kw.update(temperature=o.temperature, top_p=o.top_p)
+            if o.seed is not None:
+                torch.manual_seed(o.seed)
+        else:
+            kw.update(temperature=None, top_p=None, top_k=None)
+        if o.stop:
+            kw.update(stop_strings=o.stop, tokenizer=self.tokenizer)
+        if self.adapters:
+            if len(set(adapters)) == 1:
+                name = adapters[0]
+                if name == BASE:
+                    with self.model.disable_adapter():
+                        gen = self.model.generate(**kw)
+                else:
+                    self.model.set_adapter(name)
+                    gen = self.model.generate(**kw)
+            else:
+                gen = self.model.generate(**kw, adapter_names=adapters)
+        else:
+            gen = self.model.generate(**kw)
+        new = gen[:, width:]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        if o.stop:
+            texts = [_cut_at_stop(t, o.stop) for t in texts]
+        return texts
+
+
+def _cut_at_stop(text: str, stops: list[str]) -> str:
+    cut = len(text)
+    for s in stops:
+        j = text.find(s)
+        if j != -1:
+            cut = min(cut, j)
+    return text[:cut]

@@ -1,0 +1,42 @@
+"""Prompt templates as files: `prompts/<app>/<name>.j2`, Jinja2 with strict undefined variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from peft_apps.core.errors import UserError
+from peft_apps.core.resources import prompts_dir
+
+
+@lru_cache(maxsize=64)
+def _compile(text: str):
+    import jinja2
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False,
+                             autoescape=False)
+    return env.from_string(text)
+
+
+def template_path(app: str, name: str) -> Path:
+    p = Path(name)
+    if p.suffix in {".j2", ".jinja", ".txt"} and p.is_file():
+        return p
+    found = prompts_dir(app) / f"{name}.j2"
+    if not found.is_file():
+        names = sorted(x.stem for x in prompts_dir(app).glob("*.j2"))
+        raise UserError(f"app {app!r} has no prompt template {name!r}",
+                        hint=f"templates: {', '.join(names) or '(none)'} (in {prompts_dir(app)}), or a .j2 file path")
+    return found
+
+
+def render(app: str, name: str, where: str = "record", **variables: Any) -> str:
+    import jinja2
+
+    path = template_path(app, name)
+    try:
+        return _compile(path.read_text(encoding="utf-8")).render(**variables).strip()
+    except jinja2.UndefinedError as e:
+        raise UserError(f"{where}: prompt template {path.name} needs a field the record lacks ({e.message})") \
+            from None

@@ -1,0 +1,28 @@
+"""Paths of the package data (prompts/, data/) for editable installs and wheels alike."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+
+def package_root() -> Path:
+    return Path(str(files("peft_apps")))
+
+
+def prompts_dir(app: str) -> Path:
+    return package_root() / "prompts" / app
+
+
+def data_dir(*parts: str) -> Path:
+    return package_root().joinpath("data", *parts)
+
+
+def cache_dir() -> Path:
+    """Where built artefacts (the offline tiny models) are cached: $PEFT_APPS_CACHE or ~/.cache/peft-apps."""
+    import os
+
+    root = os.environ.get("PEFT_APPS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "peft-apps"
+    )
+    return Path(root)

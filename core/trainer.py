@@ -1,0 +1,377 @@
+"""Training: one recipe in, one adapter folder out. trl's SFTTrainer does the optimisation.
+
+    out/                         the adapter, loadable by plain `PeftModel.from_pretrained(base, out)`
+      adapter_model.safetensors  adapter_config.json  tokenizer files + chat template
+      recipe.yaml                the resolved recipe (after overrides)
+      metrics.json               train/eval loss, useful tokens/s, truncation report, timings
+      loss.png                   loss curve
+      tensorboard/               TensorBoard event files
+      checkpoints/checkpoint-N/  every `train.save_steps` steps, safetensors + JSON only (no pickle)
+
+What the core adds to SFTTrainer: data tokenized by the core with a counted truncation report,
+batching chosen by device (length grouping on CPU / without FlashAttention, padding-free packing with
+it), bf16 autocast where the hardware has it, AdaLoRA's budget schedule, pickle-free checkpoints and
+exact resume, a rich progress bar with loss, tokens/s and ETA.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from peft_apps.core import checkpoint as ckpt
+from peft_apps.core.config import Recipe
+from peft_apps.core.data import Record, TokenizeReport, tokenize_records
+from peft_apps.core.errors import UserError
+
+
+# ---- device-dependent choices -----------------------------------------------------------------
+
+
+def cpu_has_bf16() -> bool:
+    """AVX-512 BF16 or AMX: bf16 matmuls run natively on this CPU."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_precision(recipe: Recipe) -> str:
+    mp = recipe.train.mixed_precision
+    if mp != "auto":
+        return mp
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "no"
+
+
+def choose_batching(recipe: Recipe, attn_impl: str) -> str:
+    b = recipe.train.batching
+    if b != "auto":
+        return b
+    # Padding-free packing only pays with a varlen attention kernel; otherwise group by length.
+    return "packing" if torch.cuda.is_available() and attn_impl == "flash_attention_2" else "group_by_length"
+
+
+def choose_optim(recipe: Recipe, quantized: bool) -> str:
+    if recipe.train.optim != "auto":
+        return recipe.train.optim
+    return "paged_adamw_8bit" if torch.cuda.is_available() and quantized else "adamw_torch"
+
+
+# ---- callbacks ----------------------------------------------------------------------------------
+
+
+class AdaLoraCallback(TrainerCallback):
+    """AdaLoRA's rank reallocation needs the gradients: after optimizer.step, before zero_grad."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.model.base_model.update_and_allocate(state.global_step)
+
+
+class RichProgressCallback(TrainerCallback):
+    """A rich progress bar: step, loss, useful tokens/s, ETA."""
+
+    def __init__(self, trainer_ref: "CoreTrainer", console=None):
+        self.trainer_ref = trainer_ref
+        self.console = console
+        self.progress = None
+        self.task = None
+        self.loss = float("nan")
+        self.t0 = 0.0
+        self.tokens0 = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+            TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step,
+                                           loss="-", tps="-")
+        self.t0 = time.perf_counter()
+        self.tokens0 = self.trainer_ref.useful_tokens
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = logs["loss"]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is None:
+            return
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        tps = (self.trainer_ref.useful_tokens - self.tokens0) / dt
+        self.progress.update(self.task, completed=state.global_step,
+                             loss=f"{self.loss:.4f}" if self.loss == self.loss else "-", tps=f"{tps:,.0f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+# ---- the trainer --------------------------------------------------------------------------------
+
+
+def _trainer_cls():
+    from trl import SFTTrainer
+
+    class _CoreTrainer(SFTTrainer):
+        """SFTTrainer with pickle-free checkpoints and a count of useful (non-padding) tokens."""
+
+        useful_tokens: int = 0
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            am = inputs.get("attention_mask")
+            if am is not None:
+                self.useful_tokens += int(am.sum())
+            elif "position_ids" in inputs or "input_ids" in inputs:
+                self.useful_tokens += int(inputs["input_ids"].numel())
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        # checkpoint state as safetensors + JSON
+        def _save_optimizer_and_scheduler(self, output_dir):
+            os.makedirs(output_dir, exist_ok=True)
+            ckpt.save_optimizer(self.optimizer.state_dict(), output_dir)
+            ckpt.save_json_state(self.lr_scheduler.state_dict(), Path(output_dir) / ckpt.SCHEDULER)
+
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            if checkpoint is None:
+                return
+            if not (Path(checkpoint) / ckpt.OPTIMIZER).is_file():
+                raise UserError(f"checkpoint {checkpoint} has no {ckpt.OPTIMIZER}: it was not written by peft-apps")
+            self.optimizer.load_state_dict(ckpt.load_optimizer(checkpoint))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.lr_scheduler.load_state_dict(ckpt.load_json_state(Path(checkpoint) / ckpt.SCHEDULER))
+
+        def _save_scaler(self, output_dir):
+            scaler = getattr(self.accelerator, "scaler", None)
+            if scaler is not None:
+                ckpt.save_json_state(scaler.state_dict(), Path(output_dir) / ckpt.SCALER)
+
+        def _load_scaler(self, checkpoint):
+            scaler = getattr(self.accelerator, "scaler", None)
+            path = Path(checkpoint or "") / ckpt.SCALER
+            if scaler is not None and checkpoint and path.is_file():
+                scaler.load_state_dict(ckpt.load_json_state(path))
+
+        def _save_rng_state(self, output_dir):
+            os.makedirs(output_dir, exist_ok=True)
+            ckpt.save_rng(output_dir)
+
+        def _load_rng_state(self, checkpoint):
+            if checkpoint is not None:
+                ckpt.load_rng(checkpoint)
+
+        def _save(self, output_dir=None, state_dict=None):
+            super()._save(output_dir, state_dict)
+            out = Path(output_dir or self.args.output_dir)
+            (out / "training_args.bin").unlink(missing_ok=True)
+            (out / "training_args.json").write_text(self.args.to_json_string())
+
+    return _CoreTrainer
+
+
+CoreTrainer = Any  # typing alias for the class built lazily by _trainer_cls
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    metrics: dict[str, Any]
+
+
+def _plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tr = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    ev = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    if not tr and not ev:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if tr:
+        ax.plot(*zip(*tr), label="train loss")
+    if ev:
+        ax.plot(*zip(*ev), "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record] | None = None, *,
+          resume: bool = False, console=None, stop_after_steps: int | None = None) -> TrainResult:
+    """Train an adapter as `recipe` says on the given records; returns where it went and its metrics.
+
+    `stop_after_steps` ends training after that many optimizer steps as if interrupted (checkpoints
+    stay, no final adapter is written): it is how the resume test simulates a crash.
+    """
+    from datasets import Dataset
+    from rich.console import Console
+    from transformers.integrations import TensorBoardCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig
+
+    from peft_apps.core.modeling import attach_peft, attn_implementation, is_quantized, load_base_model, \
+        load_tokenizer
+
+    console = console or Console(stderr=True)
+    if not train_records:
+        raise UserError("no training records: check data.train and the app's converter report")
+    out = recipe.output_dir()
+    ckpt_dir = out / "checkpoints"
+    last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
+    if resume and last is None:
+        raise UserError(f"--resume: no checkpoint found under {ckpt_dir}")
+    if not resume and (out / "adapter_config.json").exists():
+        console.print(f"[yellow]note:[/] {out} already holds an adapter; it will be overwritten")
+
+    t_start = time.perf_counter()
+    tokenizer = load_tokenizer(recipe.model)
+    max_len = recipe.data.max_length
+    train_cols, train_rep = tokenize_records(train_records, tokenizer, max_len, recipe.data.truncation)
+    eval_cols, eval_rep = (tokenize_records(eval_records, tokenizer, max_len, recipe.data.truncation)
+                           if eval_records else (None, TokenizeReport()))
+    for split, rep in (("train", train_rep), ("eval", eval_rep)):
+        if rep.records:
+            style = "yellow" if rep.truncated or rep.dropped else "dim"
+            console.print(f"[{style}]{rep.summary(split)}[/]")
+    if not train_rep.kept:
+        raise UserError(f"every training record is longer than data.max_length={max_len}")
+
+    precision = choose_precision(recipe)
+    tc = recipe.train
+    steps_per_epoch = math.ceil(train_rep.kept / (tc.batch_size * tc.grad_accum))
+    total_steps = tc.max_steps if tc.max_steps > 0 else math.ceil(steps_per_epoch * tc.epochs)
+
+    model = load_base_model(recipe.model)
+    attn = attn_implementation(recipe.model)
+    batching = choose_batching(recipe, attn)
+    model = attach_peft(model, recipe, total_steps, tc.gradient_checkpointing)
+    if recipe.peft.method in ("prompt_tuning", "prefix_tuning") and batching == "packing":
+        batching = "group_by_length"  # virtual tokens are per sequence: packing would share them
+    quantized = is_quantized(model.get_base_model())
+
+    train_ds = Dataset.from_dict(train_cols)
+    eval_ds = Dataset.from_dict(eval_cols) if eval_cols and eval_cols["input_ids"] else None
+    args = SFTConfig(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=tc.batch_size,
+        per_device_eval_batch_size=recipe.eval.batch_size,
+        gradient_accumulation_steps=tc.grad_accum,
+        learning_rate=tc.lr,
+        lr_scheduler_type=tc.scheduler,
+        warmup_steps=tc.warmup_ratio,
+        num_train_epochs=tc.epochs,
+        max_steps=tc.max_steps,
+        weight_decay=tc.weight_decay,
+        max_grad_norm=tc.max_grad_norm,
+        optim=choose_optim(recipe, quantized),
+        seed=tc.seed,
+        data_seed=tc.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        activation_checkpointing=tc.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if tc.gradient_checkpointing else None,
+        logging_steps=tc.logging_steps,
+        save_strategy="steps",
+        save_steps=tc.save_steps,
+        save_total_limit=tc.save_total_limit,
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        max_length=max_len,
+        completion_only_loss=True,
+        packing=batching == "packing",
+        padding_free=batching == "packing",
+        train_sampling_strategy="group_by_length" if batching == "group_by_length" else "random",
+        length_column_name="length",
+        dataset_num_proc=None,
+        dataloader_num_workers=0,
+        remove_unused_columns=True,
+    )
+    trainer_cls = _trainer_cls()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*padding_free.*")
+        trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                              processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if "tensorboard" in tc.report_to:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb = TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out / "tensorboard")))
+        tb.logging_dir = str(out / "tensorboard")  # where it reopens after train end (final eval)
+        trainer.add_callback(tb)
+    trainer.add_callback(RichProgressCallback(trainer, console))
+    if recipe.peft.method == "adalora":
+        trainer.add_callback(AdaLoraCallback(trainer.model))
+    if stop_after_steps is not None:
+        trainer.add_callback(_StopAfter(stop_after_steps))
+
+    t_train = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=last)
+    train_seconds = time.perf_counter() - t_train
+    if stop_after_steps is not None and trainer.state.global_step < (trainer.state.max_steps or 0):
+        return TrainResult(out, {"interrupted_at_step": trainer.state.global_step})
+
+    metrics: dict[str, Any] = {
+        "app": recipe.app, "recipe": recipe.name, "method": recipe.peft.method,
+        "base": recipe.model.base, "quantized": quantized, "precision": precision, "batching": batching,
+        "attn_implementation": attn, "steps": trainer.state.global_step,
+        "train_loss": result.training_loss, "train_seconds": round(train_seconds, 2),
+        "useful_tokens_per_second": round(trainer.useful_tokens / max(train_seconds, 1e-9), 1),
+        "resumed_from": last,
+        "data": {"train": train_rep.as_dict(), "eval": eval_rep.as_dict()},
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+    }
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    if losses:
+        metrics["first_logged_loss"], metrics["last_logged_loss"] = losses[0], losses[-1]
+    if eval_ds is not None:
+        ev = trainer.evaluate()
+        metrics["eval_loss"] = ev.get("eval_loss")
+
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    (out / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    metrics["total_seconds"] = round(time.perf_counter() - t_start, 2)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _plot_loss(trainer.state.log_history, out / "loss.png")
+    return TrainResult(out, metrics)
+
+
+class _StopAfter(TrainerCallback):
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.steps:
+            control.should_training_stop = True
+            control.should_save = True
