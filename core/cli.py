@@ -41,6 +41,9 @@ def _recipe(app_name: str, recipe: str | None, overrides: list[str] | None, adap
     from peft_apps.core.config import load_recipe
 
     a = _app(app_name)
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise UserError(f"{adapter} is not an adapter folder (no adapter_config.json)",
+                        hint=f"train one with `peft-apps train {app_name}` and pass its output folder")
     if recipe is None and adapter and (Path(adapter) / "recipe.yaml").is_file():
         return a, load_recipe(Path(adapter) / "recipe.yaml", overrides)
     return a, load_recipe(a.recipe_path(recipe), overrides, app=app_name)

@@ -26,3 +26,10 @@ def cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "peft-apps"
     )
     return Path(root)
+
+
+def bundled_or_path(spec: str) -> Path:
+    """`bundled:APP/FILE` names a sample shipped in data/; anything else is a path."""
+    if spec.startswith("bundled:"):
+        return data_dir(*spec.removeprefix("bundled:").split("/"))
+    return Path(spec)

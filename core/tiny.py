@@ -17,9 +17,10 @@ from pathlib import Path
 
 from peft_apps.core.resources import cache_dir, data_dir
 
+# Output widths are multiples of 32: bitsandbytes' CPU 4-bit kernels need that.
 SIZES: dict[str, dict] = {
     "tiny": dict(
-        vocab_size=2048, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+        vocab_size=2048, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
     ),
     "small": dict(
@@ -139,7 +140,10 @@ def build_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> 
 
 def builtin_model_path(size: str) -> Path:
     """Path of the cached offline model `size`, built on first use."""
-    path = cache_dir() / "models" / f"builtin-{size}"
+    import hashlib
+
+    key = hashlib.sha256(json.dumps([SIZES[size], CHAT_TEMPLATE, SPECIAL_TOKENS]).encode()).hexdigest()[:8]
+    path = cache_dir() / "models" / f"builtin-{size}-{key}"
     if not (path / "config.json").is_file() or not (path / "peft_apps_tiny.json").is_file():
         tmp = path.with_name(path.name + ".partial")
         build_tiny_model(tmp, size=size)

@@ -223,7 +223,8 @@ def _plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
 
 
 def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record] | None = None, *,
-          resume: bool = False, console=None, stop_after_steps: int | None = None) -> TrainResult:
+          resume: bool = False, console=None, stop_after_steps: int | None = None,
+          extra_callbacks: list | None = None) -> TrainResult:
     """Train an adapter as `recipe` says on the given records; returns where it went and its metrics.
 
     `stop_after_steps` ends training after that many optimizer steps as if interrupted (checkpoints
@@ -268,6 +269,9 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
     steps_per_epoch = math.ceil(train_rep.kept / (tc.batch_size * tc.grad_accum))
     total_steps = tc.max_steps if tc.max_steps > 0 else math.ceil(steps_per_epoch * tc.epochs)
 
+    from transformers import set_seed
+
+    set_seed(tc.seed)  # adapter initialisation is random too: same seed, same starting adapter
     model = load_base_model(recipe.model)
     attn = attn_implementation(recipe.model)
     batching = choose_batching(recipe, attn)
@@ -333,6 +337,8 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
         trainer.add_callback(AdaLoraCallback(trainer.model))
     if stop_after_steps is not None:
         trainer.add_callback(_StopAfter(stop_after_steps))
+    for cb in extra_callbacks or []:
+        trainer.add_callback(cb)
 
     t_train = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)

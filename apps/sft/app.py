@@ -15,7 +15,7 @@ from peft_apps.core.data import Record, read_jsonl, require
 from peft_apps.core.errors import UserError
 from peft_apps.core.prompts import render
 from peft_apps.core.registry import App
-from peft_apps.core.resources import data_dir
+from peft_apps.core.resources import bundled_or_path
 
 DEFAULT_DATA = "entity_types.jsonl"
 
@@ -55,14 +55,18 @@ class SFTApp(App):
 
     def data_path(self, recipe: Recipe, split: str) -> Path:
         if split == "eval" and recipe.data.eval:
-            return Path(recipe.data.eval)
-        return Path(recipe.data.train) if recipe.data.train else data_dir("sft", DEFAULT_DATA)
+            return bundled_or_path(recipe.data.eval)
+        if not recipe.data.train:
+            raise UserError("no training data: set data.train=FILE.jsonl (one JSON object per line)",
+                            hint="`peft-apps demo sft` runs on the bundled sample (data.train=bundled:sft/"
+                                 f"{DEFAULT_DATA})")
+        return bundled_or_path(recipe.data.train)
 
     def training_records(self, recipe: Recipe, split: str) -> list[Record]:
         task = self.task(recipe)
         path = self.data_path(recipe, split)
         rows = load_rows(path, task)
-        if not (split == "eval" and recipe.data.eval):  # split one file by a stable hash of the id
+        if not recipe.data.eval:  # one file: split it by a stable hash of the id
             frac = recipe.data.eval_fraction
             rows = [r for r in rows if _in_eval(r[0], frac, recipe.train.seed) == (split == "eval")]
         limit = recipe.data.limit_eval if split == "eval" else recipe.data.limit_train

@@ -1,0 +1,82 @@
+"""The CLI as a user meets it: help, errors without tracebacks, and a short train -> eval -> predict."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import synthetic
+
+
+def run(*args, check=True, env=None):
+    p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", *args], capture_output=True, text=True,
+                       env={**os.environ, **(env or {}), "COLUMNS": "200"}, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(p.stdout + p.stderr)
+    return p
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from peft_apps.core.cli import main; rc = main(['--help']); "
+            "assert rc == 0, rc; assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "train" in p.stdout and "tiny-model" in p.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "nope"], "unknown app 'nope'"),
+    (["train", "sft", "peft.rr=3"], "unknown recipe key 'peft.rr'"),
+    (["train", "sft", "-r", "missing"], "no recipe 'missing'"),
+    (["eval", "sft", "--adapter", "/nonexistent"], "not an adapter folder"),
+    (["score", "sft", "--gold", "/nonexistent.jsonl", "--pred", "/nonexistent.jsonl"], "not found"),
+])
+def test_user_errors_are_one_message_no_traceback(args, needle):
+    p = run(*args, check=False)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert needle in p.stderr and "Traceback" not in p.stderr
+
+
+def test_apps_lists_recipes():
+    p = run("apps")
+    assert "sft" in p.stdout and "demo" in p.stdout and "lora" in p.stdout
+
+
+def test_score_sft_with_hand_computed_numbers(tmp_path):
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text("".join(json.dumps({"id": i, "completion": c}) + "\n" for i, c in
+                            enumerate(["LOC", "PER", "LOC", "ORG"])))
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text("".join(json.dumps({"id": i, "output": o}) + "\n" for i, o in
+                            enumerate([" loc.", "PER", "ORG", "ORG"])))
+    out = tmp_path / "m.json"
+    run("score", "sft", "--gold", str(gold), "--pred", str(pred), "-o", str(out))
+    m = json.loads(out.read_text())
+    assert m["exact_match"] == pytest.approx(0.75)
+    assert m["per_class"]["loc"]["recall"] == pytest.approx(0.5)
+    assert m["per_class"]["org"]["precision"] == pytest.approx(0.5)
+    pred.write_text('{"id": 9, "output": "x"}\n')
+    p = run("score", "sft", "--gold", str(gold), "--pred", str(pred), check=False)
+    assert p.returncode == 2 and "pred.jsonl:1: id '9' is not in" in p.stderr
+
+
+@pytest.mark.slow
+def test_train_eval_predict_through_cli(tmp_path):
+    tr = synthetic.write(tmp_path / "train.jsonl", synthetic.make(64, 1))
+    ev = synthetic.write(tmp_path / "eval.jsonl", synthetic.make(16, 2))
+    out = tmp_path / "run"
+    p = run("train", "sft", "-r", "demo", f"data.train={tr}", f"data.eval={ev}", "data.template=default",
+            "task.completion_field=completion", "train.max_steps=8", f"train.output_dir={out}")
+    assert "adapter:" in p.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 8 and metrics["useful_tokens_per_second"] > 0
+    run("eval", "sft", "--adapter", str(out))
+    em = json.loads((out / "eval_metrics.json").read_text())
+    assert em["n"] == 16 and 0.0 <= em["exact_match"] <= 1.0
+    assert (out / "eval_report.md").read_text().startswith("# sft evaluation")
+    assert (out / "eval_confusion.png").stat().st_size > 1000
+    p = run("predict", "sft", "--adapter", str(out), "cat is red. category?", str(ev))
+    rows = [json.loads(x) for x in p.stdout.splitlines() if x.strip()]
+    assert len(rows) == 17 and all(set(r) == {"id", "output"} for r in rows)

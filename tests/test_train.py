@@ -1,0 +1,156 @@
+"""Training on the tiny model: it learns, saves, reloads, resumes exactly, serves mixed batches, merges."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import synthetic
+from peft_apps.core.config import load_recipe
+
+pytestmark = pytest.mark.slow
+
+
+def _recipe(app, tmp: Path, out: str, *extra: str):
+    tr = synthetic.write(tmp / "train.jsonl", synthetic.make(240, 1))
+    ev = synthetic.write(tmp / "eval.jsonl", synthetic.make(60, 2))
+    return load_recipe(app.recipe_path("demo"), [
+        f"data.train={tr}", f"data.eval={ev}", "data.template=default", "task.completion_field=completion",
+        f"train.output_dir={tmp / out}", *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, _isolated_cache):
+    """The synthetic task trained once: (app, recipe, result)."""
+    from peft_apps.core import get_app
+    from peft_apps.core.trainer import train
+
+    app = get_app("sft")
+    tmp = tmp_path_factory.mktemp("learn")
+    r = _recipe(app, tmp, "run", "train.epochs=15", "train.batch_size=8", "train.lr=3e-3")
+    res = train(r, app.training_records(r, "train"), app.training_records(r, "eval"))
+    return app, r, res
+
+
+def _exact_match(engine, records, adapter=None):
+    from peft_apps.eval.classification import exact_match
+
+    outs = engine.chat([r.prompt for r in records], adapter=adapter, max_new_tokens=4, batch_size=32)
+    return exact_match(outs, [r.completion for r in records]), outs
+
+
+def test_learns_held_out_synthetic_task(trained):
+    from peft_apps.core.engine import Engine
+
+    app, r, res = trained
+    ev = app.training_records(r, "eval")
+    engine = Engine.from_pretrained(None, {"sft": res.output_dir})
+    before, _ = _exact_match(engine, ev, adapter="__base__")
+    after, outs = _exact_match(engine, ev)
+    assert before <= 0.1, before
+    assert after >= 0.9, (after, outs[:10])
+    m = res.metrics
+    assert m["last_logged_loss"] < m["first_logged_loss"] / 3
+    assert m["data"]["train"]["kept"] == 240 and m["data"]["train"]["truncated"] == 0
+
+
+def test_output_folder_is_standard_peft_and_pickle_free(trained, tiny_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, _, res = trained
+    out = res.output_dir
+    for name in ("adapter_model.safetensors", "adapter_config.json", "recipe.yaml", "metrics.json", "loss.png",
+                 "tokenizer.json", "chat_template.jinja"):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    ckpts = sorted((out / "checkpoints").glob("checkpoint-*"))
+    assert ckpts, "no checkpoint written"
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert not [p for p in files if p.suffix in (".pt", ".pth", ".bin", ".pkl")], "pickle file in output"
+    assert (ckpts[-1] / "optimizer.safetensors").is_file() and (ckpts[-1] / "rng_state.safetensors").is_file()
+    # plain peft loads it
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_path), str(out))
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template and model.peft_config["default"].peft_type.value == "LORA"
+
+
+def test_save_load_round_trip_identical_outputs(trained):
+    """Logits of the freshly loaded adapter equal the trained in-memory model's."""
+    from peft_apps.core.engine import Engine
+
+    app, r, res = trained
+    ev = app.training_records(r, "eval")[:8]
+    e1 = Engine.from_pretrained(None, res.output_dir)
+    e2 = Engine.from_pretrained("builtin:tiny", {"again": res.output_dir})
+    prompts = [e1.tokenizer.apply_chat_template(x.prompt, tokenize=False, add_generation_prompt=True) for x in ev]
+    ids = e1.tokenizer(prompts[0], add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(e1.model(input_ids=ids).logits, e2.model(input_ids=ids).logits)
+    assert e1.generate(prompts, max_new_tokens=4) == e2.generate(prompts, max_new_tokens=4)
+
+
+def test_mixed_adapter_batch_equals_per_adapter(trained, tmp_path):
+    """A second adapter trained differently; one mixed batch == each adapter's own batch."""
+    from peft_apps.core.engine import Engine
+    from peft_apps.core.trainer import train
+
+    app, r, res = trained
+    r2 = _recipe(app, tmp_path, "other", "train.max_steps=6", "train.lr=1e-2", "train.seed=7")
+    res2 = train(r2, app.training_records(r2, "train"))
+    engine = Engine.from_pretrained(None, {"a": res.output_dir, "b": res2.output_dir})
+    ev = app.training_records(r, "eval")[:6]
+    convs = [x.prompt for x in ev]
+    names = ["a", "b", "__base__", "a", "b", "__base__"]
+    mixed = engine.chat(convs, adapter=names, max_new_tokens=6)
+    single = [engine.chat([c], adapter=n, max_new_tokens=6)[0] for c, n in zip(convs, names)]
+    assert mixed == single
+    assert len({single[0], single[1], single[2]}) > 1 or single[0] != single[1]
+
+
+def test_resume_after_interrupt_reaches_same_adapter(sft_app, tmp_path):
+    from peft_apps.core.trainer import train
+
+    common = ["train.max_steps=12", "train.save_steps=4", "train.batch_size=8", "peft.dropout=0.1",
+              "train.report_to=[]"]
+    ra = _recipe(sft_app, tmp_path, "straight", *common)
+    rb = _recipe(sft_app, tmp_path, "interrupted", *common)
+    recs = sft_app.training_records(ra, "train")
+    train(ra, recs)
+    part = train(rb, recs, stop_after_steps=6)
+    assert part.metrics == {"interrupted_at_step": 6}
+    assert not (tmp_path / "interrupted" / "adapter_model.safetensors").exists()
+    resumed = train(rb, recs, resume=True)
+    assert resumed.metrics["resumed_from"].endswith("checkpoint-6")
+    a = load_file(str(tmp_path / "straight" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "interrupted" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+
+
+def test_resume_without_checkpoint_is_clear_error(sft_app, tmp_path):
+    from peft_apps.core import UserError
+    from peft_apps.core.trainer import train
+
+    r = _recipe(sft_app, tmp_path, "none")
+    with pytest.raises(UserError, match="no checkpoint found"):
+        train(r, sft_app.training_records(r, "train"), resume=True)
+
+
+def test_merge_reproduces_adapter_outputs(trained, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from peft_apps.core.engine import Engine
+    from peft_apps.core.merge import merge_adapter
+
+    app, r, res = trained
+    merged_dir = merge_adapter(res.output_dir, tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    engine = Engine.from_pretrained(None, res.output_dir)
+    text = engine.tokenizer.apply_chat_template(app.training_records(r, "eval")[0].prompt, tokenize=False,
+                                                add_generation_prompt=True)
+    ids = engine.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(engine.model(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-4)
