@@ -271,7 +271,7 @@ def _mount_app_commands() -> None:
 def main(argv: list[str] | None = None) -> int:
     _mount_app_commands()
     try:
-        app(args=argv, standalone_mode=False, prog_name="peft-apps")
+        app(args=argv, prog_name="peft-apps")  # typer/click report usage errors themselves
     except UserError as e:
         console.print(f"[bold red]error:[/] {e.args[0]}", highlight=False)
         if e.hint:
@@ -280,17 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         return 130
-    except typer.Exit as e:
-        return e.exit_code
-    except typer.Abort:
-        return 1
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            return e.exit_code
-        raise
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return 0
 
 

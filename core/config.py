@@ -86,7 +86,7 @@ class TrainConfig(_Section):
     grad_accum: int = Field(1, ge=1)
     batching: Literal["auto", "group_by_length", "packing", "random"] = "auto"
     gradient_checkpointing: bool = True
-    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
+    mixed_precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     optim: str = "auto"
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
@@ -95,6 +95,12 @@ class TrainConfig(_Section):
     save_total_limit: int = Field(2, ge=1)
     logging_steps: int = Field(10, ge=1)
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
+
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _no_means_fp32(cls, v: Any) -> Any:
+        return "fp32" if v in (False, "no", "none") else v
 
 
 class EvalConfig(_Section):

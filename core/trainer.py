@@ -10,8 +10,9 @@
 
 What the core adds to SFTTrainer: data tokenized by the core with a counted truncation report,
 batching chosen by device (length grouping on CPU / without FlashAttention, padding-free packing with
-it), bf16 autocast where the hardware has it, AdaLoRA's budget schedule, pickle-free checkpoints and
-exact resume, a rich progress bar with loss, tokens/s and ETA.
+it), bf16 autocast where the hardware has it, a loss that projects only the completion positions onto
+the vocabulary (same loss and gradients, less memory), AdaLoRA's budget schedule, pickle-free
+checkpoints and exact resume, a rich progress bar with loss, tokens/s and ETA.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def choose_precision(recipe: Recipe) -> str:
         return mp
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() else "no"
+    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 def choose_batching(recipe: Recipe, attn_impl: str) -> str:
@@ -136,6 +137,22 @@ def _trainer_cls():
         """SFTTrainer with pickle-free checkpoints and a count of useful (non-padding) tokens."""
 
         useful_tokens: int = 0
+        completion_logits_only: bool = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            """Loss from the completion positions' logits only.
+
+            The prompt's tokens carry no loss, yet a plain forward projects every position onto the
+            vocabulary and takes a log-softmax there. Running the decoder, then `lm_head` and the
+            cross-entropy on the label positions alone gives the same loss and gradients for less work
+            (prompts are most of the tokens in these tasks). Falls back to the standard path for
+            prompt-learning methods and models whose head does more than a linear projection.
+            """
+            lm = _causal_lm(model)
+            labels = inputs.get("labels")
+            if return_outputs or not self.completion_logits_only or lm is None or labels is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return completion_only_loss(lm, inputs, num_items_in_batch)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             am = inputs.get("attention_mask")
@@ -187,6 +204,36 @@ def _trainer_cls():
             (out / "training_args.json").write_text(self.args.to_json_string())
 
     return _CoreTrainer
+
+
+def _causal_lm(model):
+    """The causal LM inside a (peft) model when its head is a plain linear projection, else None."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        if model.peft_config[model.active_adapter].is_prompt_learning:
+            return None
+        model = model.get_base_model()
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None) \
+            or getattr(cfg, "is_encoder_decoder", False):
+        return None
+    if not hasattr(model, "get_decoder") or model.get_output_embeddings() is None:
+        return None
+    return model
+
+
+def completion_only_loss(lm, inputs: dict, num_items_in_batch=None):
+    """Causal-LM loss computing `lm_head` logits only where labels are not -100 (shifted by one)."""
+    labels = inputs["labels"]
+    fwd = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    hidden = lm.get_decoder()(**fwd, use_cache=False).last_hidden_state
+    shift = labels[:, 1:]
+    sel = shift != -100
+    logits = lm.get_output_embeddings()(hidden[:, :-1][sel]).float()
+    loss = torch.nn.functional.cross_entropy(logits, shift[sel], reduction="sum")
+    denom = num_items_in_batch if num_items_in_batch is not None else sel.sum()
+    return loss / torch.as_tensor(denom, device=loss.device).clamp(min=1)
 
 
 CoreTrainer = Any  # typing alias for the class built lazily by _trainer_cls

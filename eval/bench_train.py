@@ -53,7 +53,8 @@ class _Counter:
         self.times: list[float] = []
 
 
-def run_one(kind: str, data: Path, n_docs: int, batch: int, out_dir: Path) -> dict:
+def run_one(kind: str, data: Path, n_docs: int, batch: int, out_dir: Path, core_set: list[str] | None = None
+            ) -> dict:
     from peft_apps.core.quiet import quiet
 
     quiet()
@@ -115,13 +116,15 @@ def run_one(kind: str, data: Path, n_docs: int, batch: int, out_dir: Path) -> di
     else:
         from peft_apps.core import trainer as core_trainer
 
-        recipe = Recipe.model_validate({
+        from peft_apps.core.config import apply_overrides, validate_recipe
+
+        recipe = validate_recipe(apply_overrides({
             "app": "bench", "name": "bench", "model": {"base": model_path, "quantization": "none"},
             "peft": {**lora, "target_modules": "auto"},
             "data": {"max_length": 1024},
             "train": {"output_dir": str(out_dir), "epochs": 1, "batch_size": batch, "report_to": [],
                       "save_steps": 10 ** 6, "logging_steps": 10 ** 6, "lr": 2e-5, "warmup_ratio": 0.0},
-        })
+        }, core_set or []))
         orig = core_trainer._trainer_cls
 
         def patched():
@@ -165,18 +168,20 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=160)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--one", choices=["baseline", "core"], help=argparse.SUPPRESS)
+    ap.add_argument("--core-set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="recipe overrides for the core run (e.g. train.mixed_precision=no)")
     ap.add_argument("--out", type=Path, default=None, help="write the results JSON here")
     a = ap.parse_args()
     if not a.data.is_file():
         sys.exit(f"error: {a.data} not found (pass --data PATH to a DocRED-format JSON file)")
     if a.one:
         with tempfile.TemporaryDirectory() as tmp:
-            print(json.dumps(run_one(a.one, a.data, a.docs, a.batch, Path(tmp))))
+            print(json.dumps(run_one(a.one, a.data, a.docs, a.batch, Path(tmp), a.core_set)))
         return
     results = {}
     for kind in ("baseline", "core"):
         p = subprocess.run([sys.executable, __file__, "--one", kind, "--data", str(a.data), "--docs", str(a.docs),
-                            "--batch", str(a.batch)], capture_output=True, text=True)
+                            "--batch", str(a.batch), "--core-set", *a.core_set], capture_output=True, text=True)
         if p.returncode != 0:
             sys.exit(f"{kind} run failed:\n{p.stderr[-3000:]}")
         results[kind] = json.loads(p.stdout.strip().splitlines()[-1])

@@ -92,3 +92,31 @@ def test_qlora_trains_on_cpu_and_merges_into_dequantized_weights(sft_app, tmp_pa
     err_dequant, err_naive = (a - b).abs().max().item(), (a - c).abs().max().item()
     # the 4-bit CPU kernel computes in bf16, so "equal" means within bf16 rounding of the logits
     assert err_dequant < 0.03 and err_dequant < err_naive / 3, (err_dequant, err_naive)
+
+
+def test_completion_only_loss_equals_full_loss_and_gradients(tiny_path):
+    """The trainer's loss (logits only at label positions) matches the model's own loss and gradients."""
+    from peft_apps.core.modeling import attach_peft, load_base_model
+    from peft_apps.core.trainer import _causal_lm, completion_only_loss
+
+    r = Recipe.model_validate({"app": "sft", "model": {"base": str(tiny_path), "quantization": "none"},
+                               "peft": {"method": "lora", "r": 4, "modules_to_save": ["lm_head"], "dropout": 0.0}})
+    model = attach_peft(load_base_model(r.model), r, total_steps=1, gradient_checkpointing=False)
+    torch.manual_seed(0)
+    ids = torch.randint(10, 200, (3, 20))
+    mask = torch.ones_like(ids)
+    mask[1, 15:] = 0  # right padding
+    labels = ids.clone()
+    labels[:, :12] = -100
+    labels[mask == 0] = -100
+    inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    ref = model(**inputs).loss
+    ref.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    ours = completion_only_loss(_causal_lm(model), inputs)
+    ours.backward()
+    assert torch.allclose(ours, ref, atol=1e-5), (ours, ref)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p.grad, ref_grads[n], atol=1e-5), n
