@@ -152,7 +152,20 @@ def _trainer_cls():
             labels = inputs.get("labels")
             if return_outputs or not self.completion_logits_only or lm is None or labels is None:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            return completion_only_loss(lm, inputs, num_items_in_batch)
+            # accelerate wraps only model.forward in autocast; these direct calls need their own
+            with self.accelerator.autocast():
+                return completion_only_loss(lm, inputs, num_items_in_batch)
+
+        def _get_train_sampler(self, train_dataset=None):
+            # `train_dataset` arrives with unused columns removed; `self.train_dataset` keeps "length"
+            # in the same row order.
+            full = self.train_dataset
+            if self.args.train_sampling_strategy != "group_by_length" or "length" not in full.column_names:
+                return super()._get_train_sampler(train_dataset)
+            from peft_apps.core.sampling import SortedBatchSampler
+
+            return SortedBatchSampler(full["length"], self.args.per_device_train_batch_size,
+                                      seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             am = inputs.get("attention_mask")
@@ -319,13 +332,19 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
     from transformers import set_seed
 
     set_seed(tc.seed)  # adapter initialisation is random too: same seed, same starting adapter
-    model = load_base_model(recipe.model)
+    # With bf16 autocast the frozen base weights are kept in bf16 (no per-step fp32 -> bf16 casts, half
+    # the memory); the trainable parameters stay fp32 for the optimizer.
+    base_dtype = torch.bfloat16 if precision == "bf16" and recipe.model.dtype == "auto" else None
+    model = load_base_model(recipe.model, dtype=base_dtype)
     attn = attn_implementation(recipe.model)
     batching = choose_batching(recipe, attn)
     model = attach_peft(model, recipe, total_steps, tc.gradient_checkpointing)
     if recipe.peft.method in ("prompt_tuning", "prefix_tuning") and batching == "packing":
         batching = "group_by_length"  # virtual tokens are per sequence: packing would share them
     quantized = is_quantized(model.get_base_model())
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
 
     train_ds = Dataset.from_dict(train_cols)
     eval_ds = Dataset.from_dict(eval_cols) if eval_cols and eval_cols["input_ids"] else None
