@@ -104,10 +104,17 @@ class Engine:
             for name, path in adapters.items():
                 if not (Path(path) / "adapter_config.json").is_file():
                     raise UserError(f"{path} is not an adapter folder (no adapter_config.json)")
-                if isinstance(model, PeftModel):
-                    model.load_adapter(str(path), adapter_name=name)
-                else:
-                    model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+                try:
+                    if isinstance(model, PeftModel):
+                        model.load_adapter(str(path), adapter_name=name)
+                    else:
+                        model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+                except RuntimeError as e:
+                    if "size mismatch" not in str(e):
+                        raise
+                    raise UserError(f"adapter {path} does not fit base model {mcfg.base!r}: "
+                                    f"{str(e).splitlines()[1].strip()}",
+                                    hint="pass the base model the adapter was trained on (--model)") from None
             model.set_adapter(first)
         return cls(model, tokenizer, list(adapters))
 
@@ -147,6 +154,17 @@ class Engine:
             if a not in self.adapters:
                 raise UserError(f"unknown adapter {a!r}; loaded: {', '.join(self.adapters) or '(none)'}")
         enc = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        return self._batched(enc, per_row, o)
+
+    def generate_ids(self, rows: Sequence[Sequence[int]], adapter: str | None = None,
+                     options: GenerationOptions | None = None, **opts: Any) -> list[str]:
+        """Like `generate`, from token ids (no re-tokenization)."""
+        o = options or GenerationOptions(**opts)
+        default = self.adapters[0] if self.adapters else BASE
+        return self._batched([list(r) for r in rows], [adapter or default] * len(rows), o)
+
+    def _batched(self, enc: list[list[int]], per_row: list[str], o: GenerationOptions) -> list[str]:
+        n = len(enc)
         order = sorted(range(n), key=lambda i: len(enc[i]))
         out: list[str] = [""] * n
         for start in range(0, n, o.batch_size):
@@ -155,6 +173,108 @@ class Engine:
             for i, t in zip(idx, texts):
                 out[i] = t
         return out
+
+    # ---- shared-prefix generation ------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_prefix(self, prefix_ids: Sequence[int], adapter: str | None = None):
+        """The KV cache of `prefix_ids` under `adapter`, for `generate_shared_prefix(prefix_cache=...)`."""
+        with _AdapterScope(self, adapter):
+            pre = torch.tensor([list(prefix_ids)], dtype=torch.long, device=self.device)
+            return _cache_of(self.model(input_ids=pre, use_cache=True))
+
+    @torch.inference_mode()
+    def generate_shared_prefix(self, prefix_ids: Sequence[int], suffixes: Sequence[Sequence[int]],
+                               adapter: str | None = None, options: GenerationOptions | None = None,
+                               prefix_cache=None, **opts: Any) -> list[str]:
+        """Complete `prefix + suffix` for every suffix, encoding the common prefix once.
+
+        The prefix's KV cache is computed once and copied into each batch; suffixes of a batch are
+        left-padded between prefix and suffix (masked, positions from the mask), and a row leaves the
+        batch as soon as it ends (EOS, a stop string, or `max_new_tokens`), so no row decodes for the
+        longest answer's sake. Greedy unless `do_sample`.
+        """
+        import copy
+
+        o = options or GenerationOptions(**opts)
+        n = len(suffixes)
+        if n == 0:
+            return []
+        if not prefix_ids:
+            raise ValueError("generate_shared_prefix needs a non-empty prefix")
+        out_text: list[str] = [""] * n
+        base_cache = prefix_cache if prefix_cache is not None else self.encode_prefix(prefix_ids, adapter)
+        with _AdapterScope(self, adapter):
+            order = sorted(range(n), key=lambda i: len(suffixes[i]))
+            for start in range(0, n, o.batch_size):
+                idx = order[start:start + o.batch_size]
+                cache = copy.deepcopy(base_cache)
+                if len(idx) > 1:
+                    cache.batch_repeat_interleave(len(idx))
+                gen = self._decode_rows(cache, len(prefix_ids), [list(suffixes[i]) for i in idx], o)
+                for i, t in zip(idx, gen):
+                    out_text[i] = t
+        return out_text
+
+    def _decode_rows(self, cache, plen: int, rows: list[list[int]], o: GenerationOptions) -> list[str]:
+        dev = self.device
+        pad = self.tokenizer.pad_token_id
+        eos = self.tokenizer.eos_token_id
+        eos_set = set(eos if isinstance(eos, list) else [eos])
+        b, width = len(rows), max(len(r) for r in rows)
+        ids = torch.full((b, width), pad, dtype=torch.long)
+        mask = torch.zeros((b, plen + width), dtype=torch.long)
+        mask[:, :plen] = 1
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, plen + width - len(r):] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, plen:]
+        gen = torch.Generator(device="cpu")
+        if o.seed is not None:
+            gen.manual_seed(o.seed)
+        produced: list[list[int]] = [[] for _ in rows]
+        active = list(range(b))
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
+                            use_cache=True).logits[:, -1, :]
+        last_pos = pos[:, -1]
+        for _step in range(o.max_new_tokens):
+            nxt = self._pick(logits, o, gen)
+            keep = []
+            for j, row in enumerate(active):
+                tok = int(nxt[j])
+                if tok in eos_set:
+                    continue
+                produced[row].append(tok)
+                if len(produced[row]) >= o.max_new_tokens:
+                    continue
+                if o.stop and any(st in self.tokenizer.decode(produced[row][-16:]) for st in o.stop):
+                    continue
+                keep.append(j)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                sel = torch.tensor(keep, dtype=torch.long, device=dev)
+                cache.batch_select_indices(sel)
+                mask, nxt, last_pos = mask[sel], nxt[sel], last_pos[sel]
+                active = [active[j] for j in keep]
+            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=dev)], dim=1)
+            last_pos = last_pos + 1
+            logits = self.model(input_ids=nxt.view(-1, 1), attention_mask=mask, position_ids=last_pos.view(-1, 1),
+                                cache=cache, use_cache=True).logits[:, -1, :]
+        texts = [self.tokenizer.decode(p, skip_special_tokens=True) for p in produced]
+        return [_cut_at_stop(t, o.stop) for t in texts] if o.stop else texts
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, o: GenerationOptions, gen: torch.Generator) -> torch.Tensor:
+        if not o.do_sample:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits.float() / o.temperature, dim=-1)
+        if o.top_p < 1.0:
+            sp, si = probs.sort(dim=-1, descending=True)
+            cut = sp.cumsum(-1) - sp > o.top_p
+            sp = sp.masked_fill(cut, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, si, sp)
+        return torch.multinomial(probs.cpu(), 1, generator=gen).view(-1).to(logits.device)
 
     @torch.inference_mode()
     def _generate_ids(self, rows: list[list[int]], adapters: list[str], o: GenerationOptions) -> list[str]:
@@ -196,6 +316,34 @@ class Engine:
         if o.stop:
             texts = [_cut_at_stop(t, o.stop) for t in texts]
         return texts
+
+
+class _AdapterScope:
+    """Run with one named adapter active, or with adapters disabled for the base model."""
+
+    def __init__(self, engine: "Engine", adapter: str | None):
+        self.engine, self.adapter, self.ctx = engine, adapter, None
+
+    def __enter__(self):
+        e = self.engine
+        name = self.adapter if self.adapter is not None else (e.adapters[0] if e.adapters else BASE)
+        if name == BASE:
+            if e.adapters:
+                self.ctx = e.model.disable_adapter()
+                self.ctx.__enter__()
+        else:
+            if name not in e.adapters:
+                raise UserError(f"unknown adapter {name!r}; loaded: {', '.join(e.adapters) or '(none)'}")
+            e.model.set_adapter(name)
+        return self
+
+    def __exit__(self, *exc):
+        if self.ctx is not None:
+            self.ctx.__exit__(*exc)
+
+
+def _cache_of(out):
+    return getattr(out, "cache", None) or getattr(out, "past_key_values", None)
 
 
 def _cut_at_stop(text: str, stops: list[str]) -> str:

@@ -1,0 +1,156 @@
+"""`autore` command line: `autore extract`, plus `autore train` / `autore eval` shortcuts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from peft_apps.core.errors import UserError
+
+console = Console(stderr=True)
+cli = typer.Typer(name="autore", help="Document-level relation extraction (AutoRE: Relation -> Head -> Facts).",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+
+def read_inputs(inputs: list[str]) -> list[tuple[str, Any]]:
+    """(name, text or DocRED document) for each input: a text file, a DocRED .json, a folder, or '-'."""
+    from .docred import load_docs
+
+    items: list[tuple[str, Any]] = []
+    for spec in inputs:
+        if spec == "-":
+            items.append(("-", sys.stdin.read()))
+            continue
+        p = Path(spec)
+        if p.is_dir():
+            files = sorted(x for x in p.iterdir() if x.suffix in (".txt", ".json") and x.is_file())
+            if not files:
+                raise UserError(f"folder {p} holds no .txt or .json files")
+            items.extend(read_inputs([str(x) for x in files]))
+        elif not p.is_file():
+            raise UserError(f"input not found: {p}")
+        elif p.suffix == ".json":
+            docs = load_docs(p)
+            items.extend((d.get("title") or f"{p}#{i}", d) for i, d in enumerate(docs))
+        else:
+            items.append((str(p), p.read_text(encoding="utf-8", errors="replace")))
+    return items
+
+
+def _adapters(adapter: str | None, adapters: str | None) -> str | dict[str, str]:
+    if adapter and adapters:
+        raise UserError("give --adapter (one for all stages) or --adapters (one per stage), not both")
+    if adapters:
+        out = {}
+        for part in adapters.split(","):
+            if "=" not in part:
+                raise UserError(f"--adapters expects stage=DIR pairs separated by commas, got {part!r}")
+            k, v = part.split("=", 1)
+            out[k.strip()] = v.strip()
+        return out
+    if adapter:
+        return adapter
+    from peft_apps.core.config import load_recipe
+    from peft_apps.core.registry import get_app
+
+    a = get_app("autore")
+    default = load_recipe(a.recipe_path(None), app="autore").output_dir()
+    if not (default / "adapter_config.json").is_file():
+        raise UserError(f"no adapter given and the default one ({default}) does not exist",
+                        hint="train one (`autore train`, or `peft-apps demo autore` for a smoke run) and pass "
+                             "--adapter DIR, or --adapters relation=DIR,head=DIR,facts=DIR")
+    return str(default)
+
+
+@cli.command("extract")
+def extract_cmd(
+    inputs: list[str] = typer.Argument(..., help="text files, DocRED .json files, folders, or - for stdin"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="base model (default: the adapter's recipe)"),
+    adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="one adapter for all three stages"),
+    adapters: Optional[str] = typer.Option(None, "--adapters", help="relation=DIR,head=DIR,facts=DIR"),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json or jsonl"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the results here"),
+    no_inverse: bool = typer.Option(False, "--no-inverse", help="do not add inverse relations"),
+) -> None:
+    """Extract (head, relation, tail) triples from documents."""
+    if fmt not in ("table", "json", "jsonl"):
+        raise UserError(f"--format must be table, json or jsonl, got {fmt!r}")
+    items = read_inputs(inputs)
+    ad = _adapters(adapter, adapters)
+    from peft_apps.core.quiet import quiet
+
+    quiet()
+    from rich.progress import Progress
+
+    from .pipeline import AutoRE
+
+    pipe = AutoRE.from_pretrained(model, ad, inverse=not no_inverse)
+    results = []
+    with Progress(console=console, transient=True) as prog:
+        task = prog.add_task("extracting", total=len(items))
+        for name, item in items:
+            r = pipe.extract(item)
+            results.append((name, r))
+            prog.advance(task)
+    if fmt == "table":
+        from rich.table import Table
+
+        target = Console(file=out.open("w", encoding="utf-8"), width=160) if out else Console()
+        for name, r in results:
+            t = Table(title=f"{name}: {len(r.triples)} triples", title_justify="left")
+            for c in ("head", "relation", "tail", "source"):
+                t.add_column(c)
+            for x in r.triples:
+                t.add_row(x["head"], x["relation"], x["tail"], x["source"])
+            target.print(t)
+            if r.stats:
+                target.print("stats: " + ", ".join(f"{k}={v}" for k, v in sorted(r.stats.items())), highlight=False)
+        return
+    rows = [{"id": name, **r.as_dict()} for name, r in results]
+    text = json.dumps(rows, indent=2, ensure_ascii=False) if fmt == "json" else \
+        "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        console.print(f"{len(rows)} documents -> {out}")
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+@cli.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train_cmd(ctx: typer.Context) -> None:
+    """Shortcut for `peft-apps train autore ...`."""
+    from peft_apps.core.cli import main
+
+    raise typer.Exit(main(["train", "autore", *ctx.args]))
+
+
+@cli.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def eval_cmd(ctx: typer.Context) -> None:
+    """Shortcut for `peft-apps eval autore ...`."""
+    from peft_apps.core.cli import main
+
+    raise typer.Exit(main(["eval", "autore", *ctx.args]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli(args=argv, prog_name="autore")
+    except UserError as e:
+        console.print(f"[bold red]error:[/] {e.args[0]}", highlight=False)
+        if e.hint:
+            console.print(f"[dim]hint:[/] {e.hint}", highlight=False)
+        return 2
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Document-level RE metrics: AutoRE's name match and the official DocRED metrics (RE F1, Ign F1, evidence F1).
+
+Name match (AutoRE): a predicted (head name, relation, tail name) is correct if it equals some name
+variant of a gold triple (any mention name of the gold head and tail entities); each gold triple is
+counted once, and further variants of an already matched gold triple are neither hits nor errors.
+
+Official DocRED (the evaluation script of Yao et al. 2019): predictions are (title, h_idx, t_idx, r)
+over vertexSet indices, de-duplicated; RE P = correct / predicted, R = correct / gold. Ign F1 leaves
+out, from both the correct and the predicted counts, the correct facts whose (head name, tail name,
+relation) appears in a given train file. Evidence P/R count sentence ids of correct predictions.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Iterable
+
+
+def _f1(p: float, r: float) -> float:
+    return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def _prf(tp: int, n_pred: int, n_gold: int) -> dict[str, float]:
+    p = tp / n_pred if n_pred else 0.0
+    r = tp / n_gold if n_gold else 0.0
+    return {"precision": p, "recall": r, "f1": _f1(p, r), "tp": tp, "predicted": n_pred, "gold": n_gold}
+
+
+def name_match(docs: list[dict[str, Any]], preds: dict[int, Iterable[tuple[str, str, str]]]) -> dict[str, Any]:
+    """preds: document index -> (head name, relation id, tail name) triples."""
+    tp = n_pred = n_gold = 0
+    per_rel: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # tp, pred, gold
+    for di, d in enumerate(docs):
+        gold = [(lab["r"], {m["name"].lower() for m in d["vertexSet"][lab["h"]]},
+                 {m["name"].lower() for m in d["vertexSet"][lab["t"]]})
+                for lab in {(x["r"], x["h"], x["t"]): x for x in d.get("labels", [])}.values()]
+        n_gold += len(gold)
+        for r, _, _ in gold:
+            per_rel[r][2] += 1
+        used: set[int] = set()
+        for h, r, t in dict.fromkeys((h, r, t) for h, r, t in preds.get(di, [])):
+            hits = [gi for gi, (gr, hs, ts) in enumerate(gold) if gr == r and h.lower() in hs and t.lower() in ts]
+            fresh = [gi for gi in hits if gi not in used]
+            if hits and not fresh:
+                continue  # another name variant of a gold triple already matched
+            n_pred += 1
+            per_rel[r][1] += 1
+            if fresh:
+                used.add(fresh[0])
+                tp += 1
+                per_rel[r][0] += 1
+    out = _prf(tp, n_pred, n_gold)
+    out["per_relation"] = {r: _prf(*v) for r, v in sorted(per_rel.items())}
+    return out
+
+
+def train_facts(train_docs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    facts = set()
+    for d in train_docs:
+        for lab in d.get("labels", []):
+            for n1 in d["vertexSet"][lab["h"]]:
+                for n2 in d["vertexSet"][lab["t"]]:
+                    facts.add((n1["name"], n2["name"], lab["r"]))
+    return facts
+
+
+def official(docs: list[dict[str, Any]], submission: list[dict[str, Any]],
+             train: set[tuple[str, str, str]] | None = None) -> dict[str, Any]:
+    """The official DocRED scorer on a submission list of {title, h_idx, t_idx, r, evidence?}."""
+    by_title = {d["title"]: d for d in docs}
+    std: dict[tuple[str, str, int, int], set[int]] = {}
+    tot_evidences = 0
+    for d in docs:
+        for lab in d.get("labels", []):
+            std[(d["title"], lab["r"], lab["h"], lab["t"])] = set(lab.get("evidence", []))
+            tot_evidences += len(lab.get("evidence", []))
+    tot = len(std)
+    sub = sorted(submission, key=lambda x: (x["title"], x["h_idx"], x["t_idx"], x["r"]))
+    uniq = [sub[0]] if sub else []
+    for x in sub[1:]:
+        p = uniq[-1]
+        if (x["title"], x["h_idx"], x["t_idx"], x["r"]) != (p["title"], p["h_idx"], p["t_idx"], p["r"]):
+            uniq.append(x)
+    correct = correct_evidence = pred_evi = correct_in_train = 0
+    has_evidence = any("evidence" in x for x in uniq)
+    for x in uniq:
+        key = (x["title"], x["r"], x["h_idx"], x["t_idx"])
+        evi = set(x.get("evidence", []))
+        pred_evi += len(evi)
+        if key in std:
+            correct += 1
+            correct_evidence += len(std[key] & evi)
+            if train is not None:
+                d = by_title[x["title"]]
+                if any((n1["name"], n2["name"], x["r"]) in train for n1 in d["vertexSet"][x["h_idx"]]
+                       for n2 in d["vertexSet"][x["t_idx"]]):
+                    correct_in_train += 1
+    re_p = correct / len(uniq) if uniq else 0.0
+    re_r = correct / tot if tot else 0.0
+    out: dict[str, Any] = {"re_precision": re_p, "re_recall": re_r, "re_f1": _f1(re_p, re_r),
+                           "predicted": len(uniq), "gold": tot, "correct": correct}
+    if train is not None:
+        p_ign = (correct - correct_in_train) / (len(uniq) - correct_in_train + 1e-5)
+        out.update(ign_precision=p_ign, ign_f1=_f1(p_ign, re_r), correct_in_train=correct_in_train)
+    if has_evidence:
+        evi_p = correct_evidence / pred_evi if pred_evi else 0.0
+        evi_r = correct_evidence / tot_evidences if tot_evidences else 0.0
+        out.update(evidence_precision=evi_p, evidence_recall=evi_r, evidence_f1=_f1(evi_p, evi_r))
+    return out
+
+
+def names_to_submission(docs: list[dict[str, Any]], preds: dict[int, Iterable[tuple[str, str, str]]]
+                        ) -> tuple[list[dict[str, Any]], int]:
+    """Map predicted names to vertexSet entities by mention match (case-insensitive); returns the
+    submission and how many triples could not be mapped (a name matching no mention)."""
+    sub, unmapped = [], 0
+    for di, d in enumerate(docs):
+        index: dict[str, list[int]] = defaultdict(list)
+        for ei, ent in enumerate(d["vertexSet"]):
+            for m in ent:
+                if ei not in index[m["name"].lower()]:
+                    index[m["name"].lower()].append(ei)
+        for h, r, t in dict.fromkeys(preds.get(di, [])):
+            hs, ts = index.get(h.lower(), []), index.get(t.lower(), [])
+            if not hs or not ts:
+                unmapped += 1
+                continue
+            for hi in hs:
+                for ti in ts:
+                    if hi != ti:
+                        sub.append({"title": d["title"], "h_idx": hi, "t_idx": ti, "r": r})
+    return sub, unmapped
