@@ -273,9 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="peft-apps")  # typer/click report usage errors themselves
     except UserError as e:
-        console.print(f"[bold red]error:[/] {e.args[0]}", highlight=False)
+        console.print(f"[bold red]error:[/] {e.args[0]}", highlight=False, soft_wrap=True)
         if e.hint:
-            console.print(f"[dim]hint:[/] {e.hint}", highlight=False)
+            console.print(f"[dim]hint:[/] {e.hint}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -180,12 +180,25 @@ class Engine:
         """The KV cache of `prefix_ids` under `adapter`, for `generate_shared_prefix(prefix_cache=...)`."""
         with _AdapterScope(self, adapter):
             pre = torch.tensor([list(prefix_ids)], dtype=torch.long, device=self.device)
-            return _cache_of(self.model(input_ids=pre, use_cache=True))
+            return _cache_of(self.model(input_ids=pre, use_cache=True, logits_to_keep=1))
+
+    @torch.inference_mode()
+    def extend_prefix(self, cache, more_ids: Sequence[int], adapter: str | None = None):
+        """A copy of a single-row prefix cache extended by `more_ids` (a longer shared prefix)."""
+        import copy
+
+        cache = copy.deepcopy(cache)
+        if more_ids:
+            with _AdapterScope(self, adapter):
+                ids = torch.tensor([list(more_ids)], dtype=torch.long, device=self.device)
+                self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        return cache
 
     @torch.inference_mode()
     def generate_shared_prefix(self, prefix_ids: Sequence[int], suffixes: Sequence[Sequence[int]],
                                adapter: str | None = None, options: GenerationOptions | None = None,
-                               prefix_cache=None, **opts: Any) -> list[str]:
+                               prefix_cache=None, max_new_tokens_per_row: Sequence[int] | None = None,
+                               **opts: Any) -> list[str]:
         """Complete `prefix + suffix` for every suffix, encoding the common prefix once.
 
         The prefix's KV cache is computed once and copied into each batch; suffixes of a batch are
@@ -210,57 +223,103 @@ class Engine:
                 cache = copy.deepcopy(base_cache)
                 if len(idx) > 1:
                     cache.batch_repeat_interleave(len(idx))
-                gen = self._decode_rows(cache, len(prefix_ids), [list(suffixes[i]) for i in idx], o)
+                limits = [max_new_tokens_per_row[i] for i in idx] if max_new_tokens_per_row else None
+                pmask = torch.ones((len(idx), len(prefix_ids)), dtype=torch.long)
+                gen = self._decode_rows(cache, pmask, [list(suffixes[i]) for i in idx], o, limits)
                 for i, t in zip(idx, gen):
                     out_text[i] = t
         return out_text
 
-    def _decode_rows(self, cache, plen: int, rows: list[list[int]], o: GenerationOptions) -> list[str]:
+    @torch.inference_mode()
+    def generate_prefixed(self, rows: Sequence[tuple[Any, Sequence[int]]], prefixes: dict[Any, tuple[Any, int]],
+                          adapter: str | None = None, options: GenerationOptions | None = None,
+                          max_new_tokens_per_row: Sequence[int] | None = None, **opts: Any) -> list[str]:
+        """Like `generate_shared_prefix` for rows of *different* prefixes (e.g. several documents).
+
+        `rows`: (prefix key, suffix ids); `prefixes`: key -> (cache from `encode_prefix`, prefix length).
+        Rows of any prefix share a batch: each row's prefix cache is left-padded to the longest prefix
+        in the batch and the padding masked, so positions and outputs are those of the row alone.
+        """
+        o = options or GenerationOptions(**opts)
+        n = len(rows)
+        out_text: list[str] = [""] * n
+        with _AdapterScope(self, adapter):
+            order = sorted(range(n), key=lambda i: len(rows[i][1]))
+            for start in range(0, n, o.batch_size):
+                idx = order[start:start + o.batch_size]
+                keys = [rows[i][0] for i in idx]
+                cache, pmask = _stack_prefix_caches([prefixes[k] for k in keys])
+                limits = [max_new_tokens_per_row[i] for i in idx] if max_new_tokens_per_row else None
+                gen = self._decode_rows(cache, pmask, [list(rows[i][1]) for i in idx], o, limits)
+                for i, t in zip(idx, gen):
+                    out_text[i] = t
+        return out_text
+
+    def _decode_rows(self, cache, prefix_mask: torch.Tensor, rows: list[list[int]], o: GenerationOptions,
+                     limits: list[int] | None = None) -> list[str]:
         dev = self.device
         pad = self.tokenizer.pad_token_id
         eos = self.tokenizer.eos_token_id
         eos_set = set(eos if isinstance(eos, list) else [eos])
+        plen = prefix_mask.shape[1]
         b, width = len(rows), max(len(r) for r in rows)
         ids = torch.full((b, width), pad, dtype=torch.long)
         mask = torch.zeros((b, plen + width), dtype=torch.long)
-        mask[:, :plen] = 1
+        mask[:, :plen] = prefix_mask
         for i, r in enumerate(rows):
             ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
             mask[i, plen + width - len(r):] = 1
         ids, mask = ids.to(dev), mask.to(dev)
+        _with_room(cache, width + max(limits or [o.max_new_tokens]) + 1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, plen:]
         gen = torch.Generator(device="cpu")
         if o.seed is not None:
             gen.manual_seed(o.seed)
         produced: list[list[int]] = [[] for _ in rows]
-        active = list(range(b))
+        limit = limits or [o.max_new_tokens] * b
+        active = [i for i in range(b) if limit[i] > 0]
+        if not active:
+            return [""] * b
+        if len(active) < b:
+            sel = torch.tensor(active, dtype=torch.long, device=dev)
+            cache.batch_select_indices(sel)
+            ids, mask, pos = ids[sel], mask[sel], pos[sel]
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
-                            use_cache=True).logits[:, -1, :]
+                            use_cache=True, logits_to_keep=1).logits[:, -1, :]
         last_pos = pos[:, -1]
-        for _step in range(o.max_new_tokens):
+        # `active[j]` is the row at batch position j; finished rows stay in the batch (fed padding) until
+        # a quarter of it has finished, then the batch is compacted: compacting copies the whole cache,
+        # so doing it at every finish would cost more than the wasted rows do.
+        done = [False] * len(active)
+        for _step in range(max(limit)):
             nxt = self._pick(logits, o, gen)
-            keep = []
             for j, row in enumerate(active):
+                if done[j]:
+                    continue
                 tok = int(nxt[j])
                 if tok in eos_set:
+                    done[j] = True
                     continue
                 produced[row].append(tok)
-                if len(produced[row]) >= o.max_new_tokens:
-                    continue
-                if o.stop and any(st in self.tokenizer.decode(produced[row][-16:]) for st in o.stop):
-                    continue
-                keep.append(j)
-            if not keep:
+                if len(produced[row]) >= limit[row] or (
+                        o.stop and any(st in self.tokenizer.decode(produced[row][-16:]) for st in o.stop)):
+                    done[j] = True
+            n_done = sum(done)
+            if n_done == len(active):
                 break
-            if len(keep) < len(active):
+            if n_done and n_done * 4 >= len(active):
+                keep = [j for j in range(len(active)) if not done[j]]
                 sel = torch.tensor(keep, dtype=torch.long, device=dev)
                 cache.batch_select_indices(sel)
                 mask, nxt, last_pos = mask[sel], nxt[sel], last_pos[sel]
                 active = [active[j] for j in keep]
+                done = [False] * len(active)
+            if any(done):
+                nxt = nxt.masked_fill(torch.tensor(done, device=dev), pad)
             mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=dev)], dim=1)
             last_pos = last_pos + 1
             logits = self.model(input_ids=nxt.view(-1, 1), attention_mask=mask, position_ids=last_pos.view(-1, 1),
-                                cache=cache, use_cache=True).logits[:, -1, :]
+                                cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
         texts = [self.tokenizer.decode(p, skip_special_tokens=True) for p in produced]
         return [_cut_at_stop(t, o.stop) for t in texts] if o.stop else texts
 
@@ -340,6 +399,77 @@ class _AdapterScope:
     def __exit__(self, *exc):
         if self.ctx is not None:
             self.ctx.__exit__(*exc)
+
+
+def _growing_layer_cls():
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A DynamicLayer with spare capacity: appending a token writes into a preallocated buffer
+        instead of `torch.cat` copying the whole cache every step (O(length) per token, O(length^2)
+        per answer), which dominated batched decoding over long document prefixes."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, extra: int):
+            super().__init__()
+            self.device = keys.device
+            self.is_initialized = True
+            b, h, n, d = keys.shape
+            self._k = keys.new_empty((b, h, n + extra, d))
+            self._v = values.new_empty((b, values.shape[1], n + extra, values.shape[-1]))
+            self._k[:, :, :n] = keys
+            self._v[:, :, :n] = values
+            self._n = n
+            self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            m = key_states.shape[-2]
+            if self._n + m > self._k.shape[-2]:  # out of room: grow geometrically
+                grow = max(m, self._k.shape[-2])
+                self._k = torch.cat([self._k, self._k.new_empty(self._k.shape[:2] + (grow, self._k.shape[-1]))], 2)
+                self._v = torch.cat([self._v, self._v.new_empty(self._v.shape[:2] + (grow, self._v.shape[-1]))], 2)
+            self._k[:, :, self._n:self._n + m] = key_states
+            self._v[:, :, self._n:self._n + m] = value_states
+            self._n += m
+            self.keys, self.values = self._k[:, :, :self._n], self._v[:, :, :self._n]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[:, :, :self._n], self._v[:, :, :self._n]
+
+    return GrowingLayer
+
+
+def _with_room(cache, extra: int):
+    """Swap a DynamicCache's layers for growing ones with `extra` free slots (plain layers are kept)."""
+    from transformers.cache_utils import DynamicLayer
+
+    cls = _growing_layer_cls()
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer and layer.is_initialized:
+            cache.layers[i] = cls(layer.keys, layer.values, extra)
+    return cache
+
+
+def _stack_prefix_caches(items: list[tuple[Any, int]]):
+    """One batch cache from single-row prefix caches of different lengths (left-padded) + its mask."""
+    import copy
+
+    import torch.nn.functional as F
+
+    width = max(plen for _, plen in items)
+    cache = copy.deepcopy(items[0][0])
+    for li, layer in enumerate(cache.layers):
+        ks, vs = [], []
+        for c, plen in items:
+            src = c.layers[li]
+            ks.append(F.pad(src.keys, (0, 0, width - plen, 0)))
+            vs.append(F.pad(src.values, (0, 0, width - plen, 0)))
+        layer.keys, layer.values = torch.cat(ks, 0), torch.cat(vs, 0)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for i, (_, plen) in enumerate(items):
+        mask[i, width - plen:] = 1
+    return cache, mask
 
 
 def _cache_of(out):

@@ -7,13 +7,18 @@ counted once, and further variants of an already matched gold triple are neither
 Official DocRED (the evaluation script of Yao et al. 2019): predictions are (title, h_idx, t_idx, r)
 over vertexSet indices, de-duplicated; RE P = correct / predicted, R = correct / gold. Ign F1 leaves
 out, from both the correct and the predicted counts, the correct facts whose (head name, tail name,
-relation) appears in a given train file. Evidence P/R count sentence ids of correct predictions.
+relation) appears in a given train file. Names compare without case and whitespace. Evidence P/R count sentence ids of correct predictions.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any, Iterable
+
+
+def norm(name: str) -> str:
+    """Names compare without case and whitespace: "People 's Party" (tokens) == "People's Party"."""
+    return "".join(name.lower().split())
 
 
 def _f1(p: float, r: float) -> float:
@@ -31,15 +36,17 @@ def name_match(docs: list[dict[str, Any]], preds: dict[int, Iterable[tuple[str, 
     tp = n_pred = n_gold = 0
     per_rel: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # tp, pred, gold
     for di, d in enumerate(docs):
-        gold = [(lab["r"], {m["name"].lower() for m in d["vertexSet"][lab["h"]]},
-                 {m["name"].lower() for m in d["vertexSet"][lab["t"]]})
-                for lab in {(x["r"], x["h"], x["t"]): x for x in d.get("labels", [])}.values()]
+        # a gold fact is its relation and the name variants of head and tail; two labels that agree on
+        # all of these (entities with identical names) are one fact at the level of names
+        gold = list(dict.fromkeys((lab["r"], frozenset(norm(m["name"]) for m in d["vertexSet"][lab["h"]]),
+                                   frozenset(norm(m["name"]) for m in d["vertexSet"][lab["t"]]))
+                                  for lab in d.get("labels", [])))
         n_gold += len(gold)
         for r, _, _ in gold:
             per_rel[r][2] += 1
         used: set[int] = set()
-        for h, r, t in dict.fromkeys((h, r, t) for h, r, t in preds.get(di, [])):
-            hits = [gi for gi, (gr, hs, ts) in enumerate(gold) if gr == r and h.lower() in hs and t.lower() in ts]
+        for h, r, t in dict.fromkeys((norm(h), r, norm(t)) for h, r, t in preds.get(di, [])):
+            hits = [gi for gi, (gr, hs, ts) in enumerate(gold) if gr == r and norm(h) in hs and norm(t) in ts]
             fresh = [gi for gi in hits if gi not in used]
             if hits and not fresh:
                 continue  # another name variant of a gold triple already matched
@@ -112,21 +119,22 @@ def official(docs: list[dict[str, Any]], submission: list[dict[str, Any]],
 def names_to_submission(docs: list[dict[str, Any]], preds: dict[int, Iterable[tuple[str, str, str]]]
                         ) -> tuple[list[dict[str, Any]], int]:
     """Map predicted names to vertexSet entities by mention match (case-insensitive); returns the
-    submission and how many triples could not be mapped (a name matching no mention)."""
+    submission and how many triples could not be mapped (a name matching no mention).
+
+    A name shared by several entities goes to the one whose first mention is that name, else to the
+    first entity that has it as a mention."""
     sub, unmapped = [], 0
     for di, d in enumerate(docs):
-        index: dict[str, list[int]] = defaultdict(list)
+        index: dict[str, int] = {}
+        for ei, ent in enumerate(d["vertexSet"]):  # canonical (first-mention) names win
+            index.setdefault(norm(ent[0]["name"]), ei)
         for ei, ent in enumerate(d["vertexSet"]):
             for m in ent:
-                if ei not in index[m["name"].lower()]:
-                    index[m["name"].lower()].append(ei)
+                index.setdefault(norm(m["name"]), ei)
         for h, r, t in dict.fromkeys(preds.get(di, [])):
-            hs, ts = index.get(h.lower(), []), index.get(t.lower(), [])
-            if not hs or not ts:
+            hi, ti = index.get(norm(h)), index.get(norm(t))
+            if hi is None or ti is None or hi == ti:
                 unmapped += 1
                 continue
-            for hi in hs:
-                for ti in ts:
-                    if hi != ti:
-                        sub.append({"title": d["title"], "h_idx": hi, "t_idx": ti, "r": r})
+            sub.append({"title": d["title"], "h_idx": hi, "t_idx": ti, "r": r})
     return sub, unmapped

@@ -55,6 +55,10 @@ class Passage:
         self.text = text
         self.lower = text.lower()
         self.tokens = text.split()
+        # the passage without whitespace, and where each of its characters sits in the passage:
+        # "People's" finds "People 's" (DocRED passages are space-joined tokens)
+        self.squashed_index = [i for i, ch in enumerate(self.lower) if not ch.isspace()]
+        self.squashed = "".join(self.lower[i] for i in self.squashed_index)
 
     @lru_cache(maxsize=4096)
     def repair(self, name: str) -> str | None:
@@ -66,6 +70,10 @@ class Passage:
         i = self.lower.find(name.lower())
         if i != -1:
             return self.text[i:i + len(name)]
+        sq = "".join(name.lower().split())
+        j = self.squashed.find(sq)
+        if j != -1:
+            return self.text[self.squashed_index[j]:self.squashed_index[j + len(sq) - 1] + 1]
         n = len(name.split())
         best, best_ratio = None, 0.85
         for k in {max(1, n - 1), n, n + 1}:

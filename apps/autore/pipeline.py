@@ -67,11 +67,12 @@ def text_to_doc(text: str, title: str = "") -> dict[str, Any]:
 
 class AutoRE:
     def __init__(self, engine: Engine, stage_adapter: dict[str, str | None], *, max_new_tokens: int = 160,
-                 batch_size: int = 16, do_sample: bool = False, inverse: bool = True):
+                 batch_size: int = 32, do_sample: bool = False, inverse: bool = True, doc_batch: int = 16):
         self.engine = engine
         self.stage_adapter = stage_adapter
         self.options = GenerationOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample)
         self.inverse = inverse
+        self.doc_batch = max(1, doc_batch)
         self.context = int(getattr(engine.model.config, "max_position_embeddings", 4096) or 4096)
 
     @classmethod
@@ -110,85 +111,144 @@ class AutoRE:
         return [{**doc, "sents": [doc["sents"][j] for j in w], "_window": w} for w in windows]
 
     # ---- extraction ----------------------------------------------------------------------------
-    def extract(self, inputs: str | dict[str, Any] | Sequence[str | dict[str, Any]], progress=None
-                ) -> DocResult | list[DocResult]:
-        """Triples for a text, a DocRED document, or a list of them (then a list of results)."""
+    def extract(self, inputs: str | dict[str, Any] | Sequence[str | dict[str, Any]], progress=None,
+                teacher_forced: bool = False) -> DocResult | list[DocResult]:
+        """Triples for a text, a DocRED document, or a list of them (then a list of results).
+
+        Several documents are processed `doc_batch` at a time: each stage's calls of all of them run in
+        shared batches (every row with its own document's cached prefix).
+
+        `teacher_forced` (labelled DocRED documents only; for benchmarks and tests): every call is still
+        generated, but the relations and heads that drive the next stage come from the gold labels and
+        each call decodes exactly as many tokens as its gold answer has, so two implementations can be
+        compared on the same stage structure with any model, trained or not.
+        """
         single = isinstance(inputs, (str, dict))
         items = [inputs] if single else list(inputs)
-        results = []
+        docs = []
         for i, item in enumerate(items):
-            results.append(self._extract_one(item, i))
+            if isinstance(item, dict):
+                validate_doc(item, i)
+                docs.append(item)
+            elif isinstance(item, str):
+                docs.append(text_to_doc(item))
+            else:
+                raise UserError(f"input {i}: expected text or a DocRED document, got {type(item).__name__}")
+        results: list[DocResult] = []
+        for start in range(0, len(docs), self.doc_batch):
+            results.extend(self._extract_many(docs[start:start + self.doc_batch], teacher_forced))
             if progress is not None:
-                progress(i + 1, len(items))
+                progress(len(results), len(docs))
         return results[0] if single else results
 
-    def _extract_one(self, item: str | dict[str, Any], index: int) -> DocResult:
-        doc = text_to_doc(item) if isinstance(item, str) else item
-        if isinstance(item, dict):
-            validate_doc(item, index)
-        stats: Counter = Counter()
-        if not doc["sents"]:
-            return DocResult(doc.get("title", ""), [], dict(stats))
-        windows = self._windows(doc)
-        if len(windows) > 1:
-            stats["windows"] = len(windows)
-        triples: list[Triple] = []
-        raw: dict[str, Any] = {"windows": []}
-        for w in windows:
-            t, r = self._rhf(w, stats)
-            raw["windows"].append(r)
-            triples.extend(x for x in t if x not in triples)
-        if self.inverse:
-            triples = add_inverses(triples)
-        stats["triples"] = len(triples)
-        return DocResult(doc.get("title", ""), [self._describe(doc, t) for t in triples], dict(stats), raw)
+    def _extract_many(self, docs: list[dict[str, Any]], forced: bool) -> list[DocResult]:
+        units: list[tuple[int, dict[str, Any]]] = []  # (document, window)
+        stats = [Counter() for _ in docs]
+        for di, doc in enumerate(docs):
+            if not doc["sents"]:
+                continue
+            windows = self._windows(doc)
+            if len(windows) > 1:
+                stats[di]["windows"] = len(windows)
+            units.extend((di, w) for w in windows)
+        found, raws = self._rhf_many([w for _, w in units], [stats[di] for di, _ in units],
+                                     [teacher(w, self.engine.tokenizer) if forced else None for _, w in units])
+        per_doc: list[list[Triple]] = [[] for _ in docs]
+        raw: list[dict[str, Any]] = [{"windows": []} for _ in docs]
+        for (di, _), triples, r in zip(units, found, raws):
+            per_doc[di].extend(t for t in triples if t not in per_doc[di])
+            raw[di]["windows"].append(r)
+        out = []
+        for di, doc in enumerate(docs):
+            triples = add_inverses(per_doc[di]) if self.inverse else per_doc[di]
+            if doc["sents"]:
+                stats[di]["triples"] = len(triples)
+            out.append(DocResult(doc.get("title", ""), [self._describe(doc, t) for t in triples], dict(stats[di]),
+                                 raw[di]))
+        return out
 
-    def _rhf(self, doc: dict[str, Any], stats: Counter) -> tuple[list[Triple], dict[str, Any]]:
-        text = passage(doc)
-        psg = Passage(text)
+    def _rhf_many(self, docs: list[dict[str, Any]], stats: list[Counter], forced: list[dict[str, Any] | None]
+                  ) -> tuple[list[list[Triple]], list[dict[str, Any]]]:
+        """The three stages for several documents (or windows) at once."""
         table = relation_table()
         eng, opts = self.engine, self.options
-        ids_rel = self._ids("relation", passage=text)
-        probe = self._ids("head", passage=text, relation="x", description="x")
-        prefix = os.path.commonprefix([ids_rel, probe])
-        caches: dict[str | None, Any] = {}
+        texts = [passage(d) for d in docs]
+        psgs = [Passage(t) for t in texts]
+        ids_rel = [self._ids("relation", passage=t) for t in texts]
+        prefixes = [os.path.commonprefix([ids_rel[u], self._ids("head", passage=t, relation="x", description="x")])
+                    for u, t in enumerate(texts)]
+        caches: dict[tuple[int, str | None], tuple[Any, int]] = {}
 
-        def run(stage: str, calls: list[list[int]]) -> list[str]:
+        def run(stage: str, calls: list[tuple[int, list[int]]], budgets: list[int] | None,
+                groups: list[Any] | None = None) -> list[str]:
+            """Generate `calls` (document, prompt ids). Each call reuses its document's cached prefix; calls
+            of one group (e.g. the facts of one relation) also share the group's longer common prefix."""
             adapter = self.stage_adapter[stage]
-            shared = [i for i, c in enumerate(calls) if c[:len(prefix)] == prefix and len(c) > len(prefix)]
             outs = [""] * len(calls)
+            shared = [i for i, (u, c) in enumerate(calls)
+                      if c[:len(prefixes[u])] == prefixes[u] and len(c) > len(prefixes[u])]
+            for i in shared:
+                u = calls[i][0]
+                if (u, adapter) not in caches:
+                    caches[(u, adapter)] = (eng.encode_prefix(prefixes[u], adapter), len(prefixes[u]))
+            key_of = {i: (calls[i][0], adapter) for i in shared}
+            if groups is not None:  # the longest common prefix of each group of two or more calls
+                members: dict[Any, list[int]] = {}
+                for i in shared:
+                    members.setdefault((calls[i][0], groups[i]), []).append(i)
+                for (u, g), idx in members.items():
+                    if len(idx) < 2:
+                        continue
+                    gp = os.path.commonprefix([calls[i][1] for i in idx])
+                    if len(gp) - len(prefixes[u]) < 4 or any(len(calls[i][1]) <= len(gp) for i in idx):
+                        continue
+                    gk = (u, g, adapter)
+                    if gk not in caches:
+                        caches[gk] = (eng.extend_prefix(caches[(u, adapter)][0], gp[len(prefixes[u]):], adapter),
+                                      len(gp))
+                    for i in idx:
+                        key_of[i] = gk
             if shared:
-                if adapter not in caches:
-                    caches[adapter] = eng.encode_prefix(prefix, adapter)
-                texts = eng.generate_shared_prefix(prefix, [calls[i][len(prefix):] for i in shared], adapter,
-                                                   options=opts, prefix_cache=caches[adapter])
-                for i, t in zip(shared, texts):
+                texts_ = eng.generate_prefixed(
+                    [(key_of[i], calls[i][1][caches[key_of[i]][1]:]) for i in shared], caches, adapter,
+                    options=opts, max_new_tokens_per_row=[budgets[i] for i in shared] if budgets else None)
+                for i, t in zip(shared, texts_):
                     outs[i] = t
-            alone = [i for i in range(len(calls)) if i not in set(shared)]
-            if alone:  # the prefix check failed for these: run them whole
-                stats["calls_without_shared_prefix"] += len(alone)
-                texts = eng.generate_ids([calls[i] for i in alone], adapter=adapter, options=opts)
-                for i, t in zip(alone, texts):
-                    outs[i] = t
-            stats[f"{stage}_calls"] += len(calls)
+            for i in sorted(set(range(len(calls))) - set(shared)):  # the prefix check failed: run whole
+                u, c = calls[i]
+                stats[u]["calls_without_shared_prefix"] += 1
+                o = opts if not budgets else GenerationOptions(**{**opts.__dict__, "max_new_tokens": budgets[i]})
+                outs[i] = eng.generate_ids([c], adapter=adapter, options=o)[0]
+            for u, _ in calls:
+                stats[u][f"{stage}_calls"] += 1
             return outs
 
-        rel_out = run("relation", [ids_rel])[0]
-        rels = parse_relations(rel_out, stats)
-        head_calls = [self._ids("head", passage=text, relation=table[r][0], description=table[r][1]) for r in rels]
-        head_out = run("head", head_calls) if head_calls else []
-        pairs = [(r, h) for r, out in zip(rels, head_out) for h in parse_heads(out, psg, stats)]
-        fact_calls = [self._ids("facts", passage=text, relation=table[r][0], description=table[r][1], head=h)
-                      for r, h in pairs]
-        fact_out = run("facts", fact_calls) if fact_calls else []
-        triples: list[Triple] = []
-        for (r, _h), out in zip(pairs, fact_out):
-            for t in parse_facts(out, r, psg, stats):
-                if t not in triples:
-                    triples.append(t)
-        return triples, {"relation": rel_out, "head": head_out, "facts": fact_out}
+        n = len(docs)
+        rel_out = run("relation", [(u, ids_rel[u]) for u in range(n)],
+                      [forced[u]["budget"]["relation"] for u in range(n)] if forced and forced[0] else None)
+        rels = [forced[u]["relations"] if forced[u] else parse_relations(rel_out[u], stats[u]) for u in range(n)]
+        head_keys = [(u, r) for u in range(n) for r in rels[u]]
+        head_out = run("head", [(u, self._ids("head", passage=texts[u], relation=table[r][0],
+                                              description=table[r][1])) for u, r in head_keys],
+                       [forced[u]["budget"]["head"][r] for u, r in head_keys] if forced and forced[0] else None)
+        heads: dict[tuple[int, str], list[str]] = {}
+        for (u, r), out in zip(head_keys, head_out):
+            heads[(u, r)] = forced[u]["heads"][r] if forced[u] else parse_heads(out, psgs[u], stats[u])
+        fact_keys = [(u, r, h) for u, r in head_keys for h in heads[(u, r)]]
+        fact_out = run("facts", [(u, self._ids("facts", passage=texts[u], relation=table[r][0],
+                                               description=table[r][1], head=h)) for u, r, h in fact_keys],
+                       [forced[u]["budget"]["facts"][(r, h)] for u, r, h in fact_keys] if forced and forced[0]
+                       else None, groups=[r for _, r, _ in fact_keys])
+        triples: list[list[Triple]] = [[] for _ in range(n)]
+        for (u, r, _h), out in zip(fact_keys, fact_out):
+            for t in parse_facts(out, r, psgs[u], stats[u]):
+                if t not in triples[u]:
+                    triples[u].append(t)
+        raws = [{"relation": rel_out[u], "head": [o for (v, _), o in zip(head_keys, head_out) if v == u],
+                 "facts": [o for (v, _, _), o in zip(fact_keys, fact_out) if v == u]} for u in range(n)]
+        return triples, raws
 
-    def extract_sequential(self, item: str | dict[str, Any]) -> DocResult:
+    def extract_sequential(self, item: str | dict[str, Any], teacher_forced: bool = False) -> DocResult:
         """The reference procedure, one generate call at a time (no batching, no shared prefix)."""
         doc = text_to_doc(item) if isinstance(item, str) else item
         stats: Counter = Counter()
@@ -199,27 +259,58 @@ class AutoRE:
         opts = GenerationOptions(max_new_tokens=self.options.max_new_tokens, batch_size=1,
                                  do_sample=self.options.do_sample)
 
-        def one(stage: str, **fields: Any) -> str:
-            return eng.generate_ids([self._ids(stage, **fields)], adapter=self.stage_adapter[stage], options=opts)[0]
+        f = teacher(doc, eng.tokenizer) if teacher_forced else {}
+        raw: dict[str, Any] = {"relation": "", "head": [], "facts": []}
 
-        rels = parse_relations(one("relation", passage=text), stats)
+        def one(stage: str, budget: int | None = None, **fields: Any) -> str:
+            o = opts if budget is None else GenerationOptions(**{**opts.__dict__, "max_new_tokens": budget})
+            return eng.generate_ids([self._ids(stage, **fields)], adapter=self.stage_adapter[stage], options=o)[0]
+
+        raw["relation"] = one("relation", f["budget"]["relation"] if f else None, passage=text)
+        rels = f["relations"] if f else parse_relations(raw["relation"], stats)
         triples: list[Triple] = []
         for r in rels:
             name, desc = table[r]
-            for h in parse_heads(one("head", passage=text, relation=name, description=desc), psg, stats):
-                out = one("facts", passage=text, relation=name, description=desc, head=h)
+            hout = one("head", f["budget"]["head"][r] if f else None, passage=text, relation=name, description=desc)
+            raw["head"].append(hout)
+            heads = f["heads"][r] if f else parse_heads(hout, psg, stats)
+            for h in heads:
+                out = one("facts", f["budget"]["facts"][(r, h)] if f else None, passage=text, relation=name,
+                          description=desc, head=h)
+                raw["facts"].append(out)
                 for t in parse_facts(out, r, psg, stats):
                     if t not in triples:
                         triples.append(t)
         if self.inverse:
             triples = add_inverses(triples)
-        return DocResult(doc.get("title", ""), [self._describe(doc, t) for t in triples], dict(stats))
+        return DocResult(doc.get("title", ""), [self._describe(doc, t) for t in triples], dict(stats),
+                         {"windows": [raw]})
+
+    # ---- teacher forcing -------------------------------------------------------------------------
 
     # ---- output ----------------------------------------------------------------------------------
     def _describe(self, doc: dict[str, Any], t: Triple) -> dict[str, Any]:
         return {"head": t.head, "relation": t.relation, "relation_id": t.relation_id, "tail": t.tail,
                 "head_mentions": _mentions(doc, t.head), "tail_mentions": _mentions(doc, t.tail),
                 "source": t.source}
+
+
+def teacher(doc: dict[str, Any], tokenizer) -> dict[str, Any]:
+    """Gold relations, heads and per-call answer lengths (in tokens) for teacher-forced runs."""
+    from .docred import stage_examples
+
+    if not doc.get("labels"):
+        raise UserError(f"teacher forcing needs labelled documents; {doc.get('title', '')!r} has none")
+    tok = tokenizer
+    ex = stage_examples([doc])
+    n = (lambda s: len(tok(s, add_special_tokens=False)["input_ids"]) + 1)
+    names = {v[0]: k for k, v in relation_table().items()}
+    rels = [names[x] for x in ex.relation[0]["completion"].split("\n")]
+    heads = {names[h["relation"]]: h["completion"].split("\n") for h in ex.head}
+    return {"relations": rels, "heads": heads,
+            "budget": {"relation": n(ex.relation[0]["completion"]),
+                       "head": {names[h["relation"]]: n(h["completion"]) for h in ex.head},
+                       "facts": {(names[x["relation"]], x["head"]): n(x["completion"]) for x in ex.facts}}}
 
 
 def _mentions(doc: dict[str, Any], name: str) -> list[dict[str, int]]:
