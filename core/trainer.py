@@ -345,6 +345,15 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
+    if precision in ("bf16", "fp16") and not quantized:
+        # Under autocast the adapter matmuls run in half precision anyway; peft's cast of every adapter
+        # input to the fp32 adapter dtype (a full copy of the activations per adapted layer, before its
+        # dropout) only costs memory traffic.
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for m in model.modules():
+            if isinstance(m, BaseTunerLayer) and hasattr(m, "cast_input_dtype_enabled"):
+                m.cast_input_dtype_enabled = False
 
     train_ds = Dataset.from_dict(train_cols)
     eval_ds = Dataset.from_dict(eval_cols) if eval_cols and eval_cols["input_ids"] else None

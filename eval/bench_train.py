@@ -51,6 +51,7 @@ class _Counter:
         self.tokens = 0
         self.padded = 0
         self.times: list[float] = []
+        self.step_tokens: list[int] = []  # useful tokens of each optimizer step
 
 
 def run_one(kind: str, data: Path, n_docs: int, batch: int, out_dir: Path, core_set: list[str] | None = None
@@ -77,6 +78,7 @@ def run_one(kind: str, data: Path, n_docs: int, batch: int, out_dir: Path, core_
 
         def on_step_end(self, args, state, control, **kw):
             counter.times.append(time.perf_counter() - self.t)
+            counter.step_tokens.append(counter.tokens - sum(counter.step_tokens))
 
     def count(inputs):
         am = inputs.get("attention_mask")
@@ -143,8 +145,9 @@ def run_one(kind: str, data: Path, n_docs: int, batch: int, out_dir: Path, core_
                                  extra_callbacks=[Timer()])
         wall = time.perf_counter() - t0
         settings = {"precision": res.metrics["precision"], "batching": res.metrics["batching"]}
-    steps = counter.times[2:] or counter.times  # first steps warm up allocators and kernels
-    measured_tokens = counter.tokens * (sum(steps) / max(sum(counter.times), 1e-9))
+    skip = 2 if len(counter.times) > 4 else 0  # the first steps warm up allocators and kernels
+    steps = counter.times[skip:]
+    measured_tokens = sum(counter.step_tokens[skip:])
     return {
         "kind": kind, **settings, "steps": len(counter.times), "useful_tokens": counter.tokens,
         "batch_tokens": counter.padded, "padding_share": round(1 - counter.tokens / max(counter.padded, 1), 3),

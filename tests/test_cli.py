@@ -80,3 +80,12 @@ def test_train_eval_predict_through_cli(tmp_path):
     p = run("predict", "sft", "--adapter", str(out), "cat is red. category?", str(ev))
     rows = [json.loads(x) for x in p.stdout.splitlines() if x.strip()]
     assert len(rows) == 17 and all(set(r) == {"id", "output"} for r in rows)
+
+
+def test_offline_hub_model_not_cached_is_one_clear_error(tmp_path):
+    data = synthetic.write(tmp_path / "d.jsonl", synthetic.make(4, 0))
+    p = run("train", "sft", f"data.train={data}", "model.base=peft-apps-test/no-such-model",
+            check=False, env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "peft-apps-test/no-such-model" in p.stderr and "model.base=DIR" in p.stderr
+    assert "Traceback" not in p.stderr

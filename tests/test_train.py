@@ -154,3 +154,17 @@ def test_merge_reproduces_adapter_outputs(trained, tmp_path):
     ids = engine.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.allclose(engine.model(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-4)
+
+
+def test_engine_stop_strings_and_sampling(trained):
+    from peft_apps.core.engine import Engine
+
+    app, r, res = trained
+    ev = [x for x in app.training_records(r, "eval") if x.completion == "animal"][:2]
+    engine = Engine.from_pretrained(None, res.output_dir)
+    greedy = engine.chat([x.prompt for x in ev], max_new_tokens=4)
+    assert greedy == ["animal", "animal"]
+    assert engine.chat([x.prompt for x in ev], max_new_tokens=4, stop=["m"]) == ["ani", "ani"]
+    s1 = engine.chat([x.prompt for x in ev], max_new_tokens=4, do_sample=True, temperature=5.0, seed=1)
+    s2 = engine.chat([x.prompt for x in ev], max_new_tokens=4, do_sample=True, temperature=5.0, seed=1)
+    assert s1 == s2  # seeded sampling is reproducible
