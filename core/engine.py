@@ -206,29 +206,13 @@ class Engine:
         batch as soon as it ends (EOS, a stop string, or `max_new_tokens`), so no row decodes for the
         longest answer's sake. Greedy unless `do_sample`.
         """
-        import copy
-
-        o = options or GenerationOptions(**opts)
-        n = len(suffixes)
-        if n == 0:
+        if not suffixes:
             return []
         if not prefix_ids:
             raise ValueError("generate_shared_prefix needs a non-empty prefix")
-        out_text: list[str] = [""] * n
-        base_cache = prefix_cache if prefix_cache is not None else self.encode_prefix(prefix_ids, adapter)
-        with _AdapterScope(self, adapter):
-            order = sorted(range(n), key=lambda i: len(suffixes[i]))
-            for start in range(0, n, o.batch_size):
-                idx = order[start:start + o.batch_size]
-                cache = copy.deepcopy(base_cache)
-                if len(idx) > 1:
-                    cache.batch_repeat_interleave(len(idx))
-                limits = [max_new_tokens_per_row[i] for i in idx] if max_new_tokens_per_row else None
-                pmask = torch.ones((len(idx), len(prefix_ids)), dtype=torch.long)
-                gen = self._decode_rows(cache, pmask, [list(suffixes[i]) for i in idx], o, limits)
-                for i, t in zip(idx, gen):
-                    out_text[i] = t
-        return out_text
+        cache = prefix_cache if prefix_cache is not None else self.encode_prefix(prefix_ids, adapter)
+        return self.generate_prefixed([(0, s) for s in suffixes], {0: (cache, len(prefix_ids))}, adapter,
+                                      options, max_new_tokens_per_row, **opts)
 
     @torch.inference_mode()
     def generate_prefixed(self, rows: Sequence[tuple[Any, Sequence[int]]], prefixes: dict[Any, tuple[Any, int]],

@@ -8,17 +8,12 @@ CPU backend (fp32 compute); if bitsandbytes cannot be used, the model loads unqu
 from __future__ import annotations
 
 import importlib.util
-import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 from peft_apps.core.config import ModelConfig
 from peft_apps.core.errors import UserError
-
-log = logging.getLogger("peft_apps")
-
 
 def has_cuda() -> bool:
     import torch
@@ -122,7 +117,6 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None):
 
 def load_base_model(cfg: ModelConfig, *, quantize: bool = True, dtype=None):
     """The base model as the recipe describes it; `quantize=False` loads it in `dtype` (merging)."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     base = resolve_base(cfg.base)
@@ -140,9 +134,6 @@ def load_base_model(cfg: ModelConfig, *, quantize: bool = True, dtype=None):
     if qcfg is None and has_cuda():
         model = model.to("cuda")
     model.config.use_cache = False
-    if os.environ.get("PEFT_APPS_DEBUG"):
-        log.info("loaded %s (%s, %s)", base, model.dtype, type(qcfg).__name__ if qcfg else "unquantized")
-    _ = torch  # keep the import local to this function
     return model
 
 

@@ -137,8 +137,6 @@ def score_docs(docs: list[dict[str, Any]], preds: dict[int, list[tuple[str, str,
 def score_files(gold: Path, pred: Path, train: Path | None = None) -> dict[str, Any]:
     """GOLD: DocRED JSON. PRED: JSONL {id, output} of raw `head | relation | tail` text (id: position in
     GOLD or title), or the official submission list [{title, h_idx, t_idx, r, evidence?}]."""
-    from collections import Counter as C
-
     from peft_apps.eval.docred import official, train_facts
 
     from .docred import passage
@@ -168,7 +166,7 @@ def score_files(gold: Path, pred: Path, train: Path | None = None) -> dict[str, 
         return {f"docred_{k}": v for k, v in out.items()}
     by_title = {d["title"]: i for i, d in enumerate(docs)}
     preds: dict[int, list[tuple[str, str, str]]] = {}
-    stats: C = C()
+    stats: Counter = Counter()
     for lineno, obj in read_jsonl(pred):
         where = f"{pred}:{lineno}"
         rid = require(obj, "id", where, (str, int))

@@ -20,7 +20,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from peft_apps.core.data import render_prompt
 from peft_apps.core.engine import Engine, GenerationOptions
@@ -336,6 +336,3 @@ def _mentions(doc: dict[str, Any], name: str) -> list[dict[str, int]]:
         start = i + 1
     return out
 
-
-def results_to_jsonl(results: Iterable[DocResult]) -> list[dict[str, Any]]:
-    return [r.as_dict() for r in results]
