@@ -272,7 +272,7 @@ class Engine:
                             use_cache=True, logits_to_keep=1).logits[:, -1, :]
         last_pos = pos[:, -1]
         # `active[j]` is the row at batch position j; finished rows stay in the batch (fed padding) until
-        # a quarter of it has finished, then the batch is compacted: compacting copies the whole cache,
+        # half of it has finished, then the batch is compacted: compacting copies the whole cache,
         # so doing it at every finish would cost more than the wasted rows do.
         done = [False] * len(active)
         for _step in range(max(limit)):
@@ -291,7 +291,7 @@ class Engine:
             n_done = sum(done)
             if n_done == len(active):
                 break
-            if n_done and n_done * 4 >= len(active):
+            if n_done and n_done * 2 >= len(active):
                 keep = [j for j in range(len(active)) if not done[j]]
                 sel = torch.tensor(keep, dtype=torch.long, device=dev)
                 cache.batch_select_indices(sel)

@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--docs", type=int, default=8)
     ap.add_argument("--start", type=int, default=0)
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     if not a.data.is_file():

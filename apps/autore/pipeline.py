@@ -67,7 +67,7 @@ def text_to_doc(text: str, title: str = "") -> dict[str, Any]:
 
 class AutoRE:
     def __init__(self, engine: Engine, stage_adapter: dict[str, str | None], *, max_new_tokens: int = 160,
-                 batch_size: int = 32, do_sample: bool = False, inverse: bool = True, doc_batch: int = 16):
+                 batch_size: int = 64, do_sample: bool = False, inverse: bool = True, doc_batch: int = 16):
         self.engine = engine
         self.stage_adapter = stage_adapter
         self.options = GenerationOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample)
