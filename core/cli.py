@@ -172,9 +172,12 @@ def score_cmd(
     gold: Path = typer.Option(..., "--gold", help="gold file (the app's format)"),
     pred: Path = typer.Option(..., "--pred", help='JSONL of {"id", "output"} (raw model text)'),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the metrics JSON here"),
+    train: Optional[Path] = typer.Option(None, "--train", help="training data, for metrics that need it "
+                                                                 "(autore: Ign F1 against the DocRED train file)"),
 ) -> None:
     """Score predictions against gold data without loading a model."""
-    metrics = _app(app_name).score(gold, pred)
+    a = _app(app_name)
+    metrics = a.score(gold, pred, train=train) if train else a.score(gold, pred)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(metrics, indent=2, ensure_ascii=False))

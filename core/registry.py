@@ -74,7 +74,7 @@ class App:
     def convert(self, source: Path, out: Path, **options: Any) -> dict[str, Any]:
         raise UserError(f"app {self.name!r} does not implement `convert`")
 
-    def score(self, gold: Path, pred: Path) -> dict[str, Any]:
+    def score(self, gold: Path, pred: Path, **options: Any) -> dict[str, Any]:
         raise UserError(f"app {self.name!r} does not implement `score`")
 
     def demo_inputs(self, recipe: Recipe, work_dir: Path) -> list[str]:

@@ -174,6 +174,10 @@ def test_score_cli_raw_model_text(tmp_path):
     assert p.returncode == 0, p.stderr
     m = json.loads(out.read_text())
     assert m["f1"] == pytest.approx(1.0) and m["parse_stats"]["malformed_fact"] == len(docs)
+    p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "score", "autore", "--gold", str(SAMPLE),
+                        "--pred", str(pred), "--train", str(SAMPLE), "-o", str(out)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(out.read_text())["docred_ign_f1"] < 0.05  # every fact is "seen in train" here
     pred.write_text('{"id": 999, "output": ""}\n')
     p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "score", "autore", "--gold", str(SAMPLE),
                         "--pred", str(pred)], capture_output=True, text=True)

@@ -117,8 +117,8 @@ class AutoREApp(App):
         path.write_text(json.dumps(docs, ensure_ascii=False))
         return [str(path)]
 
-    def score(self, gold: Path, pred: Path) -> dict[str, Any]:
-        return score_files(gold, pred)
+    def score(self, gold: Path, pred: Path, train: Path | None = None, **options: Any) -> dict[str, Any]:
+        return score_files(gold, pred, train)
 
 
 def score_docs(docs: list[dict[str, Any]], preds: dict[int, list[tuple[str, str, str]]],

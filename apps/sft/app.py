@@ -121,7 +121,9 @@ class SFTApp(App):
         path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows), encoding="utf-8")
         return [str(path)]
 
-    def score(self, gold: Path, pred: Path) -> dict[str, Any]:
+    def score(self, gold: Path, pred: Path, **options: Any) -> dict[str, Any]:
+        if options.get("train") is not None:
+            raise UserError("sft scoring takes no --train file")
         from peft_apps.eval.classification import classification_report
 
         task = SFTTask()
