@@ -86,7 +86,8 @@ class AdaLoraCallback(TrainerCallback):
 class RichProgressCallback(TrainerCallback):
     """A rich progress bar: step, loss, useful tokens/s, ETA."""
 
-    def __init__(self, trainer_ref: "CoreTrainer", console=None):
+    def __init__(self, trainer_ref, console=None):
+        """`trainer_ref`: the core trainer, whose `useful_tokens` count gives tokens/s."""
         self.trainer_ref = trainer_ref
         self.console = console
         self.progress = None
@@ -247,9 +248,6 @@ def completion_only_loss(lm, inputs: dict, num_items_in_batch=None):
     loss = torch.nn.functional.cross_entropy(logits, shift[sel], reduction="sum")
     denom = num_items_in_batch if num_items_in_batch is not None else sel.sum()
     return loss / torch.as_tensor(denom, device=loss.device).clamp(min=1)
-
-
-CoreTrainer = Any  # typing alias for the class built lazily by _trainer_cls
 
 
 @dataclass
