@@ -271,10 +271,10 @@ def _mount_app_commands() -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
-    _mount_app_commands()
+def run_typer(typer_app: typer.Typer, argv: list[str] | None, prog_name: str) -> int:
+    """Run a typer app as a console script: a UserError prints as one message (no traceback), exit 2."""
     try:
-        app(args=argv, prog_name="peft-apps")  # typer/click report usage errors themselves
+        typer_app(args=argv, prog_name=prog_name)  # typer/click report usage errors themselves
     except UserError as e:
         console.print(f"[bold red]error:[/] {e.args[0]}", highlight=False, soft_wrap=True)
         if e.hint:
@@ -286,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    _mount_app_commands()
+    return run_typer(app, argv, "peft-apps")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -140,16 +140,9 @@ def eval_cmd(ctx: typer.Context) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cli(args=argv, prog_name="autore")
-    except UserError as e:
-        console.print(f"[bold red]error:[/] {e.args[0]}", highlight=False, soft_wrap=True)
-        if e.hint:
-            console.print(f"[dim]hint:[/] {e.hint}", highlight=False, soft_wrap=True)
-        return 2
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    return 0
+    from peft_apps.core.cli import run_typer
+
+    return run_typer(cli, argv, "autore")
 
 
 if __name__ == "__main__":  # pragma: no cover

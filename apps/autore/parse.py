@@ -115,9 +115,9 @@ class Triple:
         return relation_table()[self.relation_id][0]
 
 
-def parse_facts(text: str, relation_id: str, passage: Passage, stats: Counter) -> list[Triple]:
-    """`head | relation | tail` lines for one (relation, head) call."""
-    name = relation_table()[relation_id][0]
+def _triples(text: str, passage: Passage | None, stats: Counter, only: str | None) -> list[Triple]:
+    """`head | relation | tail` lines -> triples; `only`: the one relation id the lines must name."""
+    table = name_to_id()
     out: list[Triple] = []
     for line in str(text).splitlines():
         line = _clean(line)
@@ -127,17 +127,28 @@ def parse_facts(text: str, relation_id: str, passage: Passage, stats: Counter) -
         if len(parts) != 3 or not parts[0] or not parts[2]:
             stats["malformed_fact"] += 1
             continue
-        if parts[1].lower() != name.lower():
+        rid = table.get(parts[1].lower())
+        if only is not None and rid != only:
             stats["fact_relation_mismatch"] += 1
             continue
-        h, t = passage.repair(parts[0]), passage.repair(parts[2])
-        if h is None or t is None:
-            stats["fact_entity_not_in_text"] += 1
+        if rid is None:
+            stats["unknown_relation"] += 1
             continue
-        tr = Triple(h, relation_id, t)
+        h, t = parts[0], parts[2]
+        if passage is not None:
+            h, t = passage.repair(h), passage.repair(t)
+            if h is None or t is None:
+                stats["fact_entity_not_in_text"] += 1
+                continue
+        tr = Triple(h, rid, t)
         if tr not in out:
             out.append(tr)
     return out
+
+
+def parse_facts(text: str, relation_id: str, passage: Passage, stats: Counter) -> list[Triple]:
+    """`head | relation | tail` lines for one (relation, head) call: other relations are counted, dropped."""
+    return _triples(text, passage, stats, only=relation_id)
 
 
 def add_inverses(triples: list[Triple]) -> list[Triple]:
@@ -153,27 +164,4 @@ def add_inverses(triples: list[Triple]) -> list[Triple]:
 
 def parse_triple_lines(text: str, passage: Passage | None, stats: Counter) -> list[Triple]:
     """Free `head | relation | tail` lines (any relation): the form `score` reads raw model text in."""
-    table = name_to_id()
-    out: list[Triple] = []
-    for line in str(text).splitlines():
-        line = _clean(line)
-        if not line:
-            continue
-        parts = [p.strip() for p in line.split("|")]
-        if len(parts) != 3 or not parts[0] or not parts[2]:
-            stats["malformed_fact"] += 1
-            continue
-        rid = table.get(parts[1].lower())
-        if rid is None:
-            stats["unknown_relation"] += 1
-            continue
-        h, t = parts[0], parts[2]
-        if passage is not None:
-            h, t = passage.repair(h), passage.repair(t)
-            if h is None or t is None:
-                stats["fact_entity_not_in_text"] += 1
-                continue
-        tr = Triple(h, rid, t)
-        if tr not in out:
-            out.append(tr)
-    return out
+    return _triples(text, passage, stats, only=None)
