@@ -218,7 +218,7 @@ def demo_cmd(
     app_name: Optional[str] = typer.Argument(None, metavar="[APP]", help="default: sft"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default: runs/APP-demo)"),
 ) -> None:
-    """Train, evaluate and use an adapter on the tiny offline model and bundled real samples (~1 min)."""
+    """Train, evaluate and use an adapter on the tiny offline model and bundled real samples (under a minute)."""
     from peft_apps.core.registry import list_apps
 
     name = app_name or ("sft" if "sft" in list_apps() else next(iter(list_apps())))
