@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -246,14 +247,10 @@ class Engine:
         eos = self.tokenizer.eos_token_id
         eos_set = set(eos if isinstance(eos, list) else [eos])
         plen = prefix_mask.shape[1]
-        b, width = len(rows), max(len(r) for r in rows)
-        ids = torch.full((b, width), pad, dtype=torch.long)
-        mask = torch.zeros((b, plen + width), dtype=torch.long)
-        mask[:, :plen] = prefix_mask
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, plen + width - len(r):] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
+        b = len(rows)
+        ids, suffix_mask = _left_pad(rows, pad)
+        width = ids.shape[1]
+        ids, mask = ids.to(dev), torch.cat([prefix_mask, suffix_mask], dim=1).to(dev)
         _with_room(cache, width + max(limits or [o.max_new_tokens]) + 1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, plen:]
         gen = torch.Generator(device="cpu")
@@ -322,12 +319,8 @@ class Engine:
     @torch.inference_mode()
     def _generate_ids(self, rows: list[list[int]], adapters: list[str], o: GenerationOptions) -> list[str]:
         pad = self.tokenizer.pad_token_id
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r):] = 1
+        ids, mask = _left_pad(rows, pad)
+        width = ids.shape[1]
         kw: dict[str, Any] = dict(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
             max_new_tokens=o.max_new_tokens, do_sample=o.do_sample, pad_token_id=pad,
@@ -341,19 +334,11 @@ class Engine:
             kw.update(temperature=None, top_p=None, top_k=None)
         if o.stop:
             kw.update(stop_strings=o.stop, tokenizer=self.tokenizer)
-        if self.adapters:
-            if len(set(adapters)) == 1:
-                name = adapters[0]
-                if name == BASE:
-                    with self.model.disable_adapter():
-                        gen = self.model.generate(**kw)
-                else:
-                    self.model.set_adapter(name)
-                    gen = self.model.generate(**kw)
-            else:
-                gen = self.model.generate(**kw, adapter_names=adapters)
+        if len(set(adapters)) == 1:
+            with _AdapterScope(self, adapters[0]):
+                gen = self.model.generate(**kw)
         else:
-            gen = self.model.generate(**kw)
+            gen = self.model.generate(**kw, adapter_names=adapters)
         new = gen[:, width:]
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         if o.stop:
@@ -385,6 +370,18 @@ class _AdapterScope:
             self.ctx.__exit__(*exc)
 
 
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows left-padded to one width, and their attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+@lru_cache(maxsize=1)
 def _growing_layer_cls():
     from transformers.cache_utils import DynamicLayer
 
@@ -442,7 +439,8 @@ def _stack_prefix_caches(items: list[tuple[Any, int]]):
     import torch.nn.functional as F
 
     width = max(plen for _, plen in items)
-    cache = copy.deepcopy(items[0][0])
+    cache = copy.copy(items[0][0])  # the layers' tensors are rebuilt below: no deep copy of the prefix
+    cache.layers = [copy.copy(layer) for layer in cache.layers]
     for li, layer in enumerate(cache.layers):
         ks, vs = [], []
         for c, plen in items:

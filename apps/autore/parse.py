@@ -12,7 +12,6 @@ import difflib
 import re
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
 
 from .docred import SEP, name_to_id, relation_table
 
@@ -59,9 +58,15 @@ class Passage:
         # "People's" finds "People 's" (DocRED passages are space-joined tokens)
         self.squashed_index = [i for i, ch in enumerate(self.lower) if not ch.isspace()]
         self.squashed = "".join(self.lower[i] for i in self.squashed_index)
+        self._repaired: dict[str, str | None] = {}
 
-    @lru_cache(maxsize=4096)
     def repair(self, name: str) -> str | None:
+        """`name` as it is written in the passage, or None (remembered per passage)."""
+        if name not in self._repaired:
+            self._repaired[name] = self._repair(name)
+        return self._repaired[name]
+
+    def _repair(self, name: str) -> str | None:
         name = " ".join(name.split())
         if not name:
             return None
