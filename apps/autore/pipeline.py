@@ -95,18 +95,24 @@ class AutoRE:
         return self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _windows(self, doc: dict[str, Any]) -> list[dict[str, Any]]:
-        """Split a document whose prompts would not fit the context into sentence windows that do."""
+        """Split a document whose prompts would not fit the context into sentence windows that do.
+
+        Each sentence is tokenized once and windows are filled by adding up their lengths (the 96-token
+        margin covers the few tokens a join can add), rather than re-tokenizing every trial window.
+        """
         budget = self.context - self.options.max_new_tokens - 96
         if len(self._ids("facts", passage=passage(doc), relation="x", description="x", head="x")) <= budget:
             return [doc]
-        windows, cur = [], []
+        tok = self.engine.tokenizer
+        overhead = len(self._ids("facts", passage="", relation="x", description="x", head="x"))
+        windows, cur, used = [], [], overhead
         for i, s in enumerate(doc["sents"]):
-            trial = {**doc, "sents": [doc["sents"][j] for j in cur + [i]]}
-            if cur and len(self._ids("facts", passage=passage(trial), relation="x", description="x",
-                                     head="x")) > budget:
+            n = len(tok(" " + " ".join(s), add_special_tokens=False)["input_ids"])
+            if cur and used + n > budget:
                 windows.append(cur)
-                cur = []
+                cur, used = [], overhead
             cur.append(i)
+            used += n
         windows.append(cur)
         return [{**doc, "sents": [doc["sents"][j] for j in w], "_window": w} for w in windows]
 
@@ -224,21 +230,22 @@ class AutoRE:
             return outs
 
         n = len(docs)
+        forcing = bool(forced) and forced[0] is not None
         rel_out = run("relation", [(u, ids_rel[u]) for u in range(n)],
-                      [forced[u]["budget"]["relation"] for u in range(n)] if forced and forced[0] else None)
+                      [forced[u]["budget"]["relation"] for u in range(n)] if forcing else None)
         rels = [forced[u]["relations"] if forced[u] else parse_relations(rel_out[u], stats[u]) for u in range(n)]
         head_keys = [(u, r) for u in range(n) for r in rels[u]]
         head_out = run("head", [(u, self._ids("head", passage=texts[u], relation=table[r][0],
                                               description=table[r][1])) for u, r in head_keys],
-                       [forced[u]["budget"]["head"][r] for u, r in head_keys] if forced and forced[0] else None)
+                       [forced[u]["budget"]["head"][r] for u, r in head_keys] if forcing else None)
         heads: dict[tuple[int, str], list[str]] = {}
         for (u, r), out in zip(head_keys, head_out):
             heads[(u, r)] = forced[u]["heads"][r] if forced[u] else parse_heads(out, psgs[u], stats[u])
         fact_keys = [(u, r, h) for u, r in head_keys for h in heads[(u, r)]]
         fact_out = run("facts", [(u, self._ids("facts", passage=texts[u], relation=table[r][0],
                                                description=table[r][1], head=h)) for u, r, h in fact_keys],
-                       [forced[u]["budget"]["facts"][(r, h)] for u, r, h in fact_keys] if forced and forced[0]
-                       else None, groups=[r for _, r, _ in fact_keys])
+                       [forced[u]["budget"]["facts"][(r, h)] for u, r, h in fact_keys] if forcing else None,
+                       groups=[r for _, r, _ in fact_keys])
         triples: list[list[Triple]] = [[] for _ in range(n)]
         for (u, r, _h), out in zip(fact_keys, fact_out):
             for t in parse_facts(out, r, psgs[u], stats[u]):
@@ -285,8 +292,6 @@ class AutoRE:
             triples = add_inverses(triples)
         return DocResult(doc.get("title", ""), [self._describe(doc, t) for t in triples], dict(stats),
                          {"windows": [raw]})
-
-    # ---- teacher forcing -------------------------------------------------------------------------
 
     # ---- output ----------------------------------------------------------------------------------
     def _describe(self, doc: dict[str, Any], t: Triple) -> dict[str, Any]:
