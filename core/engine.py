@@ -36,6 +36,22 @@ class GenerationOptions:
     stop: list[str] = field(default_factory=list)
     batch_size: int = 8
     seed: int | None = None
+    # Prompt-lookup speculation (greedy decoding in the prefix-cache path): up to `lookahead` draft tokens
+    # per row, copied from where the row's latest n-gram last occurred in its prompt or output, are
+    # verified in one forward pass. Rows x (1 + drafts) stays within `step_tokens`, so full batches
+    # decode one token per row and small batches (a stage's long tail) verify several. 0 turns it off.
+    lookahead: int = 10
+    step_tokens: int = 64
+
+
+@dataclass
+class Prefix:
+    """A token prefix and its KV cache (one row), from `Engine.encode_prefix` / `extend_prefix`."""
+    cache: Any
+    ids: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 def adapter_base_config(adapter_dir: str | Path) -> ModelConfig:
@@ -62,6 +78,9 @@ class Engine:
         self.tokenizer = tokenizer
         self.adapters = list(adapters)
         self.model.eval()
+        _grouped_kv_sdpa_on_cpu(self.model)
+        # decoding counters of the prefix-cache path: forward passes, tokens produced, drafts made/accepted
+        self.decode_stats = {"forwards": 0, "tokens": 0, "drafted": 0, "accepted": 0}
 
     # ---- loading -----------------------------------------------------------------------------
     @classmethod
@@ -177,28 +196,28 @@ class Engine:
 
     # ---- shared-prefix generation ------------------------------------------------------------------
     @torch.inference_mode()
-    def encode_prefix(self, prefix_ids: Sequence[int], adapter: str | None = None):
-        """The KV cache of `prefix_ids` under `adapter`, for `generate_shared_prefix(prefix_cache=...)`."""
+    def encode_prefix(self, prefix_ids: Sequence[int], adapter: str | None = None) -> Prefix:
+        """The KV cache of `prefix_ids` under `adapter`, for `generate_prefixed` / `generate_shared_prefix`."""
         with _AdapterScope(self, adapter):
             pre = torch.tensor([list(prefix_ids)], dtype=torch.long, device=self.device)
-            return _cache_of(self.model(input_ids=pre, use_cache=True, logits_to_keep=1))
+            return Prefix(_cache_of(self.model(input_ids=pre, use_cache=True, logits_to_keep=1)), list(prefix_ids))
 
     @torch.inference_mode()
-    def extend_prefix(self, cache, more_ids: Sequence[int], adapter: str | None = None):
-        """A copy of a single-row prefix cache extended by `more_ids` (a longer shared prefix)."""
+    def extend_prefix(self, prefix: Prefix, more_ids: Sequence[int], adapter: str | None = None) -> Prefix:
+        """A longer shared prefix: a copy of `prefix` extended by `more_ids` (the original is unchanged)."""
         import copy
 
-        cache = copy.deepcopy(cache)
+        cache = copy.deepcopy(prefix.cache)
         if more_ids:
             with _AdapterScope(self, adapter):
                 ids = torch.tensor([list(more_ids)], dtype=torch.long, device=self.device)
                 self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-        return cache
+        return Prefix(cache, prefix.ids + list(more_ids))
 
     @torch.inference_mode()
     def generate_shared_prefix(self, prefix_ids: Sequence[int], suffixes: Sequence[Sequence[int]],
                                adapter: str | None = None, options: GenerationOptions | None = None,
-                               prefix_cache=None, max_new_tokens_per_row: Sequence[int] | None = None,
+                               prefix: Prefix | None = None, max_new_tokens_per_row: Sequence[int] | None = None,
                                **opts: Any) -> list[str]:
         """Complete `prefix + suffix` for every suffix, encoding the common prefix once.
 
@@ -211,17 +230,17 @@ class Engine:
             return []
         if not prefix_ids:
             raise ValueError("generate_shared_prefix needs a non-empty prefix")
-        cache = prefix_cache if prefix_cache is not None else self.encode_prefix(prefix_ids, adapter)
-        return self.generate_prefixed([(0, s) for s in suffixes], {0: (cache, len(prefix_ids))}, adapter,
-                                      options, max_new_tokens_per_row, **opts)
+        prefix = prefix if prefix is not None else self.encode_prefix(prefix_ids, adapter)
+        return self.generate_prefixed([(0, s) for s in suffixes], {0: prefix}, adapter, options,
+                                      max_new_tokens_per_row, **opts)
 
     @torch.inference_mode()
-    def generate_prefixed(self, rows: Sequence[tuple[Any, Sequence[int]]], prefixes: dict[Any, tuple[Any, int]],
+    def generate_prefixed(self, rows: Sequence[tuple[Any, Sequence[int]]], prefixes: dict[Any, Prefix],
                           adapter: str | None = None, options: GenerationOptions | None = None,
                           max_new_tokens_per_row: Sequence[int] | None = None, **opts: Any) -> list[str]:
         """Like `generate_shared_prefix` for rows of *different* prefixes (e.g. several documents).
 
-        `rows`: (prefix key, suffix ids); `prefixes`: key -> (cache from `encode_prefix`, prefix length).
+        `rows`: (prefix key, suffix ids); `prefixes`: key -> `Prefix` from `encode_prefix`.
         Rows of any prefix share a batch: each row's prefix cache is left-padded to the longest prefix
         in the batch and the padding masked, so positions and outputs are those of the row alone.
         """
@@ -232,16 +251,26 @@ class Engine:
             order = sorted(range(n), key=lambda i: len(rows[i][1]))
             for start in range(0, n, o.batch_size):
                 idx = order[start:start + o.batch_size]
-                keys = [rows[i][0] for i in idx]
-                cache, pmask = _stack_prefix_caches([prefixes[k] for k in keys])
+                pre = [prefixes[rows[i][0]] for i in idx]
+                cache, pmask = _stack_prefix_caches(pre)
                 limits = [max_new_tokens_per_row[i] for i in idx] if max_new_tokens_per_row else None
-                gen = self._decode_rows(cache, pmask, [list(rows[i][1]) for i in idx], o, limits)
+                suffixes = [list(rows[i][1]) for i in idx]
+                gen = self._decode_rows(cache, pmask, suffixes, o, limits,
+                                        contexts=[p.ids + s for p, s in zip(pre, suffixes)])
                 for i, t in zip(idx, gen):
                     out_text[i] = t
         return out_text
 
     def _decode_rows(self, cache, prefix_mask: torch.Tensor, rows: list[list[int]], o: GenerationOptions,
-                     limits: list[int] | None = None) -> list[str]:
+                     limits: list[int] | None = None, contexts: list[list[int]] | None = None) -> list[str]:
+        """Decode every row (suffix ids after its cached prefix) until EOS, a stop string or its limit.
+
+        Greedy decoding speculates with prompt lookup (see `GenerationOptions.lookahead`): a row's draft
+        tokens are fed after its last token, the forward pass's argmax at each position verifies them,
+        and the row keeps the agreeing drafts plus the model's own next token, which is what one-token
+        steps would have produced. Rejected drafts stay in the cache, masked out, so rows never need
+        realigning.
+        """
         dev = self.device
         pad = self.tokenizer.pad_token_id
         eos = self.tokenizer.eos_token_id
@@ -249,15 +278,15 @@ class Engine:
         plen = prefix_mask.shape[1]
         b = len(rows)
         ids, suffix_mask = _left_pad(rows, pad)
-        width = ids.shape[1]
         ids, mask = ids.to(dev), torch.cat([prefix_mask, suffix_mask], dim=1).to(dev)
-        _with_room(cache, width + max(limits or [o.max_new_tokens]) + 1)
+        limit = limits or [o.max_new_tokens] * b
+        look = 0 if o.do_sample else max(0, o.lookahead)
+        _with_room(cache, ids.shape[1] + max(limit) * (2 if look else 1) + look + 1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, plen:]
         gen = torch.Generator(device="cpu")
         if o.seed is not None:
             gen.manual_seed(o.seed)
         produced: list[list[int]] = [[] for _ in rows]
-        limit = limits or [o.max_new_tokens] * b
         active = [i for i in range(b) if limit[i] > 0]
         if not active:
             return [""] * b
@@ -265,26 +294,49 @@ class Engine:
             sel = torch.tensor(active, dtype=torch.long, device=dev)
             cache.batch_select_indices(sel)
             ids, mask, pos = ids[sel], mask[sel], pos[sel]
+        drafter = _Drafter([list(contexts[i]) for i in active] if contexts and look else None)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
-                            use_cache=True, logits_to_keep=1).logits[:, -1, :]
-        last_pos = pos[:, -1]
+                            use_cache=True, logits_to_keep=1).logits[:, -1:, :]
+        last_pos = pos[:, -1].clone()
         # `active[j]` is the row at batch position j; finished rows stay in the batch (fed padding) until
         # half of it has finished, then the batch is compacted: compacting copies the whole cache,
         # so doing it at every finish would cost more than the wasted rows do.
         done = [False] * len(active)
-        for _step in range(max(limit)):
-            nxt = self._pick(logits, o, gen)
+        drafts: list[list[int]] = [[] for _ in active]
+        st = self.decode_stats
+        w = 1
+        while True:
+            if o.do_sample:
+                preds = [[t] for t in self._pick(logits[:, 0, :], o, gen).tolist()]
+            else:
+                preds = logits.argmax(-1).tolist()
+            nxt = [pad] * len(active)
             for j, row in enumerate(active):
                 if done[j]:
                     continue
-                tok = int(nxt[j])
-                if tok in eos_set:
-                    done[j] = True
-                    continue
-                produced[row].append(tok)
-                if len(produced[row]) >= limit[row] or (
-                        o.stop and any(st in self.tokenizer.decode(produced[row][-16:]) for st in o.stop)):
-                    done[j] = True
+                p, d = preds[j], drafts[j]
+                k = 0
+                while k < len(d) and d[k] == p[k]:
+                    k += 1
+                st["drafted"] += len(d)
+                st["accepted"] += k
+                if k < len(d):  # mask out the rejected drafts' cache slots
+                    first = mask.shape[1] - w + 1
+                    mask[j, first + k:first + len(d)] = 0
+                last_pos[j] += k
+                for tok in p[:k + 1]:
+                    if tok in eos_set:
+                        done[j] = True
+                        break
+                    produced[row].append(tok)
+                    st["tokens"] += 1
+                    if drafter.on:
+                        drafter.push(j, tok)
+                    if len(produced[row]) >= limit[row] or (
+                            o.stop and any(s in self.tokenizer.decode(produced[row][-16:]) for s in o.stop)):
+                        done[j] = True
+                        break
+                nxt[j] = p[k]
             n_done = sum(done)
             if n_done == len(active):
                 break
@@ -292,15 +344,26 @@ class Engine:
                 keep = [j for j in range(len(active)) if not done[j]]
                 sel = torch.tensor(keep, dtype=torch.long, device=dev)
                 cache.batch_select_indices(sel)
-                mask, nxt, last_pos = mask[sel], nxt[sel], last_pos[sel]
-                active = [active[j] for j in keep]
+                mask, last_pos = mask[sel], last_pos[sel]
+                active, nxt = [active[j] for j in keep], [nxt[j] for j in keep]
+                drafter.select(keep)
                 done = [False] * len(active)
-            if any(done):
-                nxt = nxt.masked_fill(torch.tensor(done, device=dev), pad)
-            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=dev)], dim=1)
+            width = min(look, o.step_tokens // len(active) - 1) if drafter.on else 0
+            drafts = [[] if done[j] or width <= 0 else drafter.draft(j, min(width, limit[row] - len(produced[row]) - 1))
+                      for j, row in enumerate(active)]
+            w = 1 + max(len(d) for d in drafts)
+            inp = torch.full((len(active), w), pad, dtype=torch.long)
+            new_mask = torch.zeros((len(active), w), dtype=mask.dtype)
+            for j, d in enumerate(drafts):
+                inp[j, 0] = nxt[j]
+                inp[j, 1:1 + len(d)] = torch.tensor(d, dtype=torch.long)
+                new_mask[j, :1 + len(d)] = 1
+            mask = torch.cat([mask, new_mask.to(dev)], dim=1)
+            step_pos = last_pos.view(-1, 1) + 1 + torch.arange(w, device=dev).view(1, -1)
             last_pos = last_pos + 1
-            logits = self.model(input_ids=nxt.view(-1, 1), attention_mask=mask, position_ids=last_pos.view(-1, 1),
-                                cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+            st["forwards"] += 1
+            logits = self.model(input_ids=inp.to(dev), attention_mask=mask, position_ids=step_pos, cache=cache,
+                                use_cache=True, logits_to_keep=w).logits
         texts = [self.tokenizer.decode(p, skip_special_tokens=True) for p in produced]
         return [_cut_at_stop(t, o.stop) for t in texts] if o.stop else texts
 
@@ -346,6 +409,49 @@ class Engine:
         return texts
 
 
+class _Drafter:
+    """Prompt-lookup drafts per row: the tokens that followed the latest earlier occurrence of the row's
+    last 3 (else 2, else 1) tokens in its prompt and output. Index kept incrementally, so a draft costs
+    a dict lookup rather than a scan of the context."""
+
+    N = (3, 2, 1)
+
+    def __init__(self, contexts: list[list[int]] | None):
+        self.on = contexts is not None
+        self.ctx = contexts or []
+        self.index: list[dict[tuple[int, ...], int]] = []
+        for c in self.ctx:
+            idx: dict[tuple[int, ...], int] = {}
+            for e in range(len(c) - 1):  # the n-grams ending at e, whose continuation c[e + 1] is known
+                for n in self.N:
+                    if e + 1 >= n:
+                        idx[tuple(c[e + 1 - n:e + 1])] = e
+            self.index.append(idx)
+
+    def push(self, j: int, tok: int) -> None:
+        c, idx = self.ctx[j], self.index[j]
+        c.append(tok)
+        e = len(c) - 2
+        for n in self.N:
+            if e + 1 >= n:
+                idx[tuple(c[e + 1 - n:e + 1])] = e
+
+    def draft(self, j: int, k: int) -> list[int]:
+        if k <= 0:
+            return []
+        c, idx = self.ctx[j], self.index[j]
+        for n in self.N:
+            e = idx.get(tuple(c[-n:])) if len(c) >= n else None
+            if e is not None:
+                return c[e + 1:e + 1 + k]
+        return []
+
+    def select(self, keep: list[int]) -> None:
+        if self.on:
+            self.ctx = [self.ctx[j] for j in keep]
+            self.index = [self.index[j] for j in keep]
+
+
 class _AdapterScope:
     """Run with one named adapter active, or with adapters disabled for the base model."""
 
@@ -368,6 +474,39 @@ class _AdapterScope:
     def __exit__(self, *exc):
         if self.ctx is not None:
             self.ctx.__exit__(*exc)
+
+
+def _sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' SDPA attention, except for multi-token queries over grouped KV heads: there
+    transformers copies K and V once per query group (`repeat_kv`), the whole cache every forward pass,
+    which made verifying draft tokens and prefilling suffixes over a long cached prefix cost 10-20x the
+    attention itself on the CPU. torch's `enable_gqa` gives the same numbers without the copies."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    q_len = query.shape[2]
+    if (q_len == 1 or getattr(module, "num_key_value_groups", 1) == 1 or kwargs.get("position_bias") is not None
+            or kwargs.get("softcap") is not None or (attention_mask is None and key.shape[2] != q_len)):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    causal = attention_mask is None and (is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                                           dropout_p=dropout, scale=scaling, is_causal=bool(causal),
+                                                           enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _grouped_kv_sdpa_on_cpu(model) -> None:
+    """Use `_sdpa_gqa` for a CPU model running transformers' SDPA attention (GPU kernels keep theirs)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = getattr(base, "config", None)
+    if cfg is None or getattr(cfg, "_attn_implementation", None) != "sdpa" or base.device.type != "cpu":
+        return
+    AttentionInterface.register("sdpa_gqa", _sdpa_gqa)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("sdpa_gqa", sdpa_mask)
+    base.set_attn_implementation("sdpa_gqa")
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -432,25 +571,25 @@ def _with_room(cache, extra: int):
     return cache
 
 
-def _stack_prefix_caches(items: list[tuple[Any, int]]):
+def _stack_prefix_caches(items: list[Prefix]):
     """One batch cache from single-row prefix caches of different lengths (left-padded) + its mask."""
     import copy
 
     import torch.nn.functional as F
 
-    width = max(plen for _, plen in items)
-    cache = copy.copy(items[0][0])  # the layers' tensors are rebuilt below: no deep copy of the prefix
+    width = max(len(p) for p in items)
+    cache = copy.copy(items[0].cache)  # the layers' tensors are rebuilt below: no deep copy of the prefix
     cache.layers = [copy.copy(layer) for layer in cache.layers]
     for li, layer in enumerate(cache.layers):
         ks, vs = [], []
-        for c, plen in items:
-            src = c.layers[li]
-            ks.append(F.pad(src.keys, (0, 0, width - plen, 0)))
-            vs.append(F.pad(src.values, (0, 0, width - plen, 0)))
+        for p in items:
+            src = p.cache.layers[li]
+            ks.append(F.pad(src.keys, (0, 0, width - len(p), 0)))
+            vs.append(F.pad(src.values, (0, 0, width - len(p), 0)))
         layer.keys, layer.values = torch.cat(ks, 0), torch.cat(vs, 0)
     mask = torch.zeros((len(items), width), dtype=torch.long)
-    for i, (_, plen) in enumerate(items):
-        mask[i, width - plen:] = 1
+    for i, p in enumerate(items):
+        mask[i, width - len(p):] = 1
     return cache, mask
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from peft_apps.core.data import render_prompt
-from peft_apps.core.engine import Engine, GenerationOptions
+from peft_apps.core.engine import Engine, GenerationOptions, Prefix
 from peft_apps.core.errors import UserError
 from peft_apps.core.prompts import render
 
@@ -183,7 +183,7 @@ class AutoRE:
         ids_rel = [self._ids("relation", passage=t) for t in texts]
         prefixes = [os.path.commonprefix([ids_rel[u], self._ids("head", passage=t, relation="x", description="x")])
                     for u, t in enumerate(texts)]
-        caches: dict[tuple[int, str | None], tuple[Any, int]] = {}
+        caches: dict[tuple, Prefix] = {}
 
         def run(stage: str, calls: list[tuple[int, list[int]]], budgets: list[int] | None,
                 groups: list[Any] | None = None) -> list[str]:
@@ -196,7 +196,7 @@ class AutoRE:
             for i in shared:
                 u = calls[i][0]
                 if (u, adapter) not in caches:
-                    caches[(u, adapter)] = (eng.encode_prefix(prefixes[u], adapter), len(prefixes[u]))
+                    caches[(u, adapter)] = eng.encode_prefix(prefixes[u], adapter)
             key_of = {i: (calls[i][0], adapter) for i in shared}
             if groups is not None:  # the longest common prefix of each group of two or more calls
                 members: dict[Any, list[int]] = {}
@@ -210,13 +210,12 @@ class AutoRE:
                         continue
                     gk = (u, g, adapter)
                     if gk not in caches:
-                        caches[gk] = (eng.extend_prefix(caches[(u, adapter)][0], gp[len(prefixes[u]):], adapter),
-                                      len(gp))
+                        caches[gk] = eng.extend_prefix(caches[(u, adapter)], gp[len(prefixes[u]):], adapter)
                     for i in idx:
                         key_of[i] = gk
             if shared:
                 texts_ = eng.generate_prefixed(
-                    [(key_of[i], calls[i][1][caches[key_of[i]][1]:]) for i in shared], caches, adapter,
+                    [(key_of[i], calls[i][1][len(caches[key_of[i]]):]) for i in shared], caches, adapter,
                     options=opts, max_new_tokens_per_row=[budgets[i] for i in shared] if budgets else None)
                 for i, t in zip(shared, texts_):
                     outs[i] = t

@@ -1,0 +1,54 @@
+"""The inference engine's prefix-cache path: shared prefixes, several prefixes per batch and prompt-lookup
+speculation all give what plain one-prompt-at-a-time greedy generation gives."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from peft_apps.core.engine import Engine
+
+    torch.manual_seed(0)
+    return Engine(AutoModelForCausalLM.from_pretrained(tiny_path), AutoTokenizer.from_pretrained(tiny_path))
+
+
+def _ids(engine, text):
+    return engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("lookahead", [0, 10])
+def test_prefixed_batches_equal_single_generation(engine, lookahead):
+    docs = ["the cat sat on the mat and the cat sat on the mat again", "red green blue red green blue red green"]
+    asks = [" Which animal?", " Which colour comes after red?", " Say it twice:", " Repeat:"]
+    prefixes = {k: engine.encode_prefix(_ids(engine, d)) for k, d in enumerate(docs)}
+    rows, whole = [], []
+    for k, d in enumerate(docs):
+        for a in asks:
+            full, pre = _ids(engine, d + a), prefixes[k].ids
+            assert full[:len(pre)] == pre  # no BPE merge across the cut in this test's texts
+            rows.append((k, full[len(pre):]))
+            whole.append(full)
+    limits = [5, 30, 17, 40] * 2
+    engine.decode_stats.update(forwards=0, tokens=0, drafted=0, accepted=0)
+    got = engine.generate_prefixed(rows, prefixes, max_new_tokens_per_row=limits, batch_size=8, lookahead=lookahead)
+    want = [engine.generate_ids([w], max_new_tokens=n, batch_size=1)[0] for w, n in zip(whole, limits)]
+    assert got == want
+    st = engine.decode_stats
+    assert st["tokens"] > 0
+    if lookahead:  # drafts were made and some accepted, so fewer forward passes than tokens
+        assert st["accepted"] > 0 and st["forwards"] < st["tokens"] / 2
+    else:
+        assert st["drafted"] == 0
+
+
+def test_drafter_finds_latest_ngram_continuation():
+    from peft_apps.core.engine import _Drafter
+
+    d = _Drafter([[1, 2, 3, 9, 1, 2, 3, 7, 8, 5, 1, 2, 3]])
+    assert d.draft(0, 3) == [7, 8, 5]  # the latest earlier "1 2 3" was followed by 7 8 5
+    d.push(0, 7)
+    assert d.draft(0, 2) == [8, 5]
+    assert _Drafter([[4, 5, 6]]).draft(0, 4) == []  # no earlier occurrence of the last token
