@@ -12,6 +12,7 @@ a stop string or `max_new_tokens`. Greedy by default; `do_sample=True` with temp
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -46,9 +47,15 @@ class GenerationOptions:
 
 @dataclass
 class Prefix:
-    """A token prefix and its KV cache (one row), from `Engine.encode_prefix` / `extend_prefix`."""
-    cache: Any
+    """A token prefix and its KV cache, from `Engine.encode_prefix` / `extend_prefixes`.
+
+    With shared-prefix attention (see `_cascade_attention`) an extension keeps only its own K/V (`tail`,
+    per layer) and points at the `root` it extends, so a root's cache is never copied, neither into
+    its extensions nor into the batches that use it. Otherwise `cache` holds the whole prefix."""
     ids: list[int]
+    cache: Any = None
+    root: "Prefix | None" = None
+    tail: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -78,7 +85,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.adapters = list(adapters)
         self.model.eval()
-        _grouped_kv_sdpa_on_cpu(self.model)
+        self.shared_attention = _install_attention(self.model)
         # decoding counters of the prefix-cache path: forward passes, tokens produced, drafts made/accepted
         self.decode_stats = {"forwards": 0, "tokens": 0, "drafted": 0, "accepted": 0}
 
@@ -200,19 +207,46 @@ class Engine:
         """The KV cache of `prefix_ids` under `adapter`, for `generate_prefixed` / `generate_shared_prefix`."""
         with _AdapterScope(self, adapter):
             pre = torch.tensor([list(prefix_ids)], dtype=torch.long, device=self.device)
-            return Prefix(_cache_of(self.model(input_ids=pre, use_cache=True, logits_to_keep=1)), list(prefix_ids))
+            return Prefix(list(prefix_ids), _cache_of(self.model(input_ids=pre, use_cache=True, logits_to_keep=1)))
+
+    def extend_prefix(self, prefix: Prefix, more_ids: Sequence[int], adapter: str | None = None) -> Prefix:
+        """A longer shared prefix: `prefix` extended by `more_ids` (the original is unchanged)."""
+        return self.extend_prefixes([(prefix, more_ids)], adapter)[0]
 
     @torch.inference_mode()
-    def extend_prefix(self, prefix: Prefix, more_ids: Sequence[int], adapter: str | None = None) -> Prefix:
-        """A longer shared prefix: a copy of `prefix` extended by `more_ids` (the original is unchanged)."""
-        import copy
+    def extend_prefixes(self, items: Sequence[tuple[Prefix, Sequence[int]]], adapter: str | None = None,
+                        batch_size: int = 64) -> list[Prefix]:
+        """Several prefixes extended by their `more_ids`, in batched forward passes over shared roots."""
+        out: list[Prefix] = []
+        with _AdapterScope(self, adapter):
+            if not self.shared_attention:  # whole caches: copy each prefix and run its extension
+                import copy
 
-        cache = copy.deepcopy(prefix.cache)
-        if more_ids:
-            with _AdapterScope(self, adapter):
-                ids = torch.tensor([list(more_ids)], dtype=torch.long, device=self.device)
-                self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-        return Prefix(cache, prefix.ids + list(more_ids))
+                for pre, more in items:
+                    cache = copy.deepcopy(pre.cache)
+                    if more:
+                        ids = torch.tensor([list(more)], dtype=torch.long, device=self.device)
+                        self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+                    out.append(Prefix(pre.ids + list(more), cache))
+                return out
+            for start in range(0, len(items), batch_size):
+                chunk = [(p, list(m)) for p, m in items[start:start + batch_size]]
+                order = sorted(range(len(chunk)), key=lambda i: id(_root(chunk[i][0])))  # rows of a root together
+                chunk = [chunk[i] for i in order]
+                cache, shared, mask = _private_batch([p for p, _ in chunk])
+                ids, new_mask = _left_pad([m for _, m in chunk], self.tokenizer.pad_token_id)
+                mask = torch.cat([mask, new_mask.to(mask.device)], dim=1)
+                pos = shared.positions(mask)[:, -ids.shape[1]:]
+                shared.mask = mask
+                self.model(input_ids=ids.to(self.device), position_ids=pos, cache=cache, use_cache=True,
+                           logits_to_keep=1, shared_prefix=shared)
+                done: list[Prefix] = [None] * len(chunk)  # type: ignore[list-item]
+                for j, (p, m) in enumerate(chunk):
+                    keep = mask[j].bool()
+                    tail = [(layer.keys[j:j + 1, :, keep], layer.values[j:j + 1, :, keep]) for layer in cache.layers]
+                    done[order[j]] = Prefix(p.ids + m, root=_root(p), tail=tail)
+                out.extend(done)
+        return out
 
     @torch.inference_mode()
     def generate_shared_prefix(self, prefix_ids: Sequence[int], suffixes: Sequence[Sequence[int]],
@@ -251,18 +285,24 @@ class Engine:
             order = sorted(range(n), key=lambda i: len(rows[i][1]))
             for start in range(0, n, o.batch_size):
                 idx = order[start:start + o.batch_size]
+                if self.shared_attention:  # rows of one root side by side
+                    idx.sort(key=lambda i: id(_root(prefixes[rows[i][0]])))
+                    cache, shared, pmask = _private_batch([prefixes[rows[i][0]] for i in idx])
+                else:
+                    cache, pmask = _stack_prefix_caches([prefixes[rows[i][0]] for i in idx])
+                    shared = None
                 pre = [prefixes[rows[i][0]] for i in idx]
-                cache, pmask = _stack_prefix_caches(pre)
                 limits = [max_new_tokens_per_row[i] for i in idx] if max_new_tokens_per_row else None
                 suffixes = [list(rows[i][1]) for i in idx]
                 gen = self._decode_rows(cache, pmask, suffixes, o, limits,
-                                        contexts=[p.ids + s for p, s in zip(pre, suffixes)])
+                                        contexts=[p.ids + s for p, s in zip(pre, suffixes)], shared=shared)
                 for i, t in zip(idx, gen):
                     out_text[i] = t
         return out_text
 
     def _decode_rows(self, cache, prefix_mask: torch.Tensor, rows: list[list[int]], o: GenerationOptions,
-                     limits: list[int] | None = None, contexts: list[list[int]] | None = None) -> list[str]:
+                     limits: list[int] | None = None, contexts: list[list[int]] | None = None,
+                     shared: "_SharedPrefix | None" = None) -> list[str]:
         """Decode every row (suffix ids after its cached prefix) until EOS, a stop string or its limit.
 
         Greedy decoding speculates with prompt lookup (see `GenerationOptions.lookahead`): a row's draft
@@ -270,6 +310,9 @@ class Engine:
         and the row keeps the agreeing drafts plus the model's own next token, which is what one-token
         steps would have produced. Rejected drafts stay in the cache, masked out, so rows never need
         realigning.
+
+        With `shared`, `cache` and `prefix_mask` cover only the rows' private tokens (prefix extensions,
+        suffix, output); the roots' K/V are read in place by `_cascade_attention`.
         """
         dev = self.device
         pad = self.tokenizer.pad_token_id
@@ -281,8 +324,10 @@ class Engine:
         ids, mask = ids.to(dev), torch.cat([prefix_mask, suffix_mask], dim=1).to(dev)
         limit = limits or [o.max_new_tokens] * b
         look = 0 if o.do_sample else max(0, o.lookahead)
-        _with_room(cache, ids.shape[1] + max(limit) * (2 if look else 1) + look + 1)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, plen:]
+        room = ids.shape[1] + max(limit) * (2 if look else 1) + look + 1
+        _with_room(cache, room)
+        pos = (shared.positions(mask) if shared else (mask.cumsum(-1) - 1).clamp(min=0))[:, plen:]
+        extra: dict[str, Any] = {"shared_prefix": shared} if shared else {}
         gen = torch.Generator(device="cpu")
         if o.seed is not None:
             gen.manual_seed(o.seed)
@@ -294,9 +339,14 @@ class Engine:
             sel = torch.tensor(active, dtype=torch.long, device=dev)
             cache.batch_select_indices(sel)
             ids, mask, pos = ids[sel], mask[sel], pos[sel]
+            if shared:
+                shared.select(active)
         drafter = _Drafter([list(contexts[i]) for i in active] if contexts and look else None)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
-                            use_cache=True, logits_to_keep=1).logits[:, -1:, :]
+        if shared:
+            shared.mask = mask
+        logits = self.model(input_ids=ids, attention_mask=None if shared else mask, position_ids=pos, cache=cache,
+                            use_cache=True, logits_to_keep=1, **extra).logits[:, -1:, :]
+        _with_room(cache, room)  # an empty private cache got its layers in that forward pass
         last_pos = pos[:, -1].clone()
         # `active[j]` is the row at batch position j; finished rows stay in the batch (fed padding) until
         # half of it has finished, then the batch is compacted: compacting copies the whole cache,
@@ -347,6 +397,8 @@ class Engine:
                 mask, last_pos = mask[sel], last_pos[sel]
                 active, nxt = [active[j] for j in keep], [nxt[j] for j in keep]
                 drafter.select(keep)
+                if shared:
+                    shared.select(keep)
                 done = [False] * len(active)
             width = min(look, o.step_tokens // len(active) - 1) if drafter.on else 0
             drafts = [[] if done[j] or width <= 0 else drafter.draft(j, min(width, limit[row] - len(produced[row]) - 1))
@@ -362,8 +414,10 @@ class Engine:
             step_pos = last_pos.view(-1, 1) + 1 + torch.arange(w, device=dev).view(1, -1)
             last_pos = last_pos + 1
             st["forwards"] += 1
-            logits = self.model(input_ids=inp.to(dev), attention_mask=mask, position_ids=step_pos, cache=cache,
-                                use_cache=True, logits_to_keep=w).logits
+            if shared:
+                shared.mask = mask
+            logits = self.model(input_ids=inp.to(dev), attention_mask=None if shared else mask, position_ids=step_pos,
+                                cache=cache, use_cache=True, logits_to_keep=w, **extra).logits
         texts = [self.tokenizer.decode(p, skip_special_tokens=True) for p in produced]
         return [_cut_at_stop(t, o.stop) for t in texts] if o.stop else texts
 
@@ -495,18 +549,158 @@ def _sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=No
     return out.transpose(1, 2).contiguous(), None
 
 
-def _grouped_kv_sdpa_on_cpu(model) -> None:
-    """Use `_sdpa_gqa` for a CPU model running transformers' SDPA attention (GPU kernels keep theirs)."""
+def _install_attention(model) -> bool:
+    """Route the model's attention through `_attention`: shared-prefix (cascade) attention when a forward
+    pass is given `shared_prefix=`, `_sdpa_gqa` for SDPA on the CPU, the model's own function otherwise.
+    Returns whether shared-prefix attention is available (standard attention, no sliding window or
+    soft-capping, layers that know their index)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cfg = getattr(base, "config", None)
-    if cfg is None or getattr(cfg, "_attn_implementation", None) != "sdpa" or base.device.type != "cpu":
-        return
-    AttentionInterface.register("sdpa_gqa", _sdpa_gqa)
-    ALL_MASK_ATTENTION_FUNCTIONS.register("sdpa_gqa", sdpa_mask)
-    base.set_attn_implementation("sdpa_gqa")
+    impl = getattr(cfg, "_attn_implementation", None)
+    if impl not in ("sdpa", "eager") or "sliding_attention" in (getattr(cfg, "layer_types", None) or []) \
+            or getattr(cfg, "attn_logit_softcapping", None) is not None:
+        return False
+    if not any(hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups") for m in base.modules()):
+        return False
+    name = f"peft_apps_{impl}"
+    AttentionInterface.register(name, functools.partial(_attention, impl))
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[impl])
+    base.set_attn_implementation(name)
+    return True
+
+
+def _attention(impl: str, module, query, key, value, attention_mask, **kwargs):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    shared = kwargs.pop("shared_prefix", None)
+    if shared is not None:
+        return _cascade_attention(module, query, key, value, shared, kwargs.get("scaling"))
+    if impl == "sdpa" and query.device.type == "cpu":
+        return _sdpa_gqa(module, query, key, value, attention_mask, **kwargs)
+    return ALL_ATTENTION_FUNCTIONS[impl](module, query, key, value, attention_mask, **kwargs)
+
+
+class _SharedPrefix:
+    """Which root prefix each row of a batch extends (rows of one root side by side), and the mask of
+    the rows' private tokens (extension, suffix, output) for the forward pass about to run."""
+
+    def __init__(self, roots: list[Prefix]):
+        self.roots = roots
+        self._index()
+        self._mask: torch.Tensor | None = None
+        self._bias: dict[tuple, torch.Tensor] = {}
+
+    def _index(self) -> None:
+        runs: list[list[Any]] = []
+        for j, r in enumerate(self.roots):
+            if runs and runs[-1][0] is r:
+                runs[-1][2] = j + 1
+            else:
+                runs.append([r, j, j + 1])
+        self.runs = runs
+        self.offsets = torch.tensor([len(r) for r in self.roots], dtype=torch.long)
+
+    def select(self, keep: list[int]) -> None:
+        self.roots = [self.roots[j] for j in keep]
+        self._index()
+
+    def positions(self, mask: torch.Tensor) -> torch.Tensor:
+        """Position ids of the private tokens: after the root, counting only unmasked tokens."""
+        return (mask.cumsum(-1) - 1).clamp(min=0) + self.offsets.to(mask.device).view(-1, 1)
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        return self._mask
+
+    @mask.setter
+    def mask(self, m: torch.Tensor) -> None:
+        self._mask, self._bias = m, {}
+
+    def bias(self, w: int, rep: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Additive mask for `w` queries (the last `w` private tokens) x `rep` heads per KV head, built once
+        per forward pass: private tokens that are unmasked and not after the query."""
+        key = (w, rep, dtype)
+        if key not in self._bias:
+            m = self._mask.to(device).bool()
+            b, n = m.shape
+            causal = torch.arange(n, device=device).view(1, n) <= (n - w + torch.arange(w, device=device)).view(w, 1)
+            allowed = m.view(b, 1, n) & causal.view(1, w, n)
+            bias = torch.zeros((b, w, n), dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
+            self._bias[key] = bias.view(b, 1, 1, w, n).expand(b, 1, rep, w, n).reshape(b, 1, rep * w, n)
+        return self._bias[key]
+
+
+def _attention_lse(q, k, v, bias, scale):
+    """Attention output and log-sum-exp of the scores (to merge attention over disjoint key sets)."""
+    if q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias,
+                                                                            scale=scale)[:2]
+        return out, lse
+    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * (scale or q.shape[-1] ** -0.5)
+    if bias is not None:
+        s = s + bias.float()
+    lse = torch.logsumexp(s, dim=-1)
+    return torch.matmul(torch.exp(s - lse.unsqueeze(-1)), v.float()).to(q.dtype), lse
+
+
+def _cascade_attention(module, query, key, value, shared: _SharedPrefix, scaling):
+    """Attention of each row over its root prefix and its private tokens, the two merged by log-sum-exp.
+
+    The private part is ordinary masked attention over the batch cache. A root's K/V is read once for
+    all its rows: their queries are stacked into one matrix against the root's keys, instead of every
+    row holding and reading its own padded copy of the prefix (the old batch cache: rows x longest
+    prefix, copied per batch and read per step, which dominated decoding over long documents)."""
+    b, h, w, d = query.shape
+    kvh = key.shape[1]
+    rep = h // kvh
+    q = query.reshape(b, kvh, rep * w, d)  # query head kv * rep + r reads KV head kv
+    out, lse = _attention_lse(q, key, value, shared.bias(w, rep, query.dtype, query.device), scaling)
+    li = module.layer_idx
+    for root, a, z in shared.runs:
+        layer = root.cache.layers[li]
+        n = z - a
+        qr = q[a:z].transpose(0, 1).reshape(1, kvh, n * rep * w, d)
+        o_r, lse_r = _attention_lse(qr, layer.keys, layer.values, None, scaling)
+        o_r = o_r.view(kvh, n, rep * w, d).transpose(0, 1)
+        lse_r = lse_r.view(kvh, n, rep * w).transpose(0, 1)
+        total = torch.logaddexp(lse[a:z], lse_r)
+        out[a:z] = out[a:z] * torch.exp(lse[a:z] - total).unsqueeze(-1).to(out.dtype) \
+            + o_r * torch.exp(lse_r - total).unsqueeze(-1).to(out.dtype)
+    return out.reshape(b, h, w, d).transpose(1, 2).contiguous(), None
+
+
+def _root(p: Prefix) -> Prefix:
+    return p.root if p.root is not None else p
+
+
+def _private_batch(prefixes: list[Prefix]):
+    """The batch cache of the rows' private tokens (their prefixes' extensions, left-padded), the
+    `_SharedPrefix` of their roots, and the private mask."""
+    import copy
+
+    import torch.nn.functional as F
+
+    roots = [_root(p) for p in prefixes]
+    tails = [len(p) - len(r) for p, r in zip(prefixes, roots)]
+    width = max(tails)
+    template = roots[0].cache
+    cache = copy.copy(template)
+    cache.layers = [copy.copy(layer) for layer in template.layers]
+    for li, layer in enumerate(cache.layers):
+        ref_k, ref_v = template.layers[li].keys, template.layers[li].values
+        ks, vs = [], []
+        for p in prefixes:
+            k, v = p.tail[li] if p.tail else (ref_k[:, :, :0], ref_v[:, :, :0])
+            ks.append(F.pad(k, (0, 0, width - k.shape[2], 0)))
+            vs.append(F.pad(v, (0, 0, width - v.shape[2], 0)))
+        layer.keys, layer.values = torch.cat(ks, 0), torch.cat(vs, 0)
+    mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+    for i, t in enumerate(tails):
+        mask[i, width - t:] = 1
+    return cache, _SharedPrefix(roots), mask.to(template.layers[0].keys.device)
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,6 +21,7 @@ def _ids(engine, text):
 
 @pytest.mark.parametrize("lookahead", [0, 10])
 def test_prefixed_batches_equal_single_generation(engine, lookahead):
+    assert engine.shared_attention  # prefixes are read in place by shared-prefix attention
     docs = ["the cat sat on the mat and the cat sat on the mat again", "red green blue red green blue red green"]
     asks = [" Which animal?", " Which colour comes after red?", " Say it twice:", " Repeat:"]
     prefixes = {k: engine.encode_prefix(_ids(engine, d)) for k, d in enumerate(docs)}

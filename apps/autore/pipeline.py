@@ -202,6 +202,7 @@ class AutoRE:
                 members: dict[Any, list[int]] = {}
                 for i in shared:
                     members.setdefault((calls[i][0], groups[i]), []).append(i)
+                todo: dict[tuple, tuple[Prefix, list[int]]] = {}
                 for (u, g), idx in members.items():
                     if len(idx) < 2:
                         continue
@@ -210,9 +211,10 @@ class AutoRE:
                         continue
                     gk = (u, g, adapter)
                     if gk not in caches:
-                        caches[gk] = eng.extend_prefix(caches[(u, adapter)], gp[len(prefixes[u]):], adapter)
+                        todo[gk] = (caches[(u, adapter)], gp[len(prefixes[u]):])
                     for i in idx:
                         key_of[i] = gk
+                caches.update(zip(todo, eng.extend_prefixes(list(todo.values()), adapter)))
             if shared:
                 texts_ = eng.generate_prefixed(
                     [(key_of[i], calls[i][1][len(caches[key_of[i]]):]) for i in shared], caches, adapter,
