@@ -7,7 +7,7 @@ labels and each call decodes as many tokens as its gold answer has. So both do e
 stage structure (1 + |relations| + |(relation, head)| calls per document) whatever the untrained model
 says. Greedy decoding in both. The raw text of every call must be identical in both, or it fails.
 
-    python eval/bench_autore.py [--docs 6] [--start 0] [--data ../shared/data/redocred/dev_revised.json]
+    python eval/bench_autore.py [--docs 8] [--start 0] [--batch 128] [--lookahead 10] [--data DEV.json]
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--docs", type=int, default=8)
     ap.add_argument("--start", type=int, default=0)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lookahead", type=int, default=10, help="prompt-lookup draft tokens (0: no speculation)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     if not a.data.is_file():
@@ -91,7 +92,8 @@ def main() -> None:
 
     docs = [d for d in load_docs(a.data)[a.start:] if d.get("labels")][: a.docs]
     with tempfile.TemporaryDirectory() as tmp:
-        pipe = AutoRE.from_pretrained(None, str(make_adapter(Path(tmp) / "adapter")), batch_size=a.batch)
+        pipe = AutoRE.from_pretrained(None, str(make_adapter(Path(tmp) / "adapter")), batch_size=a.batch,
+                                   lookahead=a.lookahead)
     torch.set_num_threads(torch.get_num_threads())
     # warm-up (allocator, kernels) on one document, outside the timings
     pipe.extract(docs[0], teacher_forced=True)
@@ -117,6 +119,7 @@ def main() -> None:
         "sequential_docs_per_s": round(len(docs) / seq_s, 4), "pipeline_docs_per_s": round(len(docs) / fast_s, 4),
         "docs_per_s_ratio": round(seq_s / fast_s, 2),
         "outputs_identical": True, "mode": "teacher-forced, greedy, small model + random LoRA",
+        "batch_size": a.batch, "lookahead": a.lookahead,
         "pipeline_decode": {**st, "tokens_per_forward": round(st["tokens"] / max(1, st["forwards"]), 2),
                             "draft_acceptance": round(st["accepted"] / max(1, st["drafted"]), 3)},
         "gold_answers_tokens_per_forward": round(gold_lookup_rate(pipe, docs, pipe.options.lookahead), 2),

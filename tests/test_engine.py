@@ -19,12 +19,17 @@ def _ids(engine, text):
     return engine.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-prefix-attention", "copied-prefixes"])
 @pytest.mark.parametrize("lookahead", [0, 10])
-def test_prefixed_batches_equal_single_generation(engine, lookahead):
-    assert engine.shared_attention  # prefixes are read in place by shared-prefix attention
+def test_prefixed_batches_equal_single_generation(engine, lookahead, shared, monkeypatch):
+    assert engine.shared_attention  # available for this model; turned off to test the fallback
+    monkeypatch.setattr(engine, "shared_attention", shared)
     docs = ["the cat sat on the mat and the cat sat on the mat again", "red green blue red green blue red green"]
     asks = [" Which animal?", " Which colour comes after red?", " Say it twice:", " Repeat:"]
     prefixes = {k: engine.encode_prefix(_ids(engine, d)) for k, d in enumerate(docs)}
+    # a longer prefix built on the first: "... again Which" shared by two questions
+    prefixes[2] = engine.extend_prefix(prefixes[0], _ids(engine, docs[0] + " Which")[len(prefixes[0]):])
+    assert (prefixes[2].root is prefixes[0]) == shared
     rows, whole = [], []
     for k, d in enumerate(docs):
         for a in asks:
@@ -32,7 +37,12 @@ def test_prefixed_batches_equal_single_generation(engine, lookahead):
             assert full[:len(pre)] == pre  # no BPE merge across the cut in this test's texts
             rows.append((k, full[len(pre):]))
             whole.append(full)
-    limits = [5, 30, 17, 40] * 2
+    for a in asks[:2]:
+        full = _ids(engine, docs[0] + a)
+        assert full[:len(prefixes[2])] == prefixes[2].ids
+        rows.append((2, full[len(prefixes[2]):]))
+        whole.append(full)
+    limits = [5, 30, 17, 40] * 2 + [12, 25]
     engine.decode_stats.update(forwards=0, tokens=0, drafted=0, accepted=0)
     got = engine.generate_prefixed(rows, prefixes, max_new_tokens_per_row=limits, batch_size=8, lookahead=lookahead)
     want = [engine.generate_ids([w], max_new_tokens=n, batch_size=1)[0] for w, n in zip(whole, limits)]

@@ -67,10 +67,12 @@ def text_to_doc(text: str, title: str = "") -> dict[str, Any]:
 
 class AutoRE:
     def __init__(self, engine: Engine, stage_adapter: dict[str, str | None], *, max_new_tokens: int = 160,
-                 batch_size: int = 64, do_sample: bool = False, inverse: bool = True, doc_batch: int = 16):
+                 batch_size: int = 128, do_sample: bool = False, inverse: bool = True, doc_batch: int = 16,
+                 lookahead: int = 10):
         self.engine = engine
         self.stage_adapter = stage_adapter
-        self.options = GenerationOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample)
+        self.options = GenerationOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
+                                         lookahead=lookahead)
         self.inverse = inverse
         self.doc_batch = max(1, doc_batch)
         self.context = int(getattr(engine.model.config, "max_position_embeddings", 4096) or 4096)
@@ -175,78 +177,106 @@ class AutoRE:
 
     def _rhf_many(self, docs: list[dict[str, Any]], stats: list[Counter], forced: list[dict[str, Any] | None]
                   ) -> tuple[list[list[Triple]], list[dict[str, Any]]]:
-        """The three stages for several documents (or windows) at once."""
+        """The three stages for several documents (or windows) at once.
+
+        Prompts share cached prefixes as a tree: the document's (passage), then, where the head and facts
+        stages share an adapter, the relation's (its name and description, common to its head call and
+        all its facts calls), then the facts group's (the instruction before the subject). Each level is
+        computed once, in batched forward passes, and read in place by every call below it. A prefix is
+        the longest common token prefix of the prompts under it, so prefix ids + suffix ids are exactly a
+        prompt's ids (checked per call; a call that does not start with its prefix falls back to the
+        document's prefix, else runs whole).
+        """
         table = relation_table()
         eng, opts = self.engine, self.options
+        n = len(docs)
         texts = [passage(d) for d in docs]
         psgs = [Passage(t) for t in texts]
         ids_rel = [self._ids("relation", passage=t) for t in texts]
-        prefixes = [os.path.commonprefix([ids_rel[u], self._ids("head", passage=t, relation="x", description="x")])
-                    for u, t in enumerate(texts)]
+        doc_ids = [os.path.commonprefix([ids_rel[u], self._ids("head", passage=t, relation="x", description="x")])
+                   for u, t in enumerate(texts)]
         caches: dict[tuple, Prefix] = {}
 
-        def run(stage: str, calls: list[tuple[int, list[int]]], budgets: list[int] | None,
-                groups: list[Any] | None = None) -> list[str]:
-            """Generate `calls` (document, prompt ids). Each call reuses its document's cached prefix; calls
-            of one group (e.g. the facts of one relation) also share the group's longer common prefix."""
-            adapter = self.stage_adapter[stage]
-            outs = [""] * len(calls)
-            shared = [i for i, (u, c) in enumerate(calls)
-                      if c[:len(prefixes[u])] == prefixes[u] and len(c) > len(prefixes[u])]
-            for i in shared:
-                u = calls[i][0]
+        def extend(specs: list[tuple[tuple, tuple, list[int]]], adapter: str | None) -> None:
+            """Cache each (key, parent key, ids) as the parent's prefix extended to `ids`, all in one batch."""
+            todo: dict[tuple, tuple[Prefix, list[int]]] = {}
+            for key, parent, ids in specs:
+                base = caches.get(parent)
+                if key in caches or key in todo or base is None or len(ids) - len(base) < 4 \
+                        or ids[:len(base)] != base.ids:
+                    continue
+                todo[key] = (base, ids[len(base):])
+            caches.update(zip(todo, eng.extend_prefixes(list(todo.values()), adapter)))
+
+        def documents(adapter: str | None) -> None:
+            for u in range(n):
                 if (u, adapter) not in caches:
-                    caches[(u, adapter)] = eng.encode_prefix(prefixes[u], adapter)
-            key_of = {i: (calls[i][0], adapter) for i in shared}
-            if groups is not None:  # the longest common prefix of each group of two or more calls
-                members: dict[Any, list[int]] = {}
-                for i in shared:
-                    members.setdefault((calls[i][0], groups[i]), []).append(i)
-                todo: dict[tuple, tuple[Prefix, list[int]]] = {}
-                for (u, g), idx in members.items():
-                    if len(idx) < 2:
-                        continue
-                    gp = os.path.commonprefix([calls[i][1] for i in idx])
-                    if len(gp) - len(prefixes[u]) < 4 or any(len(calls[i][1]) <= len(gp) for i in idx):
-                        continue
-                    gk = (u, g, adapter)
-                    if gk not in caches:
-                        todo[gk] = (caches[(u, adapter)], gp[len(prefixes[u]):])
-                    for i in idx:
-                        key_of[i] = gk
-                caches.update(zip(todo, eng.extend_prefixes(list(todo.values()), adapter)))
-            if shared:
-                texts_ = eng.generate_prefixed(
-                    [(key_of[i], calls[i][1][len(caches[key_of[i]]):]) for i in shared], caches, adapter,
-                    options=opts, max_new_tokens_per_row=[budgets[i] for i in shared] if budgets else None)
-                for i, t in zip(shared, texts_):
+                    caches[(u, adapter)] = eng.encode_prefix(doc_ids[u], adapter)
+
+        def run(stage: str, calls: list[tuple[tuple, list[int]]], budgets: list[int] | None) -> list[str]:
+            """Generate `calls` ((prefix key, prompt ids), the key's first item the document): each reuses
+            the cached prefix of its key, or else of its document."""
+            adapter = self.stage_adapter[stage]
+            documents(adapter)
+            outs = [""] * len(calls)
+            rows, where = [], []
+            for i, (key, c) in enumerate(calls):
+                for k in (key, (key[0], adapter)):
+                    p = caches.get(k)
+                    if p is not None and c[:len(p)] == p.ids and len(c) > len(p):
+                        rows.append((k, c[len(p):]))
+                        where.append(i)
+                        break
+            if rows:
+                texts_ = eng.generate_prefixed(rows, caches, adapter, options=opts,
+                                               max_new_tokens_per_row=[budgets[i] for i in where] if budgets else None)
+                for i, t in zip(where, texts_):
                     outs[i] = t
-            for i in sorted(set(range(len(calls))) - set(shared)):  # the prefix check failed: run whole
-                u, c = calls[i]
+            for i in sorted(set(range(len(calls))) - set(where)):  # the prefix check failed: run whole
+                u, c = calls[i][0][0], calls[i][1]
                 stats[u]["calls_without_shared_prefix"] += 1
                 o = opts if not budgets else GenerationOptions(**{**opts.__dict__, "max_new_tokens": budgets[i]})
                 outs[i] = eng.generate_ids([c], adapter=adapter, options=o)[0]
-            for u, _ in calls:
-                stats[u][f"{stage}_calls"] += 1
+            for (key, _) in calls:
+                stats[key[0]][f"{stage}_calls"] += 1
             return outs
 
-        n = len(docs)
         forcing = bool(forced) and forced[0] is not None
-        rel_out = run("relation", [(u, ids_rel[u]) for u in range(n)],
+        rel_out = run("relation", [((u, self.stage_adapter["relation"]), ids_rel[u]) for u in range(n)],
                       [forced[u]["budget"]["relation"] for u in range(n)] if forcing else None)
         rels = [forced[u]["relations"] if forced[u] else parse_relations(rel_out[u], stats[u]) for u in range(n)]
+
         head_keys = [(u, r) for u in range(n) for r in rels[u]]
-        head_out = run("head", [(u, self._ids("head", passage=texts[u], relation=table[r][0],
-                                              description=table[r][1])) for u, r in head_keys],
+        head_ids = [self._ids("head", passage=texts[u], relation=table[r][0], description=table[r][1])
+                    for u, r in head_keys]
+        ah, af = self.stage_adapter["head"], self.stage_adapter["facts"]
+        documents(ah)
+        if ah == af:  # one cache serves both stages: the relation's prefix, shared by its head and facts calls
+            extend([((u, r, ah), (u, ah), os.path.commonprefix([hi, self._ids(
+                "facts", passage=texts[u], relation=table[r][0], description=table[r][1], head="x")]))
+                    for (u, r), hi in zip(head_keys, head_ids)], ah)
+        head_out = run("head", [((u, r, ah), hi) for (u, r), hi in zip(head_keys, head_ids)],
                        [forced[u]["budget"]["head"][r] for u, r in head_keys] if forcing else None)
         heads: dict[tuple[int, str], list[str]] = {}
         for (u, r), out in zip(head_keys, head_out):
             heads[(u, r)] = forced[u]["heads"][r] if forced[u] else parse_heads(out, psgs[u], stats[u])
+
         fact_keys = [(u, r, h) for u, r in head_keys for h in heads[(u, r)]]
-        fact_out = run("facts", [(u, self._ids("facts", passage=texts[u], relation=table[r][0],
-                                               description=table[r][1], head=h)) for u, r, h in fact_keys],
-                       [forced[u]["budget"]["facts"][(r, h)] for u, r, h in fact_keys] if forcing else None,
-                       groups=[r for _, r, _ in fact_keys])
+        fact_ids = [self._ids("facts", passage=texts[u], relation=table[r][0], description=table[r][1], head=h)
+                    for u, r, h in fact_keys]
+        members: dict[tuple[int, str], list[int]] = {}
+        for i, (u, r, _) in enumerate(fact_keys):
+            members.setdefault((u, r), []).append(i)
+        documents(af)
+        groups = []  # a relation's facts calls share the longest common prefix of their prompts
+        for (u, r), idx in members.items():
+            common = os.path.commonprefix([fact_ids[i] for i in idx])
+            if len(idx) > 1 and all(len(fact_ids[i]) > len(common) for i in idx):
+                groups.append(((u, r, "facts", af), (u, r, af) if (u, r, af) in caches else (u, af), common))
+        extend(groups, af)
+        fact_out = run("facts", [((u, r, "facts", af) if (u, r, "facts", af) in caches else (u, r, af), fi)
+                                 for (u, r, _), fi in zip(fact_keys, fact_ids)],
+                       [forced[u]["budget"]["facts"][(r, h)] for u, r, h in fact_keys] if forcing else None)
         triples: list[list[Triple]] = [[] for _ in range(n)]
         for (u, r, _h), out in zip(fact_keys, fact_out):
             for t in parse_facts(out, r, psgs[u], stats[u]):
