@@ -8,6 +8,16 @@
 
 Rows are left-padded, sorted by length into batches so padding stays small, and decoded until EOS,
 a stop string or `max_new_tokens`. Greedy by default; `do_sample=True` with temperature/top_p samples.
+
+Many prompts over a few long shared prefixes (an app asking several questions about each document):
+
+    doc = engine.encode_prefix(doc_ids)                          # the document's KV cache, once
+    rel = engine.extend_prefixes([(doc, more_ids)])[0]           # a longer prefix built on it
+    engine.generate_prefixed([("d", suffix_ids), ("r", ...)], {"d": doc, "r": rel})
+
+There, a batch's cache holds only each row's own tokens and attention reads each prefix's K/V in
+place (`_cascade_attention`); greedy rows speculate with prompt lookup (`GenerationOptions.lookahead`);
+rows leave the batch when they finish.
 """
 
 from __future__ import annotations
@@ -346,7 +356,6 @@ class Engine:
             shared.mask = mask
         logits = self.model(input_ids=ids, attention_mask=None if shared else mask, position_ids=pos, cache=cache,
                             use_cache=True, logits_to_keep=1, **extra).logits[:, -1:, :]
-        _with_room(cache, room)  # an empty private cache got its layers in that forward pass
         last_pos = pos[:, -1].clone()
         # `active[j]` is the row at batch position j; finished rows stay in the batch (fed padding) until
         # half of it has finished, then the batch is compacted: compacting copies the whole cache,

@@ -55,6 +55,20 @@ def test_prefixed_batches_equal_single_generation(engine, lookahead, shared, mon
         assert st["drafted"] == 0
 
 
+def test_prefixed_sampling_is_seeded_and_stop_strings_cut(engine):
+    pre = engine.encode_prefix(_ids(engine, "the cat sat on the mat and the cat sat on the mat"))
+    rows = [(0, _ids(engine, "the cat sat on the mat and the cat sat on the mat again")[len(pre):])] * 3
+    kw = dict(max_new_tokens=20, do_sample=True, temperature=2.0, seed=3, batch_size=4)
+    a = engine.generate_prefixed(rows, {0: pre}, **kw)
+    assert a == engine.generate_prefixed(rows, {0: pre}, **kw)
+    assert len(set(a)) > 1  # rows sample independently
+    greedy = engine.generate_prefixed(rows[:1], {0: pre}, max_new_tokens=20)[0]
+    assert len(greedy) > 4
+    stop = greedy[2:4]
+    cut = engine.generate_prefixed(rows[:1], {0: pre}, max_new_tokens=20, stop=[stop])[0]
+    assert cut == greedy[:greedy.find(stop)]
+
+
 def test_drafter_finds_latest_ngram_continuation():
     from peft_apps.core.engine import _Drafter
 

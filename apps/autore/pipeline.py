@@ -7,11 +7,12 @@
     result.triples  # [{head, relation, relation_id, tail, head_mentions, tail_mentions, source}, ...]
 
 The reference runs 1 + |relations| + |(relation, head)| sampled generate calls per document, one at
-a time. Here each stage's calls for a document run as batches that share the document's prompt
-prefix: its KV cache is computed once per adapter and reused by every head and facts call, rows leave
-a batch when they finish, and decoding is greedy by default. The prefix is the longest common token
-prefix of the document's prompts, so prefix ids + suffix ids are exactly the whole prompt's ids
-(checked per call; a call that does not start with the prefix runs on its own).
+a time. Here each stage's calls of many documents run in shared batches over cached prompt prefixes
+(the document's passage; a relation's name and description; a relation's facts instruction), each
+computed once and read in place by the calls below it, rows leave a batch when they finish, and
+greedy decoding speculates with prompt lookup (see `core/engine.py`). A prefix is the longest common
+token prefix of the prompts under it, so prefix ids + suffix ids are exactly the whole prompt's ids
+(checked per call; a call that does not start with its prefix runs on its own).
 """
 
 from __future__ import annotations
