@@ -77,3 +77,23 @@ def test_drafter_finds_latest_ngram_continuation():
     d.push(0, 7)
     assert d.draft(0, 2) == [8, 5]
     assert _Drafter([[4, 5, 6]]).draft(0, 4) == []  # no earlier occurrence of the last token
+
+
+def test_attention_lse_math_path_matches_cpu_kernel():
+    """The fallback used off the CPU (and for fp16) gives the CPU flash kernel's output and log-sum-exp,
+    including rows whose keys are all masked (they must merge with weight 0, not NaN)."""
+    from peft_apps.core.engine import _attention_lse
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 5, 16), torch.randn(3, 2, 7, 16), torch.randn(3, 2, 7, 16)
+    bias = torch.zeros(3, 1, 5, 7)
+    bias[0, 0, 1] = torch.finfo(torch.float32).min
+    bias[1, 0, :, 4:] = torch.finfo(torch.float32).min
+    o1, l1 = _attention_lse(q, k, v, bias, 0.25)
+    o2, l2 = _attention_lse(q.double(), k.double(), v.double(), bias.double(), 0.25)  # not the CPU kernel
+    seen = torch.ones(3, 5, dtype=torch.bool)
+    seen[0, 1] = False  # that query sees no key: its output is arbitrary but finite, its LSE hugely negative
+    assert torch.allclose(o1.transpose(1, 2)[seen], o2.float().transpose(1, 2)[seen], atol=1e-5)
+    assert torch.allclose(l1.transpose(1, 2)[seen], l2.float().transpose(1, 2)[seen], atol=1e-4)
+    for lse, out in ((l1, o1), (l2, o2)):
+        assert lse[0, :, 1].max() < -1e30 and torch.isfinite(out).all()
