@@ -239,8 +239,11 @@ class Engine:
                         self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
                     out.append(Prefix(pre.ids + list(more), cache))
                 return out
-            for start in range(0, len(items), batch_size):
-                chunk = [(p, list(m)) for p, m in items[start:start + batch_size]]
+            out = [p for p, _ in items]  # nothing to add: the prefix itself
+            todo = [i for i, (_, m) in enumerate(items) if len(m)]
+            for start in range(0, len(todo), batch_size):
+                at = todo[start:start + batch_size]
+                chunk = [(items[i][0], list(items[i][1])) for i in at]
                 order = sorted(range(len(chunk)), key=lambda i: id(_root(chunk[i][0])))  # rows of a root together
                 chunk = [chunk[i] for i in order]
                 cache, shared, mask = _private_batch([p for p, _ in chunk])
@@ -250,12 +253,10 @@ class Engine:
                 shared.mask = mask
                 self.model(input_ids=ids.to(self.device), position_ids=pos, cache=cache, use_cache=True,
                            logits_to_keep=1, shared_prefix=shared)
-                done: list[Prefix] = [None] * len(chunk)  # type: ignore[list-item]
                 for j, (p, m) in enumerate(chunk):
                     keep = mask[j].bool()
                     tail = [(layer.keys[j:j + 1, :, keep], layer.values[j:j + 1, :, keep]) for layer in cache.layers]
-                    done[order[j]] = Prefix(p.ids + m, root=_root(p), tail=tail)
-                out.extend(done)
+                    out[at[order[j]]] = Prefix(p.ids + m, root=_root(p), tail=tail)
         return out
 
     @torch.inference_mode()

@@ -30,6 +30,7 @@ def test_prefixed_batches_equal_single_generation(engine, lookahead, shared, mon
     # a longer prefix built on the first: "... again Which" shared by two questions
     prefixes[2] = engine.extend_prefix(prefixes[0], _ids(engine, docs[0] + " Which")[len(prefixes[0]):])
     assert (prefixes[2].root is prefixes[0]) == shared
+    assert engine.extend_prefixes([(prefixes[1], [])])[0].ids == prefixes[1].ids
     rows, whole = [], []
     for k, d in enumerate(docs):
         for a in asks:
