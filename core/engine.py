@@ -266,10 +266,10 @@ class Engine:
                                **opts: Any) -> list[str]:
         """Complete `prefix + suffix` for every suffix, encoding the common prefix once.
 
-        The prefix's KV cache is computed once and copied into each batch; suffixes of a batch are
-        left-padded between prefix and suffix (masked, positions from the mask), and a row leaves the
+        The prefix's KV cache is computed once (or given as `prefix`) and shared by every batch;
+        suffixes of a batch are left-padded (masked, positions from the mask), and a row leaves the
         batch as soon as it ends (EOS, a stop string, or `max_new_tokens`), so no row decodes for the
-        longest answer's sake. Greedy unless `do_sample`.
+        longest answer's sake. Greedy (with prompt-lookup speculation) unless `do_sample`.
         """
         if not suffixes:
             return []
@@ -285,9 +285,11 @@ class Engine:
                           max_new_tokens_per_row: Sequence[int] | None = None, **opts: Any) -> list[str]:
         """Like `generate_shared_prefix` for rows of *different* prefixes (e.g. several documents).
 
-        `rows`: (prefix key, suffix ids); `prefixes`: key -> `Prefix` from `encode_prefix`.
-        Rows of any prefix share a batch: each row's prefix cache is left-padded to the longest prefix
-        in the batch and the padding masked, so positions and outputs are those of the row alone.
+        `rows`: (prefix key, suffix ids); `prefixes`: key -> `Prefix` from `encode_prefix` / `extend_prefixes`.
+        Rows of any prefix share a batch. With shared-prefix attention each row reads its root prefix in
+        place and the batch cache holds only the rows' own tokens; otherwise each row's prefix cache is
+        copied in, left-padded to the longest, the padding masked. Either way positions and outputs are
+        those of the row alone.
         """
         o = options or GenerationOptions(**opts)
         n = len(rows)
@@ -298,11 +300,11 @@ class Engine:
                 idx = order[start:start + o.batch_size]
                 if self.shared_attention:  # rows of one root side by side
                     idx.sort(key=lambda i: id(_root(prefixes[rows[i][0]])))
-                    cache, shared, pmask = _private_batch([prefixes[rows[i][0]] for i in idx])
-                else:
-                    cache, pmask = _stack_prefix_caches([prefixes[rows[i][0]] for i in idx])
-                    shared = None
                 pre = [prefixes[rows[i][0]] for i in idx]
+                if self.shared_attention:
+                    cache, shared, pmask = _private_batch(pre)
+                else:
+                    (cache, pmask), shared = _stack_prefix_caches(pre), None
                 limits = [max_new_tokens_per_row[i] for i in idx] if max_new_tokens_per_row else None
                 suffixes = [list(rows[i][1]) for i in idx]
                 gen = self._decode_rows(cache, pmask, suffixes, o, limits,
@@ -433,8 +435,7 @@ class Engine:
 
     @staticmethod
     def _pick(logits: torch.Tensor, o: GenerationOptions, gen: torch.Generator) -> torch.Tensor:
-        if not o.do_sample:
-            return logits.argmax(-1)
+        """Sample one token per row (temperature, then top-p)."""
         probs = torch.softmax(logits.float() / o.temperature, dim=-1)
         if o.top_p < 1.0:
             sp, si = probs.sort(dim=-1, descending=True)

@@ -209,8 +209,9 @@ class AutoRE:
                 todo[key] = (base, ids[len(base):])
             caches.update(zip(todo, eng.extend_prefixes(list(todo.values()), adapter)))
 
-        def documents(adapter: str | None) -> None:
-            for u in range(n):
+        def documents(adapter: str | None, units: Any) -> None:
+            """Cache the prefixes of these documents under `adapter` (each once)."""
+            for u in sorted(set(units)):
                 if (u, adapter) not in caches:
                     caches[(u, adapter)] = eng.encode_prefix(doc_ids[u], adapter)
 
@@ -218,7 +219,7 @@ class AutoRE:
             """Generate `calls` ((prefix key, prompt ids), the key's first item the document): each reuses
             the cached prefix of its key, or else of its document."""
             adapter = self.stage_adapter[stage]
-            documents(adapter)
+            documents(adapter, (key[0] for key, _ in calls))
             outs = [""] * len(calls)
             rows, where = [], []
             for i, (key, c) in enumerate(calls):
@@ -251,7 +252,7 @@ class AutoRE:
         head_ids = [self._ids("head", passage=texts[u], relation=table[r][0], description=table[r][1])
                     for u, r in head_keys]
         ah, af = self.stage_adapter["head"], self.stage_adapter["facts"]
-        documents(ah)
+        documents(ah, (u for u, _ in head_keys))
         if ah == af:  # one cache serves both stages: the relation's prefix, shared by its head and facts calls
             extend([((u, r, ah), (u, ah), os.path.commonprefix([hi, self._ids(
                 "facts", passage=texts[u], relation=table[r][0], description=table[r][1], head="x")]))
@@ -268,7 +269,7 @@ class AutoRE:
         members: dict[tuple[int, str], list[int]] = {}
         for i, (u, r, _) in enumerate(fact_keys):
             members.setdefault((u, r), []).append(i)
-        documents(af)
+        documents(af, (u for u, _, _ in fact_keys))
         groups = []  # a relation's facts calls share the longest common prefix of their prompts
         for (u, r), idx in members.items():
             common = os.path.commonprefix([fact_ids[i] for i in idx])
