@@ -340,7 +340,14 @@ class Engine:
         room = ids.shape[1] + max(limit) * (2 if look else 1) + look + 1
         _with_room(cache, room)
         pos = (shared.positions(mask) if shared else (mask.cumsum(-1) - 1).clamp(min=0))[:, plen:]
-        extra: dict[str, Any] = {"shared_prefix": shared} if shared else {}
+
+        def forward(input_ids: torch.Tensor, position_ids: torch.Tensor, keep: int) -> torch.Tensor:
+            if shared:  # the cascade reads the private mask from `shared`; no 4D mask is built
+                shared.mask = mask
+                return self.model(input_ids=input_ids, position_ids=position_ids, cache=cache, use_cache=True,
+                                  logits_to_keep=keep, shared_prefix=shared).logits
+            return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, cache=cache,
+                              use_cache=True, logits_to_keep=keep).logits
         gen = torch.Generator(device="cpu")
         if o.seed is not None:
             gen.manual_seed(o.seed)
@@ -355,10 +362,7 @@ class Engine:
             if shared:
                 shared.select(active)
         drafter = _Drafter([list(contexts[i]) for i in active] if contexts and look else None)
-        if shared:
-            shared.mask = mask
-        logits = self.model(input_ids=ids, attention_mask=None if shared else mask, position_ids=pos, cache=cache,
-                            use_cache=True, logits_to_keep=1, **extra).logits[:, -1:, :]
+        logits = forward(ids, pos, 1)
         last_pos = pos[:, -1].clone()
         # `active[j]` is the row at batch position j; finished rows stay in the batch (fed padding) until
         # half of it has finished, then the batch is compacted: compacting copies the whole cache,
@@ -426,10 +430,7 @@ class Engine:
             step_pos = last_pos.view(-1, 1) + 1 + torch.arange(w, device=dev).view(1, -1)
             last_pos = last_pos + 1
             st["forwards"] += 1
-            if shared:
-                shared.mask = mask
-            logits = self.model(input_ids=inp.to(dev), attention_mask=None if shared else mask, position_ids=step_pos,
-                                cache=cache, use_cache=True, logits_to_keep=w, **extra).logits
+            logits = forward(inp.to(dev), step_pos, w)
         texts = [self.tokenizer.decode(p, skip_special_tokens=True) for p in produced]
         return [_cut_at_stop(t, o.stop) for t in texts] if o.stop else texts
 
@@ -487,19 +488,19 @@ class _Drafter:
         self.index: list[dict[tuple[int, ...], int]] = []
         for c in self.ctx:
             idx: dict[tuple[int, ...], int] = {}
-            for e in range(len(c) - 1):  # the n-grams ending at e, whose continuation c[e + 1] is known
-                for n in self.N:
-                    if e + 1 >= n:
-                        idx[tuple(c[e + 1 - n:e + 1])] = e
+            for e in range(len(c) - 1):
+                self._register(c, idx, e)
             self.index.append(idx)
 
-    def push(self, j: int, tok: int) -> None:
-        c, idx = self.ctx[j], self.index[j]
-        c.append(tok)
-        e = len(c) - 2
+    def _register(self, c: list[int], idx: dict[tuple[int, ...], int], e: int) -> None:
+        """Index the n-grams ending at `e`, whose continuation c[e + 1] is known."""
         for n in self.N:
             if e + 1 >= n:
                 idx[tuple(c[e + 1 - n:e + 1])] = e
+
+    def push(self, j: int, tok: int) -> None:
+        self.ctx[j].append(tok)
+        self._register(self.ctx[j], self.index[j], len(self.ctx[j]) - 2)
 
     def draft(self, j: int, k: int) -> list[int]:
         if k <= 0:
@@ -690,28 +691,31 @@ def _root(p: Prefix) -> Prefix:
 def _private_batch(prefixes: list[Prefix]):
     """The batch cache of the rows' private tokens (their prefixes' extensions, left-padded), the
     `_SharedPrefix` of their roots, and the private mask."""
+    roots = [_root(p) for p in prefixes]
+    template = roots[0].cache
+    empty = [(layer.keys[:, :, :0], layer.values[:, :, :0]) for layer in template.layers]
+    cache, mask = _left_padded_cache(template, [p.tail or empty for p in prefixes])
+    return cache, _SharedPrefix(roots), mask
+
+
+def _left_padded_cache(template, rows: list[list[tuple[torch.Tensor, torch.Tensor]]]):
+    """A batch cache (shaped like `template`) from each row's per-layer (keys, values) of one row and any
+    length, left-padded to the longest, and its mask. The template's own tensors are not copied."""
     import copy
 
     import torch.nn.functional as F
 
-    roots = [_root(p) for p in prefixes]
-    tails = [len(p) - len(r) for p, r in zip(prefixes, roots)]
-    width = max(tails)
-    template = roots[0].cache
+    lengths = [kv[0][0].shape[2] for kv in rows]
+    width = max(lengths)
     cache = copy.copy(template)
     cache.layers = [copy.copy(layer) for layer in template.layers]
     for li, layer in enumerate(cache.layers):
-        ref_k, ref_v = template.layers[li].keys, template.layers[li].values
-        ks, vs = [], []
-        for p in prefixes:
-            k, v = p.tail[li] if p.tail else (ref_k[:, :, :0], ref_v[:, :, :0])
-            ks.append(F.pad(k, (0, 0, width - k.shape[2], 0)))
-            vs.append(F.pad(v, (0, 0, width - v.shape[2], 0)))
-        layer.keys, layer.values = torch.cat(ks, 0), torch.cat(vs, 0)
-    mask = torch.zeros((len(prefixes), width), dtype=torch.long)
-    for i, t in enumerate(tails):
-        mask[i, width - t:] = 1
-    return cache, _SharedPrefix(roots), mask.to(template.layers[0].keys.device)
+        layer.keys = torch.cat([F.pad(kv[li][0], (0, 0, width - n, 0)) for kv, n in zip(rows, lengths)], 0)
+        layer.values = torch.cat([F.pad(kv[li][1], (0, 0, width - n, 0)) for kv, n in zip(rows, lengths)], 0)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, n in enumerate(lengths):
+        mask[i, width - n:] = 1
+    return cache, mask.to(template.layers[0].keys.device)
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -777,25 +781,9 @@ def _with_room(cache, extra: int):
 
 
 def _stack_prefix_caches(items: list[Prefix]):
-    """One batch cache from single-row prefix caches of different lengths (left-padded) + its mask."""
-    import copy
-
-    import torch.nn.functional as F
-
-    width = max(len(p) for p in items)
-    cache = copy.copy(items[0].cache)  # the layers' tensors are rebuilt below: no deep copy of the prefix
-    cache.layers = [copy.copy(layer) for layer in cache.layers]
-    for li, layer in enumerate(cache.layers):
-        ks, vs = [], []
-        for p in items:
-            src = p.cache.layers[li]
-            ks.append(F.pad(src.keys, (0, 0, width - len(p), 0)))
-            vs.append(F.pad(src.values, (0, 0, width - len(p), 0)))
-        layer.keys, layer.values = torch.cat(ks, 0), torch.cat(vs, 0)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for i, p in enumerate(items):
-        mask[i, width - len(p):] = 1
-    return cache, mask
+    """One batch cache from whole single-row prefix caches of different lengths (left-padded) + its mask."""
+    rows = [[(layer.keys, layer.values) for layer in p.cache.layers] for p in items]
+    return _left_padded_cache(items[0].cache, rows)
 
 
 def _cache_of(out):
