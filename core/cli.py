@@ -202,13 +202,16 @@ def merge_cmd(
 @app.command("tiny-model")
 def tiny_model_cmd(
     out: Path = typer.Argument(..., help="output folder"),
-    size: str = typer.Option("tiny", "--size", help="tiny (tests, demo) or small (benchmarks, ~32M params)"),
+    size: str = typer.Option("tiny", "--size", help="tiny (tests, demo), small (~32M params), 1b or 8b (GPU "
+                                                     "benchmark shapes)"),
+    family: str = typer.Option("llama", "--family", help="architecture: llama, qwen2, qwen3, mistral, gemma2, "
+                                                         "phi3, gpt-neox, gpt2"),
 ) -> None:
-    """Build a Llama-architecture model + tokenizer offline (random weights), in HF format."""
+    """Build a model of a common architecture + tokenizer offline (random weights), in HF format."""
     _prepare()
     from peft_apps.core.tiny import build_tiny_model
 
-    path = build_tiny_model(out, size=size)
+    path = build_tiny_model(out, size=size, family=family)
     info = json.loads((path / "peft_apps_tiny.json").read_text())
     console.print(f"{size} model ({info['parameters']:,} parameters) -> {path}")
 

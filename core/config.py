@@ -34,7 +34,7 @@ class ModelConfig(_Section):
     quantization: Literal["nf4", "int8", "none"] = "nf4"
     double_quant: bool = True
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flex_attention"] = "auto"
 
 
 class PeftConfig(_Section):
@@ -95,6 +95,7 @@ class TrainConfig(_Section):
     save_total_limit: int = Field(2, ge=1)
     logging_steps: int = Field(10, ge=1)
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
+    memory_check: bool = Field(True, description="on a GPU, refuse before loading when the estimate exceeds free memory")
 
 
     @field_validator("mixed_precision", mode="before")

@@ -103,10 +103,11 @@ class Engine:
     @classmethod
     def from_pretrained(cls, base: str | ModelConfig | None = None,
                         adapters: str | Path | dict[str, str | Path] | None = None,
-                        quantize: bool | None = None) -> "Engine":
+                        quantize: bool | None = None, dtype: str | None = None) -> "Engine":
         """`base`: hub id, path, `builtin:*` or a ModelConfig; None takes it from the first adapter's recipe.
 
-        `adapters`: one folder, or {name: folder}. `quantize` defaults to the recipe's setting.
+        `adapters`: one folder, or {name: folder}. `quantize` defaults to the recipe's setting; `dtype`
+        ("float32", "bfloat16", ...) to the runtime's choice (bf16 on a GPU that has it, fp32 on a CPU).
         """
         from peft import PeftModel
 
@@ -131,6 +132,8 @@ class Engine:
                     pass
         if quantize is False:
             mcfg = mcfg.model_copy(update={"quantization": "none"})
+        if dtype is not None:
+            mcfg = mcfg.model_copy(update={"dtype": dtype})
         model = load_base_model(mcfg)
         model.config.use_cache = True
         first = next(iter(adapters), None)
@@ -247,11 +250,11 @@ class Engine:
                 order = sorted(range(len(chunk)), key=lambda i: id(_root(chunk[i][0])))  # rows of a root together
                 chunk = [chunk[i] for i in order]
                 cache, shared, mask = _private_batch([p for p, _ in chunk])
-                ids, new_mask = _left_pad([m for _, m in chunk], self.tokenizer.pad_token_id)
-                mask = torch.cat([mask, new_mask.to(mask.device)], dim=1)
+                ids, new_mask = _left_pad([m for _, m in chunk], self.tokenizer.pad_token_id, self.device)
+                mask = torch.cat([mask.to(self.device), new_mask], dim=1)
                 pos = shared.positions(mask)[:, -ids.shape[1]:]
                 shared.mask = mask
-                self.model(input_ids=ids.to(self.device), position_ids=pos, cache=cache, use_cache=True,
+                self.model(input_ids=ids, position_ids=pos, cache=cache, use_cache=True,
                            logits_to_keep=1, shared_prefix=shared)
                 for j, (p, m) in enumerate(chunk):
                     keep = mask[j].bool()
@@ -333,8 +336,8 @@ class Engine:
         eos_set = set(eos if isinstance(eos, list) else [eos])
         plen = prefix_mask.shape[1]
         b = len(rows)
-        ids, suffix_mask = _left_pad(rows, pad)
-        ids, mask = ids.to(dev), torch.cat([prefix_mask, suffix_mask], dim=1).to(dev)
+        ids, suffix_mask = _left_pad(rows, pad, dev)
+        mask = torch.cat([prefix_mask.to(dev), suffix_mask], dim=1)
         limit = limits or [o.max_new_tokens] * b
         look = 0 if o.do_sample else max(0, o.lookahead)
         room = ids.shape[1] + max(limit) * (2 if look else 1) + look + 1
@@ -420,11 +423,11 @@ class Engine:
             drafts = [[] if done[j] or width <= 0 else drafter.draft(j, min(width, limit[row] - len(produced[row]) - 1))
                       for j, row in enumerate(active)]
             w = 1 + max(len(d) for d in drafts)
-            inp = torch.full((len(active), w), pad, dtype=torch.long)
-            new_mask = torch.zeros((len(active), w), dtype=mask.dtype)
+            inp = torch.full((len(active), w), pad, dtype=torch.long)  # host: filled per row, one copy
+            new_mask = torch.zeros((len(active), w), dtype=mask.dtype)  # host: as inp
             for j, d in enumerate(drafts):
                 inp[j, 0] = nxt[j]
-                inp[j, 1:1 + len(d)] = torch.tensor(d, dtype=torch.long)
+                inp[j, 1:1 + len(d)] = torch.tensor(d, dtype=torch.long)  # host: into the host buffer
                 new_mask[j, :1 + len(d)] = 1
             mask = torch.cat([mask, new_mask.to(dev)], dim=1)
             step_pos = last_pos.view(-1, 1) + 1 + torch.arange(w, device=dev).view(1, -1)
@@ -448,10 +451,10 @@ class Engine:
     @torch.inference_mode()
     def _generate_ids(self, rows: list[list[int]], adapters: list[str], o: GenerationOptions) -> list[str]:
         pad = self.tokenizer.pad_token_id
-        ids, mask = _left_pad(rows, pad)
+        ids, mask = _left_pad(rows, pad, self.device)
         width = ids.shape[1]
         kw: dict[str, Any] = dict(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+            input_ids=ids, attention_mask=mask,
             max_new_tokens=o.max_new_tokens, do_sample=o.do_sample, pad_token_id=pad,
             eos_token_id=self.tokenizer.eos_token_id,
         )
@@ -613,7 +616,7 @@ class _SharedPrefix:
             else:
                 runs.append([r, j, j + 1])
         self.runs = runs
-        self.offsets = torch.tensor([len(r) for r in self.roots], dtype=torch.long)
+        self.offsets = torch.tensor([len(r) for r in self.roots], dtype=torch.long)  # host: moved where used
 
     def select(self, keep: list[int]) -> None:
         self.roots = [self.roots[j] for j in keep]
@@ -712,21 +715,22 @@ def _left_padded_cache(template, rows: list[list[tuple[torch.Tensor, torch.Tenso
     for li, layer in enumerate(cache.layers):
         layer.keys = torch.cat([F.pad(kv[li][0], (0, 0, width - n, 0)) for kv, n in zip(rows, lengths)], 0)
         layer.values = torch.cat([F.pad(kv[li][1], (0, 0, width - n, 0)) for kv, n in zip(rows, lengths)], 0)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # host: filled here, moved in one copy
     for i, n in enumerate(lengths):
         mask[i, width - n:] = 1
     return cache, mask.to(template.layers[0].keys.device)
 
 
-def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows left-padded to one width, and their attention mask."""
+def _left_pad(rows: list[list[int]], pad: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows left-padded to one width, and their attention mask, on `device` (built on the CPU, moved
+    in one copy each)."""
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)  # host: filled here, moved in one copy
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # host: as ids
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)  # host: into the host buffer
         mask[i, width - len(r):] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)
 
 
 @lru_cache(maxsize=1)

@@ -16,13 +16,14 @@ Builder = Callable[["PeftConfig", str, int], Any]
 METHODS: dict[str, Builder] = {}
 
 _LLAMA_LIKE = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "gemma", "gemma2", "gemma3_text",
-               "olmo", "olmo2", "granite", "phi3", "smollm3", "deepseek_v3", "cohere", "starcoder2")
+               "olmo", "olmo2", "granite", "smollm3", "deepseek_v3", "cohere", "starcoder2")
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP = ["gate_proj", "up_proj", "down_proj"]
 # Defaults per architecture: (all linear layers for LoRA-style methods, (IA)^3 targets, (IA)^3 feed-forward)
 DEFAULT_TARGETS: dict[str, tuple[list[str], list[str], list[str]]] = {
     **{m: (ATTN + MLP, ["k_proj", "v_proj", "down_proj"], ["down_proj"]) for m in _LLAMA_LIKE},
     "phi": (["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"], ["k_proj", "v_proj", "fc2"], ["fc2"]),
+    "phi3": (["qkv_proj", "o_proj", "gate_up_proj", "down_proj"], ["qkv_proj", "down_proj"], ["down_proj"]),
     "gpt2": (["c_attn", "c_proj", "c_fc"], ["c_attn", "mlp.c_proj"], ["mlp.c_proj"]),
     "gpt_neox": (["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
                  ["query_key_value", "dense_4h_to_h"], ["dense_4h_to_h"]),

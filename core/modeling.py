@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,9 @@ def has_cuda() -> bool:
 def resolve_base(base: str) -> str:
     """A local path or hub id as given; `builtin:tiny` / `builtin:small` build the offline model once."""
     if base.startswith("builtin:"):
-        from peft_apps.core.tiny import SIZES, builtin_model_path
+        from peft_apps.core.tiny import builtin_model_path
 
-        size = base.split(":", 1)[1]
-        if size not in SIZES:
-            raise UserError(f"unknown builtin model {base!r}; choose one of: "
-                            + ", ".join(f"builtin:{s}" for s in SIZES))
-        return str(builtin_model_path(size))
+        return str(builtin_model_path(base.split(":", 1)[1]))
     path = Path(base).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -58,22 +55,102 @@ def _hub_call(fn, base: str, *args: Any, **kwargs: Any):
         raise UserError(f"cannot load model {base!r}: {text.splitlines()[0]}", hint=_offline_hint(base)) from None
 
 
-def compute_dtype(cfg: ModelConfig):
+# ---- device, precision and attention, chosen together ---------------------------------------------
+
+
+def cpu_has_bf16() -> bool:
+    """AVX-512 BF16 or AMX: bf16 matmuls run natively on this CPU (elsewhere they are emulated, slowly)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a model runs. One decision, so the pieces cannot disagree: a 4-bit model's compute
+    dtype, the frozen weights' dtype, the trainer's autocast precision and the attention kernel.
+
+    bf16 only where the device runs it natively (CUDA with bf16 support, a CPU with AVX-512 BF16 / AMX);
+    fp16 autocast on older GPUs; fp32 elsewhere. Trainable parameters always stay fp32 for the optimizer."""
+
+    device: str  # "cuda" or "cpu"
+    precision: str  # autocast precision while training: bf16 / fp16 / fp32
+    dtype: Any  # torch dtype of unquantized frozen weights and of 4-bit compute
+    attn_implementation: str  # eager / sdpa / flash_attention_2 / flex_attention
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+
+def native_bf16() -> bool:
     import torch
 
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    return cpu_has_bf16()
+
+
+def choose_runtime(cfg: ModelConfig, mixed_precision: str = "auto", *, training: bool = True,
+                   model_class: Any = None) -> Runtime:
+    """The runtime for model section `cfg` on this machine. `mixed_precision`: the recipe's
+    `train.mixed_precision`; `model_class`: the architecture's class, whose support decides the attention
+    kernel (None: not known, e.g. remote code). Inference on a CPU stays fp32 (no autocast there)."""
+    import torch
+
+    cuda = has_cuda()
+    if mixed_precision != "auto":
+        precision = mixed_precision
+    elif cuda:
+        precision = "bf16" if native_bf16() else "fp16"
+    else:
+        precision = "bf16" if training and native_bf16() else "fp32"
     if cfg.dtype != "auto":
-        return getattr(torch, cfg.dtype)
-    if has_cuda():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+        dtype = getattr(torch, cfg.dtype)
+    elif precision == "bf16":
+        dtype = torch.bfloat16
+    else:
+        dtype = torch.float16 if precision == "fp16" and cuda else torch.float32
+    return Runtime("cuda" if cuda else "cpu", precision, dtype, attn_implementation(cfg, model_class))
 
 
-def attn_implementation(cfg: ModelConfig) -> str:
-    if cfg.attn_implementation != "auto":
-        return cfg.attn_implementation
-    if has_cuda() and importlib.util.find_spec("flash_attn") is not None:
+def compute_dtype(cfg: ModelConfig):
+    """The dtype a model loads in for inference and merging (see `choose_runtime`)."""
+    return choose_runtime(cfg, training=False).dtype
+
+
+def model_class_for(config) -> Any:
+    """The causal-LM class transformers would build for `config`, or None (remote code, unknown)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError:
+        return None
+
+
+def attn_implementation(cfg: ModelConfig, model_class: Any = None) -> str:
+    """FlashAttention-2 on CUDA when installed, else SDPA, else eager: each only where the architecture
+    supports it (Gemma-2 has no SDPA path, GPT-2 no flex attention). An explicit choice the architecture
+    lacks is a UserError naming the ones it has."""
+    supports = {
+        "flash_attention_2": bool(getattr(model_class, "_supports_flash_attn", True)),
+        "sdpa": bool(getattr(model_class, "_supports_sdpa", True)),
+        "flex_attention": bool(getattr(model_class, "_supports_flex_attn", True)),
+        "eager": True,
+    }
+    want = cfg.attn_implementation
+    if want != "auto":
+        if not supports.get(want, True):
+            name = getattr(model_class, "__name__", "this model")
+            raise UserError(f"{name} does not support model.attn_implementation={want}",
+                            hint="choose one of: " + ", ".join(k for k, v in supports.items() if v) + " (or auto)")
+        return want
+    if has_cuda() and supports["flash_attention_2"] and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
-    return "sdpa"
+    return "sdpa" if supports["sdpa"] else "eager"
 
 
 def bnb_usable() -> bool:
@@ -84,7 +161,7 @@ def bnb_usable() -> bool:
     return True
 
 
-def quantization_config(cfg: ModelConfig):
+def quantization_config(cfg: ModelConfig, runtime: Runtime | None = None):
     if cfg.quantization == "none":
         return None
     if not bnb_usable():
@@ -95,12 +172,13 @@ def quantization_config(cfg: ModelConfig):
 
     if cfg.quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
+    runtime = runtime or choose_runtime(cfg)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=cfg.double_quant,
-        bnb_4bit_compute_dtype=compute_dtype(cfg),
-        bnb_4bit_quant_storage=compute_dtype(cfg) if has_cuda() else None,
+        bnb_4bit_compute_dtype=runtime.dtype,
+        bnb_4bit_quant_storage=runtime.dtype if runtime.device == "cuda" else None,
     )
 
 
@@ -115,25 +193,46 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None):
     return tok
 
 
-def load_base_model(cfg: ModelConfig, *, quantize: bool = True, dtype=None):
-    """The base model as the recipe describes it; `quantize=False` loads it in `dtype` (merging)."""
+def load_config(cfg: ModelConfig, path: str | None = None):
+    """The model's transformers config (a local read, or the hub's config.json)."""
+    from transformers import AutoConfig
+
+    return _hub_call(AutoConfig.from_pretrained, path or resolve_base(cfg.base), revision=cfg.revision,
+                     trust_remote_code=cfg.trust_remote_code)
+
+
+def load_base_model(cfg: ModelConfig, *, quantize: bool = True, dtype=None, runtime: Runtime | None = None,
+                    training: bool = False):
+    """The base model as the recipe describes it, on the runtime's device; `quantize=False` loads it
+    unquantized in `dtype` (merging). The chosen runtime is stored as `model.peft_apps_runtime`."""
     from transformers import AutoModelForCausalLM
 
     base = resolve_base(cfg.base)
-    qcfg = quantization_config(cfg) if quantize else None
+    config = load_config(cfg, base)
+    runtime = runtime or choose_runtime(cfg, training=training, model_class=model_class_for(config))
+    qcfg = quantization_config(cfg, runtime) if quantize else None
     kwargs: dict[str, Any] = dict(
+        config=config,
         revision=cfg.revision,
         trust_remote_code=cfg.trust_remote_code,
-        dtype=dtype or compute_dtype(cfg),
-        attn_implementation=attn_implementation(cfg),
+        dtype=dtype or runtime.dtype,
+        attn_implementation=runtime.attn_implementation,
     )
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg
-        kwargs["device_map"] = {"": 0} if has_cuda() else "cpu"
-    model = _hub_call(AutoModelForCausalLM.from_pretrained, base, **kwargs)
-    if qcfg is None and has_cuda():
+        kwargs["device_map"] = {"": 0} if runtime.device == "cuda" else "cpu"
+    try:
+        model = _hub_call(AutoModelForCausalLM.from_pretrained, base, **kwargs)
+    except ValueError as e:  # remote code that has no SDPA path: its class was not known up front
+        if runtime.attn_implementation != "sdpa" or cfg.attn_implementation != "auto" \
+                or "does not support" not in str(e):
+            raise
+        runtime = Runtime(runtime.device, runtime.precision, runtime.dtype, "eager")
+        model = _hub_call(AutoModelForCausalLM.from_pretrained, base, **{**kwargs, "attn_implementation": "eager"})
+    if qcfg is None and runtime.device == "cuda":
         model = model.to("cuda")
     model.config.use_cache = False
+    model.peft_apps_runtime = runtime
     return model
 
 

@@ -31,7 +31,7 @@ class SortedBatchSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        order = torch.randperm(len(self.lengths), generator=g).tolist()  # host: indices
         batches: list[list[int]] = []
         for start in range(0, len(order), self.pool):
             pool = sorted(order[start:start + self.pool], key=lambda i: self.lengths[i], reverse=True)
@@ -47,6 +47,6 @@ class SortedBatchSampler(Sampler[int]):
             head, rest = [full[longest]], full[:longest] + full[longest + 1:]
         else:
             head, rest = [], []
-        perm = torch.randperm(len(rest), generator=g).tolist()
+        perm = torch.randperm(len(rest), generator=g).tolist()  # host: indices
         ordered = head + [rest[i] for i in perm] + short
         return iter([i for b in ordered for i in b])

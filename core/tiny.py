@@ -27,7 +27,54 @@ SIZES: dict[str, dict] = {
         vocab_size=8192, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=4096,
     ),
+    # GPU benchmark shapes, random weights (no hub on the device): a ~1.1B Llama (TinyLlama's shape) and
+    # Llama-3-8B's shape. The tokenizer stays the 8k one; the embedding has the shape's full vocabulary.
+    "1b": dict(
+        vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+        num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=4096, tokenizer_vocab=8192,
+    ),
+    "8b": dict(
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, tokenizer_vocab=8192,
+        rope_theta=500000.0,
+    ),
 }
+
+# Other architectures at the `tiny` size, as `builtin:tiny-<family>`: the architecture matrix test trains
+# and predicts with each. Values map the Llama-style size onto each family's config names.
+FAMILIES: dict[str, str] = {
+    "llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral", "gemma2": "gemma2",
+    "phi3": "phi3", "gpt-neox": "gpt_neox", "gpt2": "gpt2",
+}
+
+
+def _family_config(family: str, spec: dict, tokenizer):
+    from transformers import AutoConfig
+
+    model_type = FAMILIES[family]
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    vocab = max(spec["vocab_size"], len(tokenizer))
+    hidden, heads = spec["hidden_size"], spec["num_attention_heads"]
+    if model_type == "gpt2":
+        return AutoConfig.for_model(model_type, vocab_size=vocab, n_embd=hidden, n_layer=spec["num_hidden_layers"],
+                                    n_head=heads, n_inner=spec["intermediate_size"],
+                                    n_positions=spec["max_position_embeddings"], **ids)
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=spec["intermediate_size"],
+                  num_hidden_layers=spec["num_hidden_layers"], num_attention_heads=heads,
+                  max_position_embeddings=spec["max_position_embeddings"], **ids)
+    if model_type == "gpt_neox":
+        return AutoConfig.for_model(model_type, **common, rotary_pct=0.25, use_parallel_residual=True)
+    common["num_key_value_heads"] = spec["num_key_value_heads"]
+    extra: dict = {}
+    if model_type in ("llama", "mistral", "qwen2", "qwen3"):
+        extra = dict(rms_norm_eps=1e-5, rope_theta=spec.get("rope_theta", 10000.0))
+    if model_type in ("qwen3", "gemma2"):
+        extra["head_dim"] = hidden // heads
+    if model_type == "gemma2":
+        extra.update(query_pre_attn_scalar=hidden // heads, sliding_window=16)
+    return AutoConfig.for_model(model_type, **common, **extra)
+
 
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|unk|>"]
 
@@ -100,30 +147,29 @@ def build_tokenizer(vocab_size: int):
     return fast
 
 
-def build_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Build the offline model `size` ('tiny' or 'small') into `out_dir`; returns the directory."""
+def build_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, family: str = "llama") -> Path:
+    """Build the offline model `size` of architecture `family` into `out_dir`; returns the directory.
+
+    Large shapes (`1b`, `8b`) are initialised on the GPU when there is one, in bf16."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from peft_apps.core.errors import UserError
 
     if size not in SIZES:
-        from peft_apps.core.errors import UserError
-
         raise UserError(f"unknown tiny-model size {size!r}; choose one of: {', '.join(SIZES)}")
+    if family not in FAMILIES:
+        raise UserError(f"unknown model family {family!r}; choose one of: {', '.join(FAMILIES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    spec = SIZES[size]
-    tokenizer = build_tokenizer(spec["vocab_size"])
+    spec = dict(SIZES[size])
+    tokenizer = build_tokenizer(spec.pop("tokenizer_vocab", spec["vocab_size"]))
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        **{**spec, "vocab_size": len(tokenizer)},
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-    )
-    model = LlamaForCausalLM(config)
+    config = _family_config(family, spec, tokenizer)
+    large = spec["hidden_size"] >= 2048
+    device = "cuda" if large and torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if large else torch.float32)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -133,20 +179,35 @@ def build_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> 
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / "peft_apps_tiny.json").write_text(
-        json.dumps({"size": size, "seed": seed, "parameters": model.num_parameters()}, indent=2)
+        json.dumps({"size": size, "family": family, "seed": seed, "parameters": model.num_parameters()}, indent=2)
     )
     return out
 
 
-def builtin_model_path(size: str) -> Path:
-    """Path of the cached offline model `size`, built on first use."""
+def parse_builtin(name: str) -> tuple[str, str]:
+    """`tiny` -> ("tiny", "llama"); `tiny-gemma2` -> ("tiny", "gemma2"); unknown parts are UserErrors."""
+    from peft_apps.core.errors import UserError
+
+    size, _, family = name.partition("-")
+    family = family or "llama"
+    if size not in SIZES or family not in FAMILIES:
+        raise UserError(f"unknown builtin model 'builtin:{name}'",
+                        hint="choose builtin:SIZE or builtin:SIZE-FAMILY with SIZE one of " + ", ".join(SIZES)
+                        + " and FAMILY one of " + ", ".join(FAMILIES))
+    return size, family
+
+
+def builtin_model_path(name: str) -> Path:
+    """Path of the cached offline model `name` (`tiny`, `small`, `tiny-qwen2`, `1b`, ...), built on first use."""
     import hashlib
 
-    key = hashlib.sha256(json.dumps([SIZES[size], CHAT_TEMPLATE, SPECIAL_TOKENS]).encode()).hexdigest()[:8]
-    path = cache_dir() / "models" / f"builtin-{size}-{key}"
+    size, family = parse_builtin(name)
+    parts = [SIZES[size], CHAT_TEMPLATE, SPECIAL_TOKENS] + ([family] if family != "llama" else [])
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:8]
+    path = cache_dir() / "models" / f"builtin-{name}-{key}"
     if not (path / "config.json").is_file() or not (path / "peft_apps_tiny.json").is_file():
         tmp = path.with_name(path.name + ".partial")
-        build_tiny_model(tmp, size=size)
+        build_tiny_model(tmp, size=size, family=family)
         if path.exists():
             import shutil
 

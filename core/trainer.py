@@ -38,24 +38,6 @@ from peft_apps.core.errors import UserError
 # ---- device-dependent choices -----------------------------------------------------------------
 
 
-def cpu_has_bf16() -> bool:
-    """AVX-512 BF16 or AMX: bf16 matmuls run natively on this CPU."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def choose_precision(recipe: Recipe) -> str:
-    mp = recipe.train.mixed_precision
-    if mp != "auto":
-        return mp
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() else "fp32"
-
-
 def choose_batching(recipe: Recipe, attn_impl: str) -> str:
     b = recipe.train.batching
     if b != "auto":
@@ -220,6 +202,24 @@ def _trainer_cls():
     return _CoreTrainer
 
 
+def _check_gpu_memory(recipe: Recipe, cols: dict[str, list]) -> None:
+    """Refuse before loading when the run's estimated need exceeds the GPU's free memory (see core.memory)."""
+    from peft_apps.core.memory import check_fits, estimate_training_memory
+    from peft_apps.core.modeling import load_config
+
+    batch = recipe.train.batch_size
+    est = estimate_training_memory(load_config(recipe.model), recipe, batch * max(cols["length"]),
+                                   batch * max(sum(m) for m in cols["completion_mask"]))
+    free, _ = torch.cuda.mem_get_info()
+    check_fits(est, free, recipe, torch.cuda.get_device_name(0))
+
+
+def _trainable_in_fp32(model) -> None:
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
 def _causal_lm(model):
     """The causal LM inside a (peft) model when its head is a plain linear projection, else None."""
     from peft import PeftModel
@@ -244,7 +244,12 @@ def completion_only_loss(lm, inputs: dict, num_items_in_batch=None):
     hidden = lm.get_decoder()(**fwd, use_cache=False).last_hidden_state
     shift = labels[:, 1:]
     sel = shift != -100
-    logits = lm.get_output_embeddings()(hidden[:, :-1][sel]).float()
+    head = lm.get_output_embeddings()
+    picked = hidden[:, :-1][sel]
+    weight = getattr(head, "weight", None)
+    if weight is not None and weight.dtype != picked.dtype and not torch.is_autocast_enabled(picked.device.type):
+        picked = picked.to(weight.dtype)  # e.g. a trained fp32 lm_head over a bf16 / 4-bit body
+    logits = head(picked).float()
     loss = torch.nn.functional.cross_entropy(logits, shift[sel], reduction="sum")
     denom = num_items_in_batch if num_items_in_batch is not None else sel.sum()
     return loss / torch.as_tensor(denom, device=loss.device).clamp(min=1)
@@ -295,8 +300,7 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig
 
-    from peft_apps.core.modeling import attach_peft, attn_implementation, is_quantized, load_base_model, \
-        load_tokenizer
+    from peft_apps.core.modeling import attach_peft, is_quantized, load_base_model, load_tokenizer
 
     console = console or Console(stderr=True)
     if not train_records:
@@ -322,7 +326,11 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
     if not train_rep.kept:
         raise UserError(f"every training record is longer than data.max_length={max_len}")
 
-    precision = choose_precision(recipe)
+    from peft_apps.core.modeling import choose_runtime, load_config, model_class_for
+
+    runtime = choose_runtime(recipe.model, recipe.train.mixed_precision, training=True,
+                             model_class=model_class_for(load_config(recipe.model)))
+    precision = runtime.precision
     tc = recipe.train
     steps_per_epoch = math.ceil(train_rep.kept / (tc.batch_size * tc.grad_accum))
     total_steps = tc.max_steps if tc.max_steps > 0 else math.ceil(steps_per_epoch * tc.epochs)
@@ -331,18 +339,17 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
 
     set_seed(tc.seed)  # adapter initialisation is random too: same seed, same starting adapter
     # With bf16 autocast the frozen base weights are kept in bf16 (no per-step fp32 -> bf16 casts, half
-    # the memory); the trainable parameters stay fp32 for the optimizer.
-    base_dtype = torch.bfloat16 if precision == "bf16" and recipe.model.dtype == "auto" else None
-    model = load_base_model(recipe.model, dtype=base_dtype)
-    attn = attn_implementation(recipe.model)
+    # the memory); the trainable parameters stay fp32 for the optimizer (see `choose_runtime`).
+    if runtime.device == "cuda" and tc.memory_check:
+        _check_gpu_memory(recipe, train_cols)
+    model = load_base_model(recipe.model, runtime=runtime)
+    attn = runtime.attn_implementation
     batching = choose_batching(recipe, attn)
     model = attach_peft(model, recipe, total_steps, tc.gradient_checkpointing)
     if recipe.peft.method in ("prompt_tuning", "prefix_tuning") and batching == "packing":
         batching = "group_by_length"  # virtual tokens are per sequence: packing would share them
     quantized = is_quantized(model.get_base_model())
-    for p in model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
+    _trainable_in_fp32(model)
     if precision in ("bf16", "fp16") and not quantized:
         # Under autocast the adapter matmuls run in half precision anyway; peft's cast of every adapter
         # input to the fp32 adapter dtype (a full copy of the activations per adapted layer, before its
@@ -397,6 +404,9 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
         warnings.filterwarnings("ignore", message=".*padding_free.*")
         trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                               processing_class=tokenizer)
+    # trl casts a quantized model's trainable parameters to bf16 (QLoRA paper); that breaks fp32 training on
+    # devices without native bf16 and loses optimizer precision elsewhere: autocast does the half-precision math.
+    _trainable_in_fp32(trainer.model)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     if "tensorboard" in tc.report_to:

@@ -1,13 +1,16 @@
 """Benchmark: AutoRE documents/s, the batched shared-prefix pipeline vs the sequential RHF loop.
 
-Both run on the same model (the `small` offline model, ~32M parameters, with a randomly initialised
-LoRA adapter on q/v) and the same real Re-DocRED dev documents, teacher-forced: every generate call
+Both run on the same model (`--model`, default the `small` offline model, ~32M parameters; `builtin:1b`
+for GPU shapes; with a randomly initialised LoRA adapter on q/v) and the same real Re-DocRED dev documents, teacher-forced: every generate call
 of the three stages is made, but the relations and heads that drive the next stage come from the gold
 labels and each call decodes as many tokens as its gold answer has. So both do exactly the reference's
 stage structure (1 + |relations| + |(relation, head)| calls per document) whatever the untrained model
-says. Greedy decoding in both. The raw text of every call must be identical in both, or it fails.
+says. Greedy decoding in both. In fp32 (`--dtype float32`, the default) the raw text of every call must
+be identical in both, or it fails; in bf16 batching changes rounding, so the share of documents whose
+outputs match is reported instead.
 
-    python eval/bench_autore.py [--docs 8] [--start 0] [--batch 128] [--lookahead 10] [--data DEV.json]
+    python eval/bench_autore.py [--model builtin:small] [--dtype float32] [--docs 8] [--start 0]
+                                [--batch 128] [--lookahead 10] [--data DEV.json]
 """
 
 from __future__ import annotations
@@ -23,19 +26,21 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "redocred" / "dev_revised.json"
 
 
-def make_adapter(out: Path) -> Path:
+def make_adapter(out: Path, base: str = "builtin:small", dtype: str = "float32") -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from peft_apps.core.tiny import builtin_model_path
+    from peft_apps.core.config import ModelConfig
+    from peft_apps.core.modeling import resolve_base
 
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(builtin_model_path("small")),
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(resolve_base(base)),
                            LoraConfig(r=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
                                       task_type="CAUSAL_LM"))
     model.save_pretrained(out)
-    (out / "recipe.yaml").write_text("app: autore\nmodel:\n  base: builtin:small\n  quantization: none\n")
+    cfg = ModelConfig(base=base, quantization="none", dtype=dtype)
+    (out / "recipe.yaml").write_text(f"app: autore\nmodel: {json.dumps(cfg.model_dump())}\n")
     return out
 
 
@@ -78,6 +83,9 @@ def main() -> None:
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lookahead", type=int, default=10, help="prompt-lookup draft tokens (0: no speculation)")
+    ap.add_argument("--model", default="builtin:small", help="base model: builtin:small|1b|8b, a folder or hub id")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="model dtype; outputs must be identical in float32 only")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     if not a.data.is_file():
@@ -92,8 +100,8 @@ def main() -> None:
 
     docs = [d for d in load_docs(a.data)[a.start:] if d.get("labels")][: a.docs]
     with tempfile.TemporaryDirectory() as tmp:
-        pipe = AutoRE.from_pretrained(None, str(make_adapter(Path(tmp) / "adapter")), batch_size=a.batch,
-                                   lookahead=a.lookahead)
+        pipe = AutoRE.from_pretrained(None, str(make_adapter(Path(tmp) / "adapter", a.model, a.dtype)),
+                                      batch_size=a.batch, lookahead=a.lookahead)
     torch.set_num_threads(torch.get_num_threads())
     # warm-up (allocator, kernels) on one document, outside the timings
     pipe.extract(docs[0], teacher_forced=True)
@@ -105,20 +113,23 @@ def main() -> None:
     fast = pipe.extract(docs, teacher_forced=True)
     fast_s = time.perf_counter() - t
     st = dict(pipe.engine.decode_stats)
-    calls = 0
+    calls = matching = 0
     for d, x, y in zip(docs, slow, fast):
         rs, rf = x.raw["windows"][0], y.raw["windows"][0]
-        if (rs["relation"], rs["head"], rs["facts"]) != (rf["relation"], rf["head"], rf["facts"]):
+        same = (rs["relation"], rs["head"], rs["facts"]) == (rf["relation"], rf["head"], rf["facts"]) \
+            and x.triples == y.triples
+        if not same and a.dtype == "float32":
             sys.exit(f"outputs differ on document {d['title']!r}: the pipelines are not equivalent")
-        if x.triples != y.triples:
-            sys.exit(f"triples differ on document {d['title']!r}")
+        matching += same
         calls += 1 + len(rs["head"]) + len(rs["facts"])
     summary = {
         "documents": len(docs), "calls_per_document": round(calls / len(docs), 1),
         "sequential_s": round(seq_s, 2), "pipeline_s": round(fast_s, 2),
         "sequential_docs_per_s": round(len(docs) / seq_s, 4), "pipeline_docs_per_s": round(len(docs) / fast_s, 4),
         "docs_per_s_ratio": round(seq_s / fast_s, 2),
-        "outputs_identical": True, "mode": "teacher-forced, greedy, small model + random LoRA",
+        "outputs_identical": matching == len(docs), "documents_matching": round(matching / len(docs), 3),
+        "model": a.model, "dtype": a.dtype, "device": str(pipe.engine.device),
+        "mode": "teacher-forced, greedy, random LoRA",
         "batch_size": a.batch, "lookahead": a.lookahead,
         "pipeline_decode": {**st, "tokens_per_forward": round(st["tokens"] / max(1, st["forwards"]), 2),
                             "draft_acceptance": round(st["accepted"] / max(1, st["drafted"]), 3)},
@@ -126,7 +137,8 @@ def main() -> None:
     }
     print(json.dumps(summary))
     print(f"AutoRE pipeline vs sequential RHF: {summary['docs_per_s_ratio']}x documents/s "
-          f"({summary['pipeline_docs_per_s']} vs {summary['sequential_docs_per_s']}), identical outputs, "
+          f"({summary['pipeline_docs_per_s']} vs {summary['sequential_docs_per_s']}) on {a.model} {a.dtype} "
+          f"{summary['device']}, {summary['documents_matching']:.0%} of documents with identical outputs, "
           f"{summary['calls_per_document']} calls per document; prompt-lookup drafts: "
           f"{summary['pipeline_decode']['draft_acceptance']:.0%} accepted "
           f"(gold answers would give {summary['gold_answers_tokens_per_forward']} tokens per forward per row)")

@@ -1,7 +1,7 @@
 """Benchmark: useful (non-padding) training tokens/s and peak memory, core trainer vs plain trl.
 
-Both train the same LoRA (r=16, all linear layers) on the `small` offline model (~32M parameters)
-for one epoch over the same real records, each in its own process so peak memory is its own:
+Both train the same LoRA (r=16, all linear layers) on the same base (`--model`: the `small` offline model,
+~32M parameters, by default; `builtin:1b` / `builtin:8b` on a GPU) for one epoch over the same real records, each in its own process so peak memory is its own:
 
   baseline  trl SFTTrainer with its default settings (batch 8, gradient checkpointing, its own
             tokenization of prompt/completion chat records); only `use_cpu` is set on a CPU machine.
@@ -54,8 +54,8 @@ class _Counter:
         self.step_tokens: list[int] = []  # useful tokens of each optimizer step
 
 
-def run_one(kind: str, data: Path, n_docs: int, batch: int, out_dir: Path, core_set: list[str] | None = None
-            ) -> dict:
+def run_one(kind: str, data: Path, n_docs: int, batch: int, out_dir: Path, core_set: list[str] | None = None,
+            model: str = "builtin:small") -> dict:
     from peft_apps.core.quiet import quiet
 
     quiet()
@@ -66,9 +66,9 @@ def run_one(kind: str, data: Path, n_docs: int, batch: int, out_dir: Path, core_
 
     from peft_apps.core.config import Recipe
     from peft_apps.core.modeling import load_tokenizer
-    from peft_apps.core.tiny import builtin_model_path
+    from peft_apps.core.modeling import resolve_base
 
-    model_path = str(builtin_model_path("small"))
+    model_path = resolve_base(model)
     recs = records(data, n_docs)
     counter = _Counter()
 
@@ -171,6 +171,9 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=96)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3, help="baseline/core pairs; the median ratio is reported")
+    ap.add_argument("--model", default="builtin:small",
+                    help="base model of both sides: builtin:small (default), builtin:1b / builtin:8b (GPU shapes, "
+                         "random weights), a folder or a hub id")
     ap.add_argument("--one", choices=["baseline", "core"], help=argparse.SUPPRESS)
     ap.add_argument("--core-set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="recipe overrides for the core run (e.g. train.mixed_precision=no)")
@@ -180,7 +183,7 @@ def main() -> None:
         sys.exit(f"error: {a.data} not found (pass --data PATH to a DocRED-format JSON file)")
     if a.one:
         with tempfile.TemporaryDirectory() as tmp:
-            print(json.dumps(run_one(a.one, a.data, a.docs, a.batch, Path(tmp), a.core_set)))
+            print(json.dumps(run_one(a.one, a.data, a.docs, a.batch, Path(tmp), a.core_set, a.model)))
         return
     import statistics
 
@@ -190,7 +193,7 @@ def main() -> None:
         pair = {}
         for kind in ("baseline", "core"):
             p = subprocess.run([sys.executable, __file__, "--one", kind, "--data", str(a.data), "--docs",
-                                str(a.docs), "--batch", str(a.batch), "--core-set", *a.core_set],
+                                str(a.docs), "--batch", str(a.batch), "--model", a.model, "--core-set", *a.core_set],
                                capture_output=True, text=True)
             if p.returncode != 0:
                 sys.exit(f"{kind} run failed:\n{p.stderr[-3000:]}")

@@ -1,117 +1,223 @@
-"""QLoRA vs 16-bit LoRA training steps on a GPU: peak memory and tokens/s (see gpu_check.sh).
+"""The GPU check of the product itself, in one device call: the test suite, the project's own trainer at
+~1B and Llama-3-8B shapes with 16-bit LoRA and QLoRA, then the training and AutoRE benchmarks.
 
-Needs torch with CUDA, transformers, peft and (for QLoRA) bitsandbytes; nothing from a hub: the model
-is a randomly initialised Llama with TinyLlama-1.1B shapes. Each mode runs `--steps` optimizer steps
-of batch x seq tokens after 3 warm-up steps; the median step time gives tokens/s.
+Nothing comes from a hub: the models are `builtin:1b` (TinyLlama-1.1B's shape) and `builtin:8b`
+(Llama-3-8B's shape) with random weights, built on the GPU on first use; the records are real Re-DocRED
+documents (`--data`). Each training run goes through `peft_apps.core.trainer.train` (recipe, runtime
+choice, memory check, trl underneath), in its own process so its peak memory is its own, and prints:
 
-    python3 eval/gpu_check.py [--steps 10] [--batch 4] [--seq 1024] [--out gpu_check.json]
+  peak GPU memory (torch's allocator), and what each part took: weights after loading, the adapter and
+  optimizer, and the rest of the peak (activations, logits, workspace); the core's estimate beside it
+  useful (non-padding) tokens/s over the timed steps, and MFU = tokens/s x 6 x parameters / peak bf16 FLOP/s
+
+    . .gpu-data/env.sh && python eval/gpu_check.py --data .gpu-data/redocred/dev_revised.json
+    python eval/gpu_check.py --phases train --shapes 8b --methods qlora      # one part only
+    python eval/gpu_check.py --smoke                                         # the code paths, CPU too
+
+Phases: tests, train, bench_train, bench_autore (default: all). Results go to `--out` (JSON).
+Target (issue): 8B QLoRA r=16 training at <= 7.4 GiB peak; core >= 2x trl defaults' useful tokens/s at 1B.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import statistics
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "redocred" / "dev_revised.json"
+GIB = 2 ** 30
+# dense bf16 tensor-core peak per GPU, FLOP/s (vendor datasheets, SXM parts)
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
 
 
-SHAPES = {
-    "1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-               num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048),
-    # a few-second smoke run of this script's code paths (CPU included)
-    "smoke": dict(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
-}
+def peak_flops(name: str) -> float | None:
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
-def run(mode: str, steps: int, batch: int, seq: int, shape: str = "1b", device: str = "cuda") -> dict:
+def train_once(shape: str, method: str, data: Path, docs: int, steps: int, batch: int, max_length: int,
+               overrides: list[str]) -> dict:
+    """One training run of the core trainer; returns its figures (run in a child process)."""
+    from peft_apps.core.quiet import quiet
+
+    quiet()
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from rich.console import Console
+    from transformers import TrainerCallback
 
-    cfg = LlamaConfig(**SHAPES[shape])
-    cuda = device == "cuda"
-    torch.manual_seed(0)
+    from peft_apps.core.config import apply_overrides, validate_recipe
+    from peft_apps.core.memory import estimate_training_memory
+    from peft_apps.core.modeling import load_config
+    from peft_apps.core.trainer import train
+    from peft_apps.eval.bench_train import records
+
+    cuda = torch.cuda.is_available()
+    base = f"builtin:{shape}"
+    from peft_apps.core.modeling import resolve_base
+
+    resolve_base(base)  # build the random model (once, cached) before anything is measured
+    recipe = validate_recipe(apply_overrides({
+        "app": "gpu-check", "name": f"{shape}-{method}",
+        "model": {"base": base, "quantization": "nf4" if method == "qlora" else "none"},
+        "peft": {"method": "lora", "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "auto"},
+        "data": {"max_length": max_length},
+        "train": {"output_dir": f"/tmp/gpu-check/{shape}-{method}", "max_steps": steps, "batch_size": batch,
+                  "report_to": [], "save_steps": 10 ** 6, "logging_steps": 10 ** 6, "lr": 1e-4,
+                  "warmup_ratio": 0.0},
+    }, overrides))
+    recs = records(data, docs)
+    marks: dict[str, float] = {}
+
+    class Probe(TrainerCallback):
+        def __init__(self):
+            self.t: list[float] = []
+            self.tokens: list[int] = []
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+                marks["before_train"] = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+
+        def on_step_begin(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            self.t0 = time.perf_counter()
+            self.tok0 = trainer_ref[0].useful_tokens if trainer_ref else 0
+
+        def on_step_end(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            self.t.append(time.perf_counter() - self.t0)
+            self.tokens.append(trainer_ref[0].useful_tokens - self.tok0)
+
+    probe = Probe()
+    trainer_ref: list = []
+    from peft_apps.core import trainer as core_trainer
+
+    orig = core_trainer._trainer_cls
+
+    def grab():
+        cls = orig()
+
+        class Grab(cls):
+            def __init__(self, *a, **k):
+                super().__init__(*a, **k)
+                trainer_ref.append(self)
+
+        return Grab
+
+    core_trainer._trainer_cls = grab
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    if mode == "qlora":
-        import bitsandbytes as bnb  # noqa: F401
-        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:  # quantize through the standard loading path
-            model.save_pretrained(tmp)
-            del model
-            q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.bfloat16)
-            model = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=q,
-                                                         device_map={"": 0} if cuda else "cpu",
-                                                         dtype=torch.bfloat16)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    else:
-        model = model.to(device)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model.config.use_cache = False
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    model = get_peft_model(model, lora)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    ids = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    times = []
-    for i in range(steps + 3):
-        sync()
-        t = time.perf_counter()
-        with torch.autocast(device, dtype=torch.bfloat16):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sync()
-        if i >= 3:
-            times.append(time.perf_counter() - t)
-    med = statistics.median(times)
-    out = {"mode": mode, "params": sum(p.numel() for p in model.parameters()), "batch": batch, "seq": seq,
-           "median_step_s": round(med, 4), "tokens_per_s": round(batch * seq / med, 1),
-           "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2 ** 20, 1) if cuda else None,
-           "final_loss": round(loss.item(), 4)}
-    del model, opt
-    gc.collect()
+    res = train(recipe, recs, None, console=Console(file=open(os.devnull, "w")), extra_callbacks=[probe])
+    model = trainer_ref[0].model
+    n_params = sum(p.numel() * (2 if p.dtype == torch.uint8 else 1) for p in model.parameters())  # 4-bit packs 2
+    skip = 2 if len(probe.t) > 4 else 0
+    tps = sum(probe.tokens[skip:]) / max(sum(probe.t[skip:]), 1e-9)
+    out = {"shape": shape, "method": method, "steps": len(probe.t), "batch": batch, "max_length": max_length,
+           "parameters": n_params, "useful_tokens_per_s": round(tps, 1),
+           "precision": res.metrics["precision"], "batching": res.metrics["batching"],
+           "attn_implementation": res.metrics["attn_implementation"], "quantized": res.metrics["quantized"]}
     if cuda:
-        torch.cuda.empty_cache()
+        name = torch.cuda.get_device_name(0)
+        peak = torch.cuda.max_memory_allocated()
+        # upper bound: every row at max_length, a quarter of it completion
+        est = estimate_training_memory(load_config(recipe.model), recipe, batch * max_length, batch * max_length // 4)
+        flops = peak_flops(name)
+        out.update(device=name, peak_gpu_gib=round(peak / GIB, 2),
+                   parts_gib={"weights_and_adapter_before_training": round(marks.get("before_train", 0) / GIB, 2),
+                              "training_peak_above_that": round((peak - marks.get("before_train", 0)) / GIB, 2)},
+                   estimate_gib=est.parts(), mfu=round(tps * 6 * n_params / flops, 4) if flops else None)
     return out
 
 
+def run_child(args: list[str], timeout: int) -> tuple[int, str, str]:
+    p = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return p.returncode, p.stdout, p.stderr
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=10)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--phases", default="tests,train,bench_train,bench_autore")
+    ap.add_argument("--shapes", default="1b,8b")
+    ap.add_argument("--methods", default="lora16,qlora")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--docs", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=1024)
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--smoke", action="store_true", help="tiny shapes, runs on CPU too: checks the code paths")
+    ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides for the runs")
+    ap.add_argument("--smoke", action="store_true", help="tiny shape, 2 steps, any device: checks the code paths")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--one", nargs=2, metavar=("SHAPE", "METHOD"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.one:
+        print(json.dumps(train_once(a.one[0], a.one[1], a.data, a.docs, a.steps, a.batch, a.max_length, a.set)))
+        return
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" and not a.smoke:
-        raise SystemExit("gpu_check needs a CUDA GPU (or --smoke for a CPU check of the script)")
-    shape = "smoke" if a.smoke else "1b"
-    results = [run("lora16", a.steps, a.batch, a.seq, shape, device), run("qlora", a.steps, a.batch, a.seq, shape, device)]
-    for r in results:
-        print(json.dumps(r))
-    l16, q = results
-    if device == "cpu":
-        print("smoke run on CPU: code paths work; no GPU figures")
-        return
-    print(f"{torch.cuda.get_device_name(0)}: QLoRA peak {q['peak_gpu_mib']:.0f} MiB vs LoRA-16bit "
-          f"{l16['peak_gpu_mib']:.0f} MiB ({q['peak_gpu_mib'] / l16['peak_gpu_mib']:.2f}x); tokens/s "
-          f"{q['tokens_per_s']:.0f} vs {l16['tokens_per_s']:.0f} ({q['tokens_per_s'] / l16['tokens_per_s']:.2f}x)")
+    if not torch.cuda.is_available() and not a.smoke:
+        sys.exit("gpu_check needs a CUDA GPU (or --smoke for a CPU check of the script's code paths)")
+    if not a.data.is_file():
+        sys.exit(f"error: {a.data} not found (pass --data PATH to a DocRED-format JSON file)")
+    phases = a.phases.split(",")
+    shapes = ["tiny"] if a.smoke else a.shapes.split(",")
+    steps, docs = (2, 8) if a.smoke else (a.steps, a.docs)
+    results: dict = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+                     "torch": torch.__version__, "versions": _versions()}
+    print(json.dumps(results), flush=True)
+    if "tests" in phases and not a.smoke:
+        t = time.perf_counter()
+        code, out, err = run_child(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], 1800)
+        tail = (out + err).strip().splitlines()[-25:]
+        results["tests"] = {"exit_code": code, "seconds": round(time.perf_counter() - t, 1), "tail": tail}
+        print("\n".join(tail), flush=True)
+    if "train" in phases:
+        results["train"] = []
+        for shape in shapes:
+            for method in a.methods.split(","):
+                args = [str(HERE / "gpu_check.py"), "--one", shape, method, "--data", str(a.data), "--docs",
+                        str(docs), "--steps", str(steps), "--batch", str(a.batch), "--max-length",
+                        str(a.max_length), "--set", *a.set]
+                code, out, err = run_child(args, 1800)
+                row = json.loads(out.strip().splitlines()[-1]) if code == 0 else \
+                    {"shape": shape, "method": method, "error": err.strip().splitlines()[-3:]}
+                results["train"].append(row)
+                print(json.dumps(row), flush=True)
+    model = "builtin:tiny" if a.smoke else "builtin:1b"
+    if "bench_train" in phases:
+        code, out, err = run_child([str(HERE / "bench_train.py"), "--model", model, "--data", str(a.data),
+                                    "--docs", str(16 if a.smoke else 200), "--repeats", "1" if a.smoke else "2"],
+                                   3600)
+        results["bench_train"] = out.strip().splitlines()[-2:] if code == 0 else err.strip().splitlines()[-5:]
+        print("\n".join(results["bench_train"]), flush=True)
+    if "bench_autore" in phases:
+        for dtype in (["float32"] if a.smoke else ["float32", "bfloat16"]):
+            code, out, err = run_child([str(HERE / "bench_autore.py"), "--model", model, "--dtype", dtype,
+                                        "--data", str(a.data), "--docs", "2" if a.smoke else "8"], 3600)
+            key = f"bench_autore_{dtype}"
+            results[key] = out.strip().splitlines()[-1:] if code == 0 else err.strip().splitlines()[-5:]
+            print("\n".join(results[key]), flush=True)
     if a.out:
-        with open(a.out, "w") as fh:
-            json.dump(results, fh, indent=2)
+        a.out.write_text(json.dumps(results, indent=2))
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("transformers", "peft", "trl", "bitsandbytes", "accelerate", "liger-kernel"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
 
 
 if __name__ == "__main__":

@@ -1,15 +1,12 @@
 #!/usr/bin/env bash
-# GPU check, one prepared call for a GPU machine without internet access.
-# QLoRA (4-bit NF4 base) vs 16-bit LoRA training steps on a randomly initialised Llama with real ~1B
-# shapes (TinyLlama-1.1B: hidden 2048, 22 layers, GQA 32/4 heads), printing peak GPU memory and tokens/s.
-#
-# Missing wheels travel beside it: put them in .whl/ (bitsandbytes at least; see eval/gpu_check.py),
-# they are installed into /tmp/site without network access.
+# The GPU check in one device call (see eval/gpu_check.py): test suite, the core trainer at ~1B and 8B
+# shapes with LoRA-16 and QLoRA, bench_train and bench_autore on the GPU.
+# Prepare on the CPU machine: `bash ../shared/gpu/bundle.sh` (wheels in .whl/, data in .gpu-data/), then
+# run this with carry [".whl", ".gpu-data"]. Extra arguments go to gpu_check.py (e.g. --phases train).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+if [ -f .gpu-data/env.sh ]; then . .gpu-data/env.sh; fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python3 eval/gpu_check.py "$@"
+data=.gpu-data/redocred/dev_revised.json
+[ -f "$data" ] || data=../shared/data/redocred/dev_revised.json
+python3 eval/gpu_check.py --data "$data" --out gpu_check.json "$@"

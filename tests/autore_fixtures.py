@@ -16,5 +16,5 @@ def random_adapter(out: Path, seed: int = 0) -> Path:
                            LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
                                       task_type="CAUSAL_LM"))
     model.save_pretrained(out)
-    (out / "recipe.yaml").write_text("app: autore\nmodel:\n  base: builtin:tiny\n  quantization: none\n")
+    (out / "recipe.yaml").write_text("app: autore\nmodel:\n  base: builtin:tiny\n  quantization: none\n  dtype: float32\n")
     return out

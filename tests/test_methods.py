@@ -16,7 +16,7 @@ def test_method_attaches_and_gets_gradients(method, tiny_path):
     model = attach_peft(load_base_model(r.model), r, total_steps=20, gradient_checkpointing=False)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable, method
-    ids = torch.randint(10, 200, (2, 12))
+    ids = torch.randint(10, 200, (2, 12)).to(model.device)
     out = model(input_ids=ids, labels=ids)
     out.loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if p.requires_grad]
@@ -74,7 +74,8 @@ def test_qlora_trains_on_cpu_and_merges_into_dequantized_weights(sft_app, tmp_pa
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in engine.model.modules())
     merged = AutoModelForCausalLM.from_pretrained(merge_adapter(res.output_dir, tmp_path / "m"))
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())
-    ids = torch.randint(10, 200, (1, 16))
+    ids = torch.randint(10, 200, (1, 16)).to(engine.device)
+    merged.to(engine.device)
     with torch.no_grad():
         a = engine.model(input_ids=ids).logits
         b = merged(input_ids=ids).logits
@@ -86,7 +87,7 @@ def test_qlora_trains_on_cpu_and_merges_into_dequantized_weights(sft_app, tmp_pa
 
     naive = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(engine.model.peft_config["default"]
                                                                            .base_model_name_or_path),
-                                      str(res.output_dir)).merge_and_unload()
+                                      str(res.output_dir)).merge_and_unload().to(engine.device)
     with torch.no_grad():
         c = naive(input_ids=ids).logits
     err_dequant, err_naive = (a - b).abs().max().item(), (a - c).abs().max().item()
@@ -99,7 +100,8 @@ def test_completion_only_loss_equals_full_loss_and_gradients(tiny_path):
     from peft_apps.core.modeling import attach_peft, load_base_model
     from peft_apps.core.trainer import _causal_lm, completion_only_loss
 
-    r = Recipe.model_validate({"app": "sft", "model": {"base": str(tiny_path), "quantization": "none"},
+    r = Recipe.model_validate({"app": "sft", "model": {"base": str(tiny_path), "quantization": "none",
+                                                       "dtype": "float32"},
                                "peft": {"method": "lora", "r": 4, "modules_to_save": ["lm_head"], "dropout": 0.0}})
     model = attach_peft(load_base_model(r.model), r, total_steps=1, gradient_checkpointing=False)
     torch.manual_seed(0)
@@ -109,7 +111,7 @@ def test_completion_only_loss_equals_full_loss_and_gradients(tiny_path):
     labels = ids.clone()
     labels[:, :12] = -100
     labels[mask == 0] = -100
-    inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    inputs = {k: v.to(model.device) for k, v in {"input_ids": ids, "attention_mask": mask, "labels": labels}.items()}
     ref = model(**inputs).loss
     ref.backward()
     ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -85,7 +85,7 @@ def test_save_load_round_trip_identical_outputs(trained):
     e1 = Engine.from_pretrained(None, res.output_dir)
     e2 = Engine.from_pretrained("builtin:tiny", {"again": res.output_dir})
     prompts = [e1.tokenizer.apply_chat_template(x.prompt, tokenize=False, add_generation_prompt=True) for x in ev]
-    ids = e1.tokenizer(prompts[0], add_special_tokens=False, return_tensors="pt").input_ids
+    ids = e1.tokenizer(prompts[0], add_special_tokens=False, return_tensors="pt").input_ids.to(e1.device)
     with torch.no_grad():
         assert torch.equal(e1.model(input_ids=ids).logits, e2.model(input_ids=ids).logits)
     assert e1.generate(prompts, max_new_tokens=4) == e2.generate(prompts, max_new_tokens=4)
@@ -147,11 +147,11 @@ def test_merge_reproduces_adapter_outputs(trained, tmp_path):
 
     app, r, res = trained
     merged_dir = merge_adapter(res.output_dir, tmp_path / "merged")
-    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
-    engine = Engine.from_pretrained(None, res.output_dir)
+    engine = Engine.from_pretrained(None, res.output_dir, dtype="float32")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).to(engine.device)
     text = engine.tokenizer.apply_chat_template(app.training_records(r, "eval")[0].prompt, tokenize=False,
                                                 add_generation_prompt=True)
-    ids = engine.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    ids = engine.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids.to(engine.device)
     with torch.no_grad():
         assert torch.allclose(engine.model(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-4)
 
