@@ -95,6 +95,7 @@ class TrainConfig(_Section):
     save_total_limit: int = Field(2, ge=1)
     logging_steps: int = Field(10, ge=1)
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
+    loss_kernel: Literal["auto", "torch", "liger"] = "auto"
     memory_check: bool = Field(True, description="on a GPU, refuse before loading when the estimate exceeds free memory")
 
 

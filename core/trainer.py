@@ -121,6 +121,7 @@ def _trainer_cls():
 
         useful_tokens: int = 0
         completion_logits_only: bool = True
+        loss_kernel: str = "torch"  # "liger": fused linear + cross-entropy (CUDA, liger-kernel installed)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             """Loss from the completion positions' logits only.
@@ -137,7 +138,7 @@ def _trainer_cls():
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             # accelerate wraps only model.forward in autocast; these direct calls need their own
             with self.accelerator.autocast():
-                return completion_only_loss(lm, inputs, num_items_in_batch)
+                return completion_only_loss(lm, inputs, num_items_in_batch, kernel=self.loss_kernel)
 
         def _get_train_sampler(self, train_dataset=None):
             # `train_dataset` arrives with unused columns removed; `self.train_dataset` keeps "length"
@@ -237,8 +238,11 @@ def _causal_lm(model):
     return model
 
 
-def completion_only_loss(lm, inputs: dict, num_items_in_batch=None):
-    """Causal-LM loss computing `lm_head` logits only where labels are not -100 (shifted by one)."""
+def completion_only_loss(lm, inputs: dict, num_items_in_batch=None, kernel: str = "torch"):
+    """Causal-LM loss computing `lm_head` logits only where labels are not -100 (shifted by one).
+
+    `kernel="liger"`: liger-kernel's fused linear + cross-entropy computes the same loss in chunks, never
+    holding the completion positions' logits (vocabulary x positions) at once (CUDA only)."""
     labels = inputs["labels"]
     fwd = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
     hidden = lm.get_decoder()(**fwd, use_cache=False).last_hidden_state
@@ -249,10 +253,30 @@ def completion_only_loss(lm, inputs: dict, num_items_in_batch=None):
     weight = getattr(head, "weight", None)
     if weight is not None and weight.dtype != picked.dtype and not torch.is_autocast_enabled(picked.device.type):
         picked = picked.to(weight.dtype)  # e.g. a trained fp32 lm_head over a bf16 / 4-bit body
-    logits = head(picked).float()
-    loss = torch.nn.functional.cross_entropy(logits, shift[sel], reduction="sum")
+    plain_head = isinstance(head, torch.nn.Linear) or type(head).__name__ == "ModulesToSaveWrapper"
+    if kernel == "liger" and weight is not None and plain_head:  # a LoRA-adapted head keeps the unfused path
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+        loss = liger_fused_linear_cross_entropy(picked, weight.to(picked.dtype), shift[sel],
+                                                bias=getattr(head, "bias", None), reduction="sum")
+    else:
+        logits = head(picked).float()
+        loss = torch.nn.functional.cross_entropy(logits, shift[sel], reduction="sum")
     denom = num_items_in_batch if num_items_in_batch is not None else sel.sum()
     return loss / torch.as_tensor(denom, device=loss.device).clamp(min=1)
+
+
+def choose_loss_kernel(recipe: Recipe, runtime) -> str:
+    """`train.loss_kernel`; `auto` is torch's until the fused kernel measures faster here (eval/gpu_check.py)."""
+    want = recipe.train.loss_kernel
+    if want == "liger":
+        import importlib.util
+
+        if runtime.device != "cuda" or importlib.util.find_spec("liger_kernel") is None:
+            raise UserError("train.loss_kernel=liger needs a CUDA GPU and liger-kernel installed",
+                            hint="pip install liger-kernel, or train.loss_kernel=torch")
+        return "liger"
+    return "torch"
 
 
 @dataclass
@@ -400,6 +424,7 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
         remove_unused_columns=True,
     )
     trainer_cls = _trainer_cls()
+    trainer_cls.loss_kernel = choose_loss_kernel(recipe, runtime)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*padding_free.*")
         trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,

@@ -14,7 +14,10 @@ choice, memory check, trl underneath), in its own process so its peak memory is 
     python eval/gpu_check.py --phases train --shapes 8b --methods qlora      # one part only
     python eval/gpu_check.py --smoke                                         # the code paths, CPU too
 
-Phases: tests, train, bench_train, bench_autore (default: all). Results go to `--out` (JSON).
+Phases: tests, train, bench_train, bench_autore (default: all). Results go to `--out` (JSON). bench_train
+compares trl's defaults with the core under each of `--variants` (padding-free packing with SDPA's
+packed-sequence masks or flex attention, no gradient checkpointing, liger's fused loss): the GPU levers to
+keep or drop by what they measure.
 Target (issue): 8B QLoRA r=16 training at <= 7.4 GiB peak; core >= 2x trl defaults' useful tokens/s at 1B.
 """
 
@@ -153,6 +156,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides for the runs")
+    ap.add_argument("--variants", default=";train.batching=packing;train.batching=packing "
+                    "train.gradient_checkpointing=false;train.batching=packing model.attn_implementation=flex_attention",
+                    help="bench_train: core settings to compare with trl, ';'-separated (each KEY=VALUE ...; empty: "
+                         "the recipe defaults); add train.loss_kernel=liger where liger-kernel is installed")
+    ap.add_argument("--repeats", type=int, default=1, help="bench_train pairs per variant")
     ap.add_argument("--smoke", action="store_true", help="tiny shape, 2 steps, any device: checks the code paths")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--one", nargs=2, metavar=("SHAPE", "METHOD"), help=argparse.SUPPRESS)
@@ -192,11 +200,15 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
     model = "builtin:tiny" if a.smoke else "builtin:1b"
     if "bench_train" in phases:
-        code, out, err = run_child([str(HERE / "bench_train.py"), "--model", model, "--data", str(a.data),
-                                    "--docs", str(16 if a.smoke else 200), "--repeats", "1" if a.smoke else "2"],
-                                   3600)
-        results["bench_train"] = out.strip().splitlines()[-2:] if code == 0 else err.strip().splitlines()[-5:]
-        print("\n".join(results["bench_train"]), flush=True)
+        results["bench_train"] = {}
+        for variant in a.variants.split(";"):
+            sets = variant.split()
+            code, out, err = run_child([str(HERE / "bench_train.py"), "--model", model, "--data", str(a.data),
+                                        "--docs", str(16 if a.smoke else 200), "--repeats", str(a.repeats),
+                                        "--core-set", *sets], 3600)
+            lines = out.strip().splitlines()[-2:] if code == 0 else err.strip().splitlines()[-5:]
+            results["bench_train"][variant or "defaults"] = lines
+            print(f"[bench_train core {variant or 'defaults'}]", *lines, sep="\n", flush=True)
     if "bench_autore" in phases:
         for dtype in (["float32"] if a.smoke else ["float32", "bfloat16"]):
             code, out, err = run_child([str(HERE / "bench_autore.py"), "--model", model, "--dtype", dtype,

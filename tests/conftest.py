@@ -18,6 +18,9 @@ def _isolated_cache(tmp_path_factory):
     from peft_apps.core.quiet import quiet
 
     quiet()
+    import simdevice
+
+    simdevice.device()  # before any backward pass: autograd sizes its device queues once per process
     yield
 
 

@@ -122,3 +122,32 @@ def test_completion_only_loss_equals_full_loss_and_gradients(tiny_path):
     for n, p in model.named_parameters():
         if p.requires_grad:
             assert torch.allclose(p.grad, ref_grads[n], atol=1e-5), n
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_padding_free_packed_row_equals_padded_batch(attn, tiny_path):
+    """Padding-free packing without FlashAttention: two sequences in one row, told apart only by their
+    position ids, give the padded batch's loss (transformers builds the block-diagonal mask from them)."""
+    from peft_apps.core.modeling import attach_peft, load_base_model
+    from peft_apps.core.trainer import _causal_lm, completion_only_loss
+
+    r = Recipe.model_validate({"app": "sft", "model": {"base": str(tiny_path), "quantization": "none",
+                                                       "dtype": "float32", "attn_implementation": attn},
+                               "peft": {"method": "lora", "r": 4, "dropout": 0.0}})
+    torch.manual_seed(0)
+    model = attach_peft(load_base_model(r.model), r, total_steps=1, gradient_checkpointing=False)
+    a, b = torch.randint(10, 200, (12,)), torch.randint(10, 200, (7,))
+    la, lb = a.clone(), b.clone()
+    la[:6], lb[:3] = -100, -100
+    pad = torch.zeros(5, dtype=torch.long)
+    padded = {"input_ids": torch.stack([a, torch.cat([b, pad])]),
+              "attention_mask": torch.stack([torch.ones(12, dtype=torch.long), torch.cat([torch.ones_like(b), pad])]),
+              "labels": torch.stack([la, torch.cat([lb, torch.full((5,), -100)])])}
+    packed = {"input_ids": torch.cat([a, b]).view(1, -1),
+              "position_ids": torch.cat([torch.arange(12), torch.arange(7)]).view(1, -1),
+              "labels": torch.cat([la, lb]).view(1, -1)}
+    lm = _causal_lm(model)
+    dev = model.device
+    want = completion_only_loss(lm, {k: v.to(dev) for k, v in padded.items()})
+    got = completion_only_loss(lm, {k: v.to(dev) for k, v in packed.items()})
+    assert torch.allclose(got, want, atol=1e-6), (got, want)
