@@ -41,14 +41,14 @@ class MemoryEstimate:
         return {**{n: round(getattr(self, n) / GIB, 2) for n in names}, "total": round(self.total / GIB, 2)}
 
 
-def _linear_shapes(config) -> tuple[list[tuple[str, int]], int, Any]:
-    """(name, numel) of each linear weight, the total parameter count and the output head's name, from an
-    empty model on the meta device (no memory, no download beyond the config)."""
+def _linear_shapes(config, trust_remote_code: bool = False) -> tuple[list[tuple[str, int]], int, Any]:
+    """(name, numel) of each linear weight, the total parameter count and the output head, from an empty
+    model on the meta device (no memory, no download beyond the config)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     head = model.get_output_embeddings()
     linears = []
     for name, mod in model.named_modules():
@@ -64,7 +64,7 @@ def estimate_training_memory(config, recipe, batch_tokens: int, completion_token
     largest batch (batch size x longest record); `completion_tokens`: completion positions in it."""
     from peft_apps.core.methods import default_targets
 
-    linears, total, head = _linear_shapes(config)
+    linears, total, head = _linear_shapes(config, recipe.model.trust_remote_code)
     half = 2 if recipe.train.mixed_precision != "fp32" else 4
     q = recipe.model.quantization
     bits = {"nf4": 4.13, "int8": 8.0}.get(q)

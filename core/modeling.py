@@ -80,10 +80,6 @@ class Runtime:
     dtype: Any  # torch dtype of unquantized frozen weights and of 4-bit compute
     attn_implementation: str  # eager / sdpa / flash_attention_2 / flex_attention
 
-    @property
-    def dtype_name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
-
 
 def native_bf16() -> bool:
     import torch
@@ -161,7 +157,7 @@ def bnb_usable() -> bool:
     return True
 
 
-def quantization_config(cfg: ModelConfig, runtime: Runtime | None = None):
+def quantization_config(cfg: ModelConfig, runtime: Runtime):
     if cfg.quantization == "none":
         return None
     if not bnb_usable():
@@ -172,7 +168,6 @@ def quantization_config(cfg: ModelConfig, runtime: Runtime | None = None):
 
     if cfg.quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
-    runtime = runtime or choose_runtime(cfg)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -202,14 +197,15 @@ def load_config(cfg: ModelConfig, path: str | None = None):
 
 
 def load_base_model(cfg: ModelConfig, *, quantize: bool = True, dtype=None, runtime: Runtime | None = None,
-                    training: bool = False):
-    """The base model as the recipe describes it, on the runtime's device; `quantize=False` loads it
-    unquantized in `dtype` (merging). The chosen runtime is stored as `model.peft_apps_runtime`."""
+                    config=None):
+    """The base model as the recipe describes it, on the runtime's device (default: the inference runtime,
+    see `choose_runtime`); `quantize=False` loads it unquantized in `dtype` (merging). `config`: its
+    transformers config when the caller has read it already."""
     from transformers import AutoModelForCausalLM
 
     base = resolve_base(cfg.base)
-    config = load_config(cfg, base)
-    runtime = runtime or choose_runtime(cfg, training=training, model_class=model_class_for(config))
+    config = config or load_config(cfg, base)
+    runtime = runtime or choose_runtime(cfg, training=False, model_class=model_class_for(config))
     qcfg = quantization_config(cfg, runtime) if quantize else None
     kwargs: dict[str, Any] = dict(
         config=config,
@@ -232,7 +228,6 @@ def load_base_model(cfg: ModelConfig, *, quantize: bool = True, dtype=None, runt
     if qcfg is None and runtime.device == "cuda":
         model = model.to("cuda")
     model.config.use_cache = False
-    model.peft_apps_runtime = runtime
     return model
 
 

@@ -113,7 +113,10 @@ def _engines(tmp_path, tiny_path):
     from peft_apps.core.engine import Engine
 
     ads = {"a": random_adapter(tmp_path / "a", seed=1), "b": random_adapter(tmp_path / "b", seed=2)}
-    return (Engine.from_pretrained(None, ads, dtype="float32"), Engine.from_pretrained(None, ads, dtype="float32"))
+    engines = Engine.from_pretrained(None, ads, dtype="float32"), Engine.from_pretrained(None, ads, dtype="float32")
+    for e in engines:  # on a CUDA machine too: the reference is the CPU's kernels
+        e.model.to("cpu")
+    return engines
 
 
 def test_engine_on_simulated_accelerator_equals_cpu(tmp_path, tiny_path):
@@ -160,7 +163,9 @@ def test_autore_on_simulated_accelerator_equals_cpu(tmp_path):
     doc = load_docs(data_dir("autore", "redocred_dev_sample.json"))[2]
     doc = {**doc, "labels": doc["labels"][:4]}  # teacher-forced over 4 facts: every stage, few calls (sim ops are slow)
     ad = str(random_adapter(tmp_path / "ad"))
-    cpu = AutoRE.from_pretrained(None, ad, batch_size=8).extract(doc, teacher_forced=True)
+    ref = AutoRE.from_pretrained(None, ad, batch_size=8)
+    ref.engine.model.to("cpu")
+    cpu = ref.extract(doc, teacher_forced=True)
     pipe = AutoRE.from_pretrained(None, ad, batch_size=8)
     with SimDevice() as dev:
         pipe.engine.model.to(dev)
@@ -208,7 +213,7 @@ def test_training_loss_and_optimizer_checkpoint_on_simulated_accelerator(tmp_pat
 
     def fresh():
         torch.manual_seed(0)
-        return attach_peft(load_base_model(r.model), r, total_steps=4, gradient_checkpointing=False)
+        return attach_peft(load_base_model(r.model), r, total_steps=4, gradient_checkpointing=False).to("cpu")
 
     (tmp_path / "cpu").mkdir()
     (tmp_path / "sim").mkdir()
@@ -223,3 +228,21 @@ def test_training_loss_and_optimizer_checkpoint_on_simulated_accelerator(tmp_pat
     # SDPA takes its math kernel on the simulated device and the fused CPU one on the CPU: equal to rounding
     assert sim_losses + sim_more == pytest.approx(cpu_losses + cpu_more, rel=1e-5)
     assert max((a - b).abs().max().item() for a, b in zip(cpu_params, sim_params)) < 1e-4
+
+
+def test_trainer_memory_check_uses_the_longest_batch(monkeypatch, tiny_path):
+    """The trainer's check sizes the largest batch from the tokenized records and asks the GPU for free
+    memory (both faked here): 2 GiB free is plenty for the tiny model, 10 MiB is not."""
+    from peft_apps.core.config import Recipe
+    from peft_apps.core.errors import UserError
+    from peft_apps.core.modeling import load_config
+    from peft_apps.core.trainer import _check_gpu_memory
+
+    r = Recipe.model_validate({"app": "sft", "model": {"base": str(tiny_path)}, "train": {"batch_size": 4}})
+    cols = {"length": [100, 300], "completion_mask": [[1] * 10, [0] * 250 + [1] * 50]}
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a test GPU")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (2 * 2 ** 30, 80 * 2 ** 30))
+    _check_gpu_memory(r, cols, load_config(r.model))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (10 * 2 ** 20, 80 * 2 ** 30))
+    with pytest.raises(UserError, match="a test GPU has 0.0 GiB free"):
+        _check_gpu_memory(r, cols, load_config(r.model))
