@@ -359,6 +359,7 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
     runtime = choose_runtime(recipe.model, recipe.train.mixed_precision, training=True,
                              model_class=model_class_for(config))
     precision = runtime.precision
+    loss_kernel = choose_loss_kernel(recipe, runtime)  # before loading: a wrong choice fails at once
     tc = recipe.train
     steps_per_epoch = math.ceil(train_rep.kept / (tc.batch_size * tc.grad_accum))
     total_steps = tc.max_steps if tc.max_steps > 0 else math.ceil(steps_per_epoch * tc.epochs)
@@ -428,7 +429,7 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
         remove_unused_columns=True,
     )
     trainer_cls = _trainer_cls()
-    trainer_cls.loss_kernel = choose_loss_kernel(recipe, runtime)
+    trainer_cls.loss_kernel = loss_kernel
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*padding_free.*")
         trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
@@ -461,7 +462,8 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
     metrics: dict[str, Any] = {
         "app": recipe.app, "recipe": recipe.name, "method": recipe.peft.method,
         "base": recipe.model.base, "quantized": quantized, "precision": precision, "batching": batching,
-        "attn_implementation": attn, "steps": trainer.state.global_step,
+        "attn_implementation": attn, "dtype": str(runtime.dtype).removeprefix("torch."), "device": runtime.device,
+        "loss_kernel": loss_kernel, "steps": trainer.state.global_step,
         "train_loss": result.training_loss, "train_seconds": round(train_seconds, 2),
         "useful_tokens_per_second": round(trainer.useful_tokens / max(train_seconds, 1e-9), 1),
         "resumed_from": last,
