@@ -293,10 +293,30 @@ class Engine:
         place and the batch cache holds only the rows' own tokens; otherwise each row's prefix cache is
         copied in, left-padded to the longest, the padding masked. Either way positions and outputs are
         those of the row alone.
+
+        Sliding-window layers (Mistral, Gemma-2, ...) keep only their last `window` tokens, which breaks
+        the cached prefix's alignment: a row that could outgrow the window is generated whole instead.
         """
         o = options or GenerationOptions(**opts)
         n = len(rows)
         out_text: list[str] = [""] * n
+        limit = list(max_new_tokens_per_row) if max_new_tokens_per_row else [o.max_new_tokens] * n
+        window = _sliding_window(next(iter(prefixes.values()))) if prefixes else None
+        if window is not None:
+            look = 0 if o.do_sample else max(0, o.lookahead)
+            whole = [i for i in range(n) if len(prefixes[rows[i][0]]) + len(rows[i][1]) + 2 * limit[i] + look + 1
+                     > window]
+            for i in whole:
+                ids = prefixes[rows[i][0]].ids + list(rows[i][1])
+                out_text[i] = self.generate_ids([ids], adapter, GenerationOptions(**{
+                    **o.__dict__, "max_new_tokens": limit[i], "batch_size": 1}))[0]
+            keep = [i for i in range(n) if i not in set(whole)]
+            if len(keep) < n:
+                got = self.generate_prefixed([rows[i] for i in keep], prefixes, adapter, o,
+                                             [limit[i] for i in keep]) if keep else []
+                for i, t in zip(keep, got):
+                    out_text[i] = t
+                return out_text
         with _AdapterScope(self, adapter):
             order = sorted(range(n), key=lambda i: len(rows[i][1]))
             for start in range(0, n, o.batch_size):
@@ -685,6 +705,13 @@ def _cascade_attention(module, query, key, value, shared: _SharedPrefix, scaling
         out[a:z] = out[a:z] * torch.exp(lse[a:z] - total).unsqueeze(-1).to(out.dtype) \
             + o_r * torch.exp(lse_r - total).unsqueeze(-1).to(out.dtype)
     return out.reshape(b, h, w, d).transpose(1, 2).contiguous(), None
+
+
+def _sliding_window(prefix: Prefix) -> int | None:
+    """The smallest sliding window among the cache layers of `prefix`'s root, or None (all full layers)."""
+    cache = _root(prefix).cache
+    sizes = [layer.sliding_window for layer in getattr(cache, "layers", []) if hasattr(layer, "sliding_window")]
+    return min(sizes) if sizes else None
 
 
 def _root(p: Prefix) -> Prefix:
