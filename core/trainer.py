@@ -13,13 +13,16 @@ batching chosen by device (length grouping on CPU / without FlashAttention, padd
 it), bf16 autocast where the hardware has it, a loss that projects only the completion positions onto
 the vocabulary (same loss and gradients, less memory), AdaLoRA's budget schedule, pickle-free
 checkpoints and exact resume, a rich progress bar with loss, tokens/s and ETA.
+
+`train()` reads as its steps (`_output_folder`, `_tokenize`, `_plan`, `_load_model`, `_build_trainer`,
+`_add_callbacks`, `_metrics`, `_write_artefacts`); the trl subclass lives in `core/sft_trainer.py`,
+imported only when training starts.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -29,7 +32,6 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from peft_apps.core import checkpoint as ckpt
 from peft_apps.core.config import Recipe
 from peft_apps.core.data import Record, TokenizeReport, tokenize_records
 from peft_apps.core.errors import UserError
@@ -108,99 +110,6 @@ class RichProgressCallback(TrainerCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
-
-
-# ---- the trainer --------------------------------------------------------------------------------
-
-
-def _trainer_cls():
-    from trl import SFTTrainer
-
-    class _CoreTrainer(SFTTrainer):
-        """SFTTrainer with pickle-free checkpoints and a count of useful (non-padding) tokens."""
-
-        useful_tokens: int = 0
-        completion_logits_only: bool = True
-        loss_kernel: str = "torch"  # "liger": fused linear + cross-entropy (CUDA, liger-kernel installed)
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            """Loss from the completion positions' logits only.
-
-            The prompt's tokens carry no loss, yet a plain forward projects every position onto the
-            vocabulary and takes a log-softmax there. Running the decoder, then `lm_head` and the
-            cross-entropy on the label positions alone gives the same loss and gradients for less work
-            (prompts are most of the tokens in these tasks). Falls back to the standard path for
-            prompt-learning methods and models whose head does more than a linear projection.
-            """
-            lm = _causal_lm(model)
-            labels = inputs.get("labels")
-            if return_outputs or not self.completion_logits_only or lm is None or labels is None:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            # accelerate wraps only model.forward in autocast; these direct calls need their own
-            with self.accelerator.autocast():
-                return completion_only_loss(lm, inputs, num_items_in_batch, kernel=self.loss_kernel)
-
-        def _get_train_sampler(self, train_dataset=None):
-            # `train_dataset` arrives with unused columns removed; `self.train_dataset` keeps "length"
-            # in the same row order.
-            full = self.train_dataset
-            if self.args.train_sampling_strategy != "group_by_length" or "length" not in full.column_names:
-                return super()._get_train_sampler(train_dataset)
-            from peft_apps.core.sampling import SortedBatchSampler
-
-            return SortedBatchSampler(full["length"], self.args.per_device_train_batch_size,
-                                      seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            am = inputs.get("attention_mask")
-            if am is not None:
-                self.useful_tokens += int(am.sum())
-            elif "position_ids" in inputs or "input_ids" in inputs:
-                self.useful_tokens += int(inputs["input_ids"].numel())
-            return super().training_step(model, inputs, num_items_in_batch)
-
-        # checkpoint state as safetensors + JSON
-        def _save_optimizer_and_scheduler(self, output_dir):
-            os.makedirs(output_dir, exist_ok=True)
-            ckpt.save_optimizer(self.optimizer.state_dict(), output_dir)
-            ckpt.save_json_state(self.lr_scheduler.state_dict(), Path(output_dir) / ckpt.SCHEDULER)
-
-        def _load_optimizer_and_scheduler(self, checkpoint):
-            if checkpoint is None:
-                return
-            if not (Path(checkpoint) / ckpt.OPTIMIZER).is_file():
-                raise UserError(f"checkpoint {checkpoint} has no {ckpt.OPTIMIZER}: it was not written by peft-apps")
-            self.optimizer.load_state_dict(ckpt.load_optimizer(checkpoint))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self.lr_scheduler.load_state_dict(ckpt.load_json_state(Path(checkpoint) / ckpt.SCHEDULER))
-
-        def _save_scaler(self, output_dir):
-            scaler = getattr(self.accelerator, "scaler", None)
-            if scaler is not None:
-                ckpt.save_json_state(scaler.state_dict(), Path(output_dir) / ckpt.SCALER)
-
-        def _load_scaler(self, checkpoint):
-            scaler = getattr(self.accelerator, "scaler", None)
-            path = Path(checkpoint or "") / ckpt.SCALER
-            if scaler is not None and checkpoint and path.is_file():
-                scaler.load_state_dict(ckpt.load_json_state(path))
-
-        def _save_rng_state(self, output_dir):
-            os.makedirs(output_dir, exist_ok=True)
-            ckpt.save_rng(output_dir)
-
-        def _load_rng_state(self, checkpoint):
-            if checkpoint is not None:
-                ckpt.load_rng(checkpoint)
-
-        def _save(self, output_dir=None, state_dict=None):
-            super()._save(output_dir, state_dict)
-            out = Path(output_dir or self.args.output_dir)
-            (out / "training_args.bin").unlink(missing_ok=True)
-            (out / "training_args.json").write_text(self.args.to_json_string())
-
-    return _CoreTrainer
 
 
 def _check_gpu_memory(recipe: Recipe, cols: dict[str, list], config) -> None:
@@ -317,21 +226,59 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
           extra_callbacks: list | None = None) -> TrainResult:
     """Train an adapter as `recipe` says on the given records; returns where it went and its metrics.
 
-    `stop_after_steps` ends training after that many optimizer steps as if interrupted (checkpoints
-    stay, no final adapter is written): it is how the resume test simulates a crash.
+    The steps, in order: find the output and checkpoint folders; tokenize and report truncation; choose
+    the runtime; load the model and attach the adapter; build trl's config and the trainer; add the
+    callbacks; train; write the artefacts. `stop_after_steps` ends training after that many optimizer
+    steps as if interrupted (checkpoints stay, no final adapter is written): it is how the resume test
+    simulates a crash.
     """
-    from datasets import Dataset
     from rich.console import Console
-    from transformers.integrations import TensorBoardCallback
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from transformers.trainer_utils import get_last_checkpoint
-    from trl import SFTConfig
 
-    from peft_apps.core.modeling import attach_peft, is_quantized, load_base_model, load_tokenizer
+    from peft_apps.core.modeling import load_tokenizer
 
     console = console or Console(stderr=True)
     if not train_records:
         raise UserError("no training records: check data.train and the app's converter report")
+    t_start = time.perf_counter()
+    out, last = _output_folder(recipe, resume, console)
+    tokenizer = load_tokenizer(recipe.model)
+    (train_cols, train_rep), (eval_cols, eval_rep) = _tokenize(recipe, tokenizer, train_records, eval_records,
+                                                               console)
+    plan = _plan(recipe, train_rep)
+    model, plan = _load_model(recipe, plan, train_cols)
+    trainer = _build_trainer(recipe, plan, model, tokenizer, out / "checkpoints", train_cols, eval_cols)
+    _add_callbacks(trainer, recipe, out, console, stop_after_steps, extra_callbacks)
+
+    t_train = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=last)
+    train_seconds = time.perf_counter() - t_train
+    if stop_after_steps is not None and trainer.state.global_step < (trainer.state.max_steps or 0):
+        return TrainResult(out, {"interrupted_at_step": trainer.state.global_step})
+
+    metrics = _metrics(recipe, plan, trainer, result, train_seconds, last, train_rep, eval_rep)
+    _write_artefacts(out, recipe, trainer, tokenizer, metrics, t_start)
+    return TrainResult(out, metrics)
+
+
+# ---- the steps of `train` -------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """What `train` decided before training: runtime, batching, loss kernel, schedule length."""
+
+    runtime: Any
+    config: Any  # the model's transformers config
+    loss_kernel: str
+    total_steps: int
+    batching: str = ""
+    quantized: bool = False
+
+
+def _output_folder(recipe: Recipe, resume: bool, console) -> tuple[Path, str | None]:
+    """The run's folder and, with `resume`, its last checkpoint (a UserError when there is none)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
     out = recipe.output_dir()
     ckpt_dir = out / "checkpoints"
     last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
@@ -339,47 +286,59 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
         raise UserError(f"--resume: no checkpoint found under {ckpt_dir}")
     if not resume and (out / "adapter_config.json").exists():
         console.print(f"[yellow]note:[/] {out} already holds an adapter; it will be overwritten")
+    return out, last
 
-    t_start = time.perf_counter()
-    tokenizer = load_tokenizer(recipe.model)
+
+def _tokenize(recipe: Recipe, tokenizer, train_records, eval_records, console):
+    """Columns and truncation report of each split, the reports printed; no record left is an error."""
     max_len = recipe.data.max_length
-    train_cols, train_rep = tokenize_records(train_records, tokenizer, max_len, recipe.data.truncation)
-    eval_cols, eval_rep = (tokenize_records(eval_records, tokenizer, max_len, recipe.data.truncation)
-                           if eval_records else (None, TokenizeReport()))
-    for split, rep in (("train", train_rep), ("eval", eval_rep)):
+    train = tokenize_records(train_records, tokenizer, max_len, recipe.data.truncation)
+    evals = (tokenize_records(eval_records, tokenizer, max_len, recipe.data.truncation)
+             if eval_records else (None, TokenizeReport()))
+    for split, (_, rep) in (("train", train), ("eval", evals)):
         if rep.records:
             style = "yellow" if rep.truncated or rep.dropped else "dim"
             console.print(f"[{style}]{rep.summary(split)}[/]")
-    if not train_rep.kept:
+    if not train[1].kept:
         raise UserError(f"every training record is longer than data.max_length={max_len}")
+    return train, evals
 
+
+def _plan(recipe: Recipe, train_rep: TokenizeReport) -> _Plan:
+    """Runtime (device, precision, dtype, attention), loss kernel and schedule length, before any loading:
+    a choice the machine cannot honour fails here."""
     from peft_apps.core.modeling import choose_runtime, load_config, model_class_for
 
     config = load_config(recipe.model)
     runtime = choose_runtime(recipe.model, recipe.train.mixed_precision, training=True,
                              model_class=model_class_for(config))
-    precision = runtime.precision
-    loss_kernel = choose_loss_kernel(recipe, runtime)  # before loading: a wrong choice fails at once
     tc = recipe.train
     steps_per_epoch = math.ceil(train_rep.kept / (tc.batch_size * tc.grad_accum))
     total_steps = tc.max_steps if tc.max_steps > 0 else math.ceil(steps_per_epoch * tc.epochs)
+    return _Plan(runtime, config, choose_loss_kernel(recipe, runtime), total_steps)
 
+
+def _load_model(recipe: Recipe, plan: _Plan, train_cols: dict[str, list]):
+    """The base model with its adapter attached, trainable parameters in fp32; the plan gains batching and
+    whether the base is quantized."""
     from transformers import set_seed
 
+    from peft_apps.core.modeling import attach_peft, is_quantized, load_base_model
+
+    tc = recipe.train
     set_seed(tc.seed)  # adapter initialisation is random too: same seed, same starting adapter
+    if plan.runtime.device == "cuda" and tc.memory_check:
+        _check_gpu_memory(recipe, train_cols, plan.config)
     # With bf16 autocast the frozen base weights are kept in bf16 (no per-step fp32 -> bf16 casts, half
     # the memory); the trainable parameters stay fp32 for the optimizer (see `choose_runtime`).
-    if runtime.device == "cuda" and tc.memory_check:
-        _check_gpu_memory(recipe, train_cols, config)
-    model = load_base_model(recipe.model, runtime=runtime, config=config)
-    attn = runtime.attn_implementation
-    batching = choose_batching(recipe, attn)
-    model = attach_peft(model, recipe, total_steps, tc.gradient_checkpointing)
-    if recipe.peft.method in ("prompt_tuning", "prefix_tuning") and batching == "packing":
-        batching = "group_by_length"  # virtual tokens are per sequence: packing would share them
-    quantized = is_quantized(model.get_base_model())
+    model = load_base_model(recipe.model, runtime=plan.runtime, config=plan.config)
+    model = attach_peft(model, recipe, plan.total_steps, tc.gradient_checkpointing)
+    plan.batching = choose_batching(recipe, plan.runtime.attn_implementation)
+    if recipe.peft.method in ("prompt_tuning", "prefix_tuning") and plan.batching == "packing":
+        plan.batching = "group_by_length"  # virtual tokens are per sequence: packing would share them
+    plan.quantized = is_quantized(model.get_base_model())
     _trainable_in_fp32(model)
-    if precision in ("bf16", "fp16") and not quantized:
+    if plan.runtime.precision in ("bf16", "fp16") and not plan.quantized:
         # Under autocast the adapter matmuls run in half precision anyway; peft's cast of every adapter
         # input to the fp32 adapter dtype (a full copy of the activations per adapted layer, before its
         # dropout) only costs memory traffic.
@@ -388,9 +347,18 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
         for m in model.modules():
             if isinstance(m, BaseTunerLayer) and hasattr(m, "cast_input_dtype_enabled"):
                 m.cast_input_dtype_enabled = False
+    return model, plan
 
-    train_ds = Dataset.from_dict(train_cols)
-    eval_ds = Dataset.from_dict(eval_cols) if eval_cols and eval_cols["input_ids"] else None
+
+def _build_trainer(recipe: Recipe, plan: _Plan, model, tokenizer, ckpt_dir: Path, train_cols, eval_cols):
+    """trl's config from the recipe and the plan, and the core's SFTTrainer over the tokenized columns."""
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from peft_apps.core import sft_trainer
+
+    tc = recipe.train
+    precision = plan.runtime.precision
     args = SFTConfig(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=tc.batch_size,
@@ -403,12 +371,12 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
         max_steps=tc.max_steps,
         weight_decay=tc.weight_decay,
         max_grad_norm=tc.max_grad_norm,
-        optim=choose_optim(recipe, quantized),
+        optim=choose_optim(recipe, plan.quantized),
         seed=tc.seed,
         data_seed=tc.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=plan.runtime.device != "cuda",
         activation_checkpointing=tc.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if tc.gradient_checkpointing else None,
         logging_steps=tc.logging_steps,
@@ -418,28 +386,36 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
         eval_strategy="no",
         report_to="none",
         disable_tqdm=True,
-        max_length=max_len,
+        max_length=recipe.data.max_length,
         completion_only_loss=True,
-        packing=batching == "packing",
-        padding_free=batching == "packing",
-        train_sampling_strategy="group_by_length" if batching == "group_by_length" else "random",
+        packing=plan.batching == "packing",
+        padding_free=plan.batching == "packing",
+        train_sampling_strategy="group_by_length" if plan.batching == "group_by_length" else "random",
         length_column_name="length",
         dataset_num_proc=None,
         dataloader_num_workers=0,
         remove_unused_columns=True,
     )
-    trainer_cls = _trainer_cls()
-    trainer_cls.loss_kernel = loss_kernel
+    eval_ds = Dataset.from_dict(eval_cols) if eval_cols and eval_cols["input_ids"] else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*padding_free.*")
-        trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                              processing_class=tokenizer)
+        trainer = sft_trainer.CoreSFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict(train_cols),
+                                             eval_dataset=eval_ds, processing_class=tokenizer)
+    trainer.loss_kernel = plan.loss_kernel
     # trl casts a quantized model's trainable parameters to bf16 (QLoRA paper); that breaks fp32 training on
     # devices without native bf16 and loses optimizer precision elsewhere: autocast does the half-precision math.
     _trainable_in_fp32(trainer.model)
+    return trainer
+
+
+def _add_callbacks(trainer, recipe: Recipe, out: Path, console, stop_after_steps, extra_callbacks) -> None:
+    """TensorBoard, the rich progress bar, AdaLoRA's budget schedule, the test's stop, the caller's own."""
+    from transformers.integrations import TensorBoardCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    if "tensorboard" in tc.report_to:
+    if "tensorboard" in recipe.train.report_to:
         from torch.utils.tensorboard import SummaryWriter
 
         tb = TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out / "tensorboard")))
@@ -453,17 +429,15 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
     for cb in extra_callbacks or []:
         trainer.add_callback(cb)
 
-    t_train = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=last)
-    train_seconds = time.perf_counter() - t_train
-    if stop_after_steps is not None and trainer.state.global_step < (trainer.state.max_steps or 0):
-        return TrainResult(out, {"interrupted_at_step": trainer.state.global_step})
 
+def _metrics(recipe: Recipe, plan: _Plan, trainer, result, train_seconds: float, last, train_rep, eval_rep):
+    rt = plan.runtime
     metrics: dict[str, Any] = {
         "app": recipe.app, "recipe": recipe.name, "method": recipe.peft.method,
-        "base": recipe.model.base, "quantized": quantized, "precision": precision, "batching": batching,
-        "attn_implementation": attn, "dtype": str(runtime.dtype).removeprefix("torch."), "device": runtime.device,
-        "loss_kernel": loss_kernel, "steps": trainer.state.global_step,
+        "base": recipe.model.base, "quantized": plan.quantized, "precision": rt.precision,
+        "batching": plan.batching, "attn_implementation": rt.attn_implementation,
+        "dtype": str(rt.dtype).removeprefix("torch."), "device": rt.device, "loss_kernel": plan.loss_kernel,
+        "steps": trainer.state.global_step,
         "train_loss": result.training_loss, "train_seconds": round(train_seconds, 2),
         "useful_tokens_per_second": round(trainer.useful_tokens / max(train_seconds, 1e-9), 1),
         "resumed_from": last,
@@ -473,10 +447,13 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if losses:
         metrics["first_logged_loss"], metrics["last_logged_loss"] = losses[0], losses[-1]
-    if eval_ds is not None:
-        ev = trainer.evaluate()
-        metrics["eval_loss"] = ev.get("eval_loss")
+    if trainer.eval_dataset is not None:
+        metrics["eval_loss"] = trainer.evaluate().get("eval_loss")
+    return metrics
 
+
+def _write_artefacts(out: Path, recipe: Recipe, trainer, tokenizer, metrics: dict, t_start: float) -> None:
+    """The adapter (safetensors), tokenizer, resolved recipe, metrics.json and loss.png."""
     out.mkdir(parents=True, exist_ok=True)
     trainer.model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
@@ -484,7 +461,6 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
     metrics["total_seconds"] = round(time.perf_counter() - t_start, 2)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _plot_loss(trainer.state.log_history, out / "loss.png")
-    return TrainResult(out, metrics)
 
 
 class _StopAfter(TrainerCallback):

@@ -127,19 +127,14 @@ def run_one(kind: str, data: Path, n_docs: int, batch: int, out_dir: Path, core_
             "train": {"output_dir": str(out_dir), "epochs": 1, "batch_size": batch, "report_to": [],
                       "save_steps": 10 ** 6, "logging_steps": 10 ** 6, "lr": 2e-5, "warmup_ratio": 0.0},
         }, core_set or []))
-        orig = core_trainer._trainer_cls
+        from peft_apps.core import sft_trainer
 
-        def patched():
-            cls = orig()
+        class Counting(sft_trainer.CoreSFTTrainer):
+            def training_step(self, model, inputs, num_items_in_batch=None):
+                count(inputs)
+                return super().training_step(model, inputs, num_items_in_batch)
 
-            class Counting(cls):
-                def training_step(self, model, inputs, num_items_in_batch=None):
-                    count(inputs)
-                    return super().training_step(model, inputs, num_items_in_batch)
-
-            return Counting
-
-        core_trainer._trainer_cls = patched
+        sft_trainer.CoreSFTTrainer = Counting
         t0 = time.perf_counter()
         res = core_trainer.train(recipe, recs, None, console=_null_console(), stop_after_steps=None,
                                  extra_callbacks=[Timer()])

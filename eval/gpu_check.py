@@ -101,21 +101,14 @@ def train_once(shape: str, method: str, data: Path, docs: int, steps: int, batch
 
     probe = Probe()
     trainer_ref: list = []
-    from peft_apps.core import trainer as core_trainer
+    from peft_apps.core import sft_trainer
 
-    orig = core_trainer._trainer_cls
+    class Grab(sft_trainer.CoreSFTTrainer):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            trainer_ref.append(self)
 
-    def grab():
-        cls = orig()
-
-        class Grab(cls):
-            def __init__(self, *a, **k):
-                super().__init__(*a, **k)
-                trainer_ref.append(self)
-
-        return Grab
-
-    core_trainer._trainer_cls = grab
+    sft_trainer.CoreSFTTrainer = Grab
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     res = train(recipe, recs, None, console=Console(file=open(os.devnull, "w")), extra_callbacks=[probe])
