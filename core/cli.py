@@ -173,7 +173,7 @@ def score_cmd(
     pred: Path = typer.Option(..., "--pred", help='JSONL of {"id", "output"} (raw model text)'),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the metrics JSON here"),
     train: Optional[Path] = typer.Option(None, "--train", help="training data, for metrics that need it "
-                                                                 "(autore: Ign F1 against the DocRED train file)"),
+                                                                 "(e.g. scores that ignore facts seen in training)"),
 ) -> None:
     """Score predictions against gold data without loading a model."""
     a = _app(app_name)

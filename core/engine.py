@@ -158,16 +158,6 @@ class Engine:
             model.set_adapter(first)
         return cls(model, tokenizer, list(adapters))
 
-    def load_adapter(self, path: str | Path, name: str) -> None:
-        from peft import PeftModel
-
-        if isinstance(self.model, PeftModel):
-            self.model.load_adapter(str(path), adapter_name=name)
-        else:
-            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
-        self.adapters.append(name)
-        self.model.eval()
-
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -217,7 +207,7 @@ class Engine:
     # ---- shared-prefix generation ------------------------------------------------------------------
     @torch.inference_mode()
     def encode_prefix(self, prefix_ids: Sequence[int], adapter: str | None = None) -> Prefix:
-        """The KV cache of `prefix_ids` under `adapter`, for `generate_prefixed` / `generate_shared_prefix`."""
+        """The KV cache of `prefix_ids` under `adapter`, for `generate_prefixed`."""
         with _AdapterScope(self, adapter):
             pre = torch.tensor([list(prefix_ids)], dtype=torch.long, device=self.device)
             return Prefix(list(prefix_ids), _cache_of(self.model(input_ids=pre, use_cache=True, logits_to_keep=1)))
@@ -263,32 +253,16 @@ class Engine:
         return out
 
     @torch.inference_mode()
-    def generate_shared_prefix(self, prefix_ids: Sequence[int], suffixes: Sequence[Sequence[int]],
-                               adapter: str | None = None, options: GenerationOptions | None = None,
-                               prefix: Prefix | None = None, max_new_tokens_per_row: Sequence[int] | None = None,
-                               **opts: Any) -> list[str]:
-        """Complete `prefix + suffix` for every suffix, encoding the common prefix once.
-
-        The prefix's KV cache is computed once (or given as `prefix`) and shared by every batch;
-        suffixes of a batch are left-padded (masked, positions from the mask), and a row leaves the
-        batch as soon as it ends (EOS, a stop string, or `max_new_tokens`), so no row decodes for the
-        longest answer's sake. Greedy (with prompt-lookup speculation) unless `do_sample`.
-        """
-        if not suffixes:
-            return []
-        if not prefix_ids:
-            raise ValueError("generate_shared_prefix needs a non-empty prefix")
-        prefix = prefix if prefix is not None else self.encode_prefix(prefix_ids, adapter)
-        return self.generate_prefixed([(0, s) for s in suffixes], {0: prefix}, adapter, options,
-                                      max_new_tokens_per_row, **opts)
-
-    @torch.inference_mode()
     def generate_prefixed(self, rows: Sequence[tuple[Any, Sequence[int]]], prefixes: dict[Any, Prefix],
                           adapter: str | None = None, options: GenerationOptions | None = None,
                           max_new_tokens_per_row: Sequence[int] | None = None, **opts: Any) -> list[str]:
-        """Like `generate_shared_prefix` for rows of *different* prefixes (e.g. several documents).
+        """Complete `prefix + suffix` for every row, each prefix's KV cache computed once and shared.
 
         `rows`: (prefix key, suffix ids); `prefixes`: key -> `Prefix` from `encode_prefix` / `extend_prefixes`.
+        Suffixes of a batch are left-padded (masked, positions from the mask), and a row leaves the batch as
+        soon as it ends (EOS, a stop string, or its `max_new_tokens`), so no row decodes for the longest
+        answer's sake. Greedy (with prompt-lookup speculation, `GenerationOptions.lookahead`) unless
+        `do_sample`.
         Rows of any prefix share a batch. With shared-prefix attention each row reads its root prefix in
         place and the batch cache holds only the rows' own tokens; otherwise each row's prefix cache is
         copied in, left-padded to the longest, the padding masked. Either way positions and outputs are
@@ -310,7 +284,8 @@ class Engine:
                 ids = prefixes[rows[i][0]].ids + list(rows[i][1])
                 out_text[i] = self.generate_ids([ids], adapter, GenerationOptions(**{
                     **o.__dict__, "max_new_tokens": limit[i], "batch_size": 1}))[0]
-            keep = [i for i in range(n) if i not in set(whole)]
+            skip = set(whole)
+            keep = [i for i in range(n) if i not in skip]
             if len(keep) < n:
                 got = self.generate_prefixed([rows[i] for i in keep], prefixes, adapter, o,
                                              [limit[i] for i in keep]) if keep else []
