@@ -8,7 +8,7 @@
 
 `peft-apps train APP train.lr=1e-4 peft.r=8` overrides single keys; an unknown or ill-typed key is a
 `UserError` naming the key and the valid choices. App-specific settings live under `task:` and are
-validated by the app's own schema (`App.task_schema`).
+validated by the app's own schema (`App.task_schema`, checked when the app registers).
 """
 
 from __future__ import annotations

@@ -20,14 +20,19 @@ def _compile(text: str):
 
 
 def template_path(app: str, name: str) -> Path:
+    """A template file path as given, or `name`.j2 in the app's prompts folder: the one the app registered
+    (so an app from another distribution ships its own), else this package's `prompts/<app>/`."""
+    from peft_apps.core.registry import registered_prompts
+
     p = Path(name)
     if p.suffix in {".j2", ".jinja", ".txt"} and p.is_file():
         return p
-    found = prompts_dir(app) / f"{name}.j2"
+    folder = registered_prompts(app) or prompts_dir(app)
+    found = folder / f"{name}.j2"
     if not found.is_file():
-        names = sorted(x.stem for x in prompts_dir(app).glob("*.j2"))
+        names = sorted(x.stem for x in folder.glob("*.j2"))
         raise UserError(f"app {app!r} has no prompt template {name!r}",
-                        hint=f"templates: {', '.join(names) or '(none)'} (in {prompts_dir(app)}), or a .j2 file path")
+                        hint=f"templates: {', '.join(names) or '(none)'} (in {folder}), or a .j2 file path")
     return found
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -35,9 +36,10 @@ class App:
     package_dir: Path  # the app's folder: holds recipes/
     prompts: Path  # prompts/<app>/
     default_recipe: str = "lora"
+    # The recipe's `task:` section as a pydantic model (None: the app takes no task settings).
+    task_schema: Any = None
     # Extra typer commands mounted as `peft-apps <app> ...` (e.g. `testgen check`).
     cli: Callable[[], Any] | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
 
     # ---- recipes -------------------------------------------------------------------------------
     @property
@@ -59,6 +61,16 @@ class App:
                 hint=f"choose one of: {', '.join(self.recipes()) or '(none)'}, or pass a path to a .yaml file",
             )
         return found
+
+    def task(self, recipe: Recipe) -> Any:
+        """The recipe's `task:` section validated against `task_schema` (a UserError naming the key)."""
+        from peft_apps.core.config import validate_task
+
+        if self.task_schema is None:
+            if recipe.task:
+                raise UserError(f"app {self.name!r} takes no task settings; got: {', '.join(recipe.task)}")
+            return None
+        return validate_task(recipe, self.task_schema)
 
     # ---- hooks -----------------------------------------------------------------------------------
     def training_records(self, recipe: Recipe, split: str) -> list[Record]:
@@ -86,12 +98,53 @@ _APPS: dict[str, App] = {}
 _DISCOVERED = False
 
 
+_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+
+
 def register_app(app: App) -> App:
-    """Register `app` under `app.name`; registering the same name twice replaces the first."""
-    if not app.name or not app.name.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"invalid app name {app.name!r}")
+    """Register `app` under `app.name`, after checking it up front (as peft's `register_peft_method`
+    does): a valid name no other app holds, a recipes folder whose recipes all validate (their `task:`
+    sections against `task_schema` too) and include `default_recipe`, and a prompts folder holding every
+    template those recipes set in `data.template`. A broken app fails here, with a ValueError naming what is wrong, not
+    when a user first runs it. Registration reads a few small files and imports no torch.
+    """
+    from peft_apps.core.config import load_recipe
+
+    if not isinstance(app.name, str) or not _NAME.fullmatch(app.name):
+        raise ValueError(f"invalid app name {app.name!r}: lower-case letters, digits, '-' and '_', "
+                         f"starting with a letter")
+    other = _APPS.get(app.name)
+    if other is not None and Path(other.package_dir).resolve() != Path(app.package_dir).resolve():
+        raise ValueError(f"app name {app.name!r} is registered twice: by {other.package_dir} and {app.package_dir}")
+    recipes = app.recipes()
+    if not recipes:
+        raise ValueError(f"app {app.name!r} has no recipes: put YAML files in {app.recipes_dir}")
+    if app.default_recipe not in recipes:
+        raise ValueError(f"app {app.name!r}: default_recipe {app.default_recipe!r} is not among its recipes "
+                         f"({', '.join(recipes)})")
+    if not Path(app.prompts).is_dir():
+        raise ValueError(f"app {app.name!r}: prompts folder {app.prompts} does not exist")
+    for name, path in recipes.items():
+        try:
+            recipe = load_recipe(path, app=app.name)
+            if recipe.app != app.name:
+                raise UserError(f"it says app: {recipe.app}")
+            app.task(recipe)
+        except UserError as e:
+            raise ValueError(f"app {app.name!r}: recipe {name!r} ({path}) is invalid: {e}") from None
+        template = recipe.data.template
+        if "template" in recipe.data.model_fields_set and not (Path(template).suffix in {".j2", ".jinja", ".txt"} and Path(template).is_file()) \
+                and not (Path(app.prompts) / f"{template}.j2").is_file():
+            raise ValueError(f"app {app.name!r}: recipe {name!r} names template {template!r}, which is not "
+                             f"in {app.prompts}")
     _APPS[app.name] = app
     return app
+
+
+def registered_prompts(app_name: str) -> Path | None:
+    """The prompts folder a registered app declared (None: no such app registered)."""
+    a = _APPS.get(app_name)
+    return Path(a.prompts) if a is not None else None
 
 
 def discover() -> None:

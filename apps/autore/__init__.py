@@ -13,7 +13,7 @@ from pathlib import Path
 from peft_apps.core.registry import register_app
 from peft_apps.core.resources import prompts_dir
 
-from .app import AutoREApp
+from .app import AutoREApp, AutoRETask
 
 app = register_app(AutoREApp(
     name="autore",
@@ -21,6 +21,7 @@ app = register_app(AutoREApp(
     package_dir=Path(__file__).parent,
     prompts=prompts_dir("autore"),
     default_recipe="qlora",
+    task_schema=AutoRETask,
 ))
 
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from peft_apps.core.config import Recipe, validate_task
+from peft_apps.core.config import Recipe
 from peft_apps.core.data import Record, read_jsonl, require, write_jsonl
 from peft_apps.core.errors import UserError
 from peft_apps.core.prompts import render
@@ -40,9 +40,6 @@ def _records(examples: list[dict[str, Any]], stage: str, system: str | None) -> 
 
 @dataclass
 class AutoREApp(App):
-    def task(self, recipe: Recipe) -> AutoRETask:
-        return validate_task(recipe, AutoRETask)  # type: ignore[return-value]
-
     def _docs(self, recipe: Recipe, split: str) -> list[dict[str, Any]]:
         spec = recipe.data.eval if split == "eval" and recipe.data.eval else recipe.data.train
         if not spec:

@@ -14,7 +14,7 @@ from pathlib import Path
 from peft_apps.core.registry import register_app
 from peft_apps.core.resources import prompts_dir
 
-from .app import SFTApp
+from .app import SFTApp, SFTTask
 
 app = register_app(SFTApp(
     name="sft",
@@ -22,6 +22,7 @@ app = register_app(SFTApp(
     package_dir=Path(__file__).parent,
     prompts=prompts_dir("sft"),
     default_recipe="lora",
+    task_schema=SFTTask,
 ))
 
 

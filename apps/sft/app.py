@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from peft_apps.core.config import Recipe, validate_task
+from peft_apps.core.config import Recipe
 from peft_apps.core.data import Record, read_jsonl, require
 from peft_apps.core.errors import UserError
 from peft_apps.core.prompts import render
@@ -50,9 +50,6 @@ def to_record(path: Path, lineno: int, rid: str, obj: dict[str, Any], recipe: Re
 
 @dataclass
 class SFTApp(App):
-    def task(self, recipe: Recipe) -> SFTTask:
-        return validate_task(recipe, SFTTask)  # type: ignore[return-value]
-
     def data_path(self, recipe: Recipe, split: str) -> Path:
         if split == "eval" and recipe.data.eval:
             return bundled_or_path(recipe.data.eval)
