@@ -359,7 +359,7 @@ class Engine:
             ids, mask, pos = ids[sel], mask[sel], pos[sel]
             if shared:
                 shared.select(active)
-        drafter = _Drafter([list(contexts[i]) for i in active] if contexts and look else None)
+        drafter = Drafter([list(contexts[i]) for i in active] if contexts and look else None)
         logits = forward(ids, pos, 1)
         last_pos = pos[:, -1].clone()
         # `active[j]` is the row at batch position j; finished rows stay in the batch (fed padding) until
@@ -473,7 +473,7 @@ class Engine:
         return texts
 
 
-class _Drafter:
+class Drafter:
     """Prompt-lookup drafts per row: the tokens that followed the latest earlier occurrence of the row's
     last 3 (else 2, else 1) tokens in its prompt and output. Index kept incrementally, so a draft costs
     a dict lookup rather than a scan of the context."""

@@ -50,7 +50,7 @@ def gold_lookup_rate(pipe, docs, lookahead: int) -> float:
     adapter here repeats itself, which drafts predict well; this says what to expect of a trained one."""
     from peft_apps.apps.autore.docred import stage_examples
     from peft_apps.core.data import render_prompt
-    from peft_apps.core.engine import _Drafter
+    from peft_apps.core.engine import Drafter
     from peft_apps.core.prompts import render
 
     tok = pipe.engine.tokenizer
@@ -62,7 +62,7 @@ def gold_lookup_rate(pipe, docs, lookahead: int) -> float:
             prompt = render_prompt(tok, [{"role": "user", "content": render("autore", stage, **fields)}])
             ids = tok(prompt, add_special_tokens=False)["input_ids"]
             answer = tok(r["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            d, done = _Drafter([list(ids)]), 0
+            d, done = Drafter([list(ids)]), 0
             while done < len(answer):
                 draft = d.draft(0, lookahead)
                 k = 0

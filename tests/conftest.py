@@ -1,11 +1,6 @@
 import os
-import sys
-from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -18,7 +13,7 @@ def _isolated_cache(tmp_path_factory):
     from peft_apps.core.quiet import quiet
 
     quiet()
-    import simdevice
+    from helpers import simdevice
 
     simdevice.device()  # before any backward pass: autograd sizes its device queues once per process
     yield

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-import synthetic
+from helpers import synthetic
 from peft_apps.core.tiny import FAMILIES
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from autore_fixtures import random_adapter
+from helpers.autore_fixtures import random_adapter
 from peft_apps.apps.autore.docred import load_docs
 from peft_apps.core.resources import data_dir
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import synthetic
+from helpers import synthetic
 
 
 def run(*args, check=True, env=None):

@@ -1,7 +1,7 @@
 """CPU-only CI cannot run CUDA, so device placement is guarded two ways.
 
 1. The engine, the AutoRE pipeline, the training loss and the optimizer checkpoint run with the model on a
-   simulated accelerator (`simdevice.py`): any op mixing its tensors with CPU tensors fails as on CUDA,
+   simulated accelerator (`helpers/simdevice.py`): any op mixing its tensors with CPU tensors fails as on CUDA,
    and every output must equal the CPU run's. The first CUDA run of this project failed on such a mix
    (a mask padded on the CPU concatenated with one on the GPU); the simulated device reproduces it.
 2. A lint over core/, apps/ and eval/: every tensor factory call (`torch.tensor`, `torch.zeros`, ...)
@@ -95,7 +95,7 @@ def test_memory_estimate_for_llama3_8b_qlora_and_refusal_message():
 
 
 def test_simulated_device_fails_on_a_cpu_mix_like_cuda():
-    from simdevice import DeviceMismatch, SimDevice
+    from helpers.simdevice import DeviceMismatch, SimDevice
 
     with SimDevice() as dev:
         a = torch.zeros((2, 3), device=dev)
@@ -109,7 +109,7 @@ def test_simulated_device_fails_on_a_cpu_mix_like_cuda():
 
 def _engines(tmp_path, tiny_path):
     """The same tiny model + two adapters as a CPU engine and, moved, as a simulated-device engine."""
-    from autore_fixtures import random_adapter
+    from helpers.autore_fixtures import random_adapter
     from peft_apps.core.engine import Engine
 
     ads = {"a": random_adapter(tmp_path / "a", seed=1), "b": random_adapter(tmp_path / "b", seed=2)}
@@ -122,7 +122,7 @@ def _engines(tmp_path, tiny_path):
 def test_engine_on_simulated_accelerator_equals_cpu(tmp_path, tiny_path):
     """Every generation path of the engine: HF generate (one adapter, mixed adapters, sampling, stop
     strings), shared-prefix decoding with prefix extensions and prompt-lookup speculation."""
-    from simdevice import SimDevice
+    from helpers.simdevice import SimDevice
 
     cpu, sim = _engines(tmp_path, tiny_path)
     tok = cpu.tokenizer
@@ -153,9 +153,9 @@ def test_engine_on_simulated_accelerator_equals_cpu(tmp_path, tiny_path):
 
 
 def test_autore_on_simulated_accelerator_equals_cpu(tmp_path):
-    from simdevice import SimDevice
+    from helpers.simdevice import SimDevice
 
-    from autore_fixtures import random_adapter
+    from helpers.autore_fixtures import random_adapter
     from peft_apps.apps.autore import AutoRE
     from peft_apps.apps.autore.docred import load_docs
     from peft_apps.core.resources import data_dir
@@ -177,7 +177,7 @@ def test_autore_on_simulated_accelerator_equals_cpu(tmp_path):
 def test_training_loss_and_optimizer_checkpoint_on_simulated_accelerator(tmp_path, tiny_path):
     """The trainer's completion-only loss and gradients, then an optimizer state saved pickle-free and
     loaded back onto the device, equal the CPU run."""
-    from simdevice import SimDevice
+    from helpers.simdevice import SimDevice
 
     from peft_apps.core import checkpoint as ckpt
     from peft_apps.core.config import Recipe

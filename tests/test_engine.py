@@ -71,13 +71,13 @@ def test_prefixed_sampling_is_seeded_and_stop_strings_cut(engine):
 
 
 def test_drafter_finds_latest_ngram_continuation():
-    from peft_apps.core.engine import _Drafter
+    from peft_apps.core.engine import Drafter
 
-    d = _Drafter([[1, 2, 3, 9, 1, 2, 3, 7, 8, 5, 1, 2, 3]])
+    d = Drafter([[1, 2, 3, 9, 1, 2, 3, 7, 8, 5, 1, 2, 3]])
     assert d.draft(0, 3) == [7, 8, 5]  # the latest earlier "1 2 3" was followed by 7 8 5
     d.push(0, 7)
     assert d.draft(0, 2) == [8, 5]
-    assert _Drafter([[4, 5, 6]]).draft(0, 4) == []  # no earlier occurrence of the last token
+    assert Drafter([[4, 5, 6]]).draft(0, 4) == []  # no earlier occurrence of the last token
 
 
 def test_attention_lse_math_path_matches_cpu_kernel():

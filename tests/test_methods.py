@@ -32,7 +32,7 @@ def test_default_targets_per_architecture():
 
 def test_adalora_budget_schedule_wired_into_training(sft_app, tmp_path):
     """AdaLoRA's rank allocation runs: after training, some ranks were masked out (budget < init)."""
-    import synthetic
+    from helpers import synthetic
     from peft_apps.core.config import load_recipe
     from peft_apps.core.trainer import train
 
@@ -53,7 +53,7 @@ def test_adalora_budget_schedule_wired_into_training(sft_app, tmp_path):
 
 def test_qlora_trains_on_cpu_and_merges_into_dequantized_weights(sft_app, tmp_path):
     """4-bit NF4 base (bitsandbytes CPU backend): trains, and the merged model reproduces its outputs."""
-    import synthetic
+    from helpers import synthetic
     from transformers import AutoModelForCausalLM
 
     from peft_apps.core.config import load_recipe

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import synthetic
+from helpers import synthetic
 from peft_apps.core.config import load_recipe
 
 pytestmark = pytest.mark.slow

@@ -102,7 +102,7 @@ class AutoREApp(App):
         return metrics
 
     def predict(self, adapter: str, inputs: list[str], recipe: Recipe | None, **options: Any) -> list[Any]:
-        from .cli import read_inputs
+        from .inputs import read_inputs
 
         pipe = self._pipeline(adapter, options.get("model"), recipe)
         items = read_inputs(inputs)

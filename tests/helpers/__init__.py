@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: synthetic data, adapters without training, the simulated accelerator."""
