@@ -263,6 +263,7 @@ class Engine:
         soon as it ends (EOS, a stop string, or its `max_new_tokens`), so no row decodes for the longest
         answer's sake. Greedy (with prompt-lookup speculation, `GenerationOptions.lookahead`) unless
         `do_sample`.
+
         Rows of any prefix share a batch. With shared-prefix attention each row reads its root prefix in
         place and the batch cache holds only the rows' own tokens; otherwise each row's prefix cache is
         copied in, left-padded to the longest, the padding masked. Either way positions and outputs are
