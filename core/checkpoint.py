@@ -24,16 +24,22 @@ RNG = "rng_state.safetensors"
 RNG_META = "rng_state.json"
 
 
-def _jsonable(x: Any) -> Any:
+def _jsonable(x: Any, tensors: dict[str, torch.Tensor] | None = None, key: str = "") -> Any:
+    """`x` as JSON. With `tensors`, each tensor of one or more dimensions goes there under its path key
+    (the JSON keeps `{"__tensor__": key}`): optimizer states nest such tensors, bitsandbytes' 8-bit and
+    paged optimizers in a dict inside each parameter's state. 0-dim tensors stay in the JSON."""
     if isinstance(x, tuple):
-        return {"__tuple__": [_jsonable(v) for v in x]}
+        return {"__tuple__": [_jsonable(v, tensors, f"{key}.{i}") for i, v in enumerate(x)]}
     if isinstance(x, list):
-        return [_jsonable(v) for v in x]
+        return [_jsonable(v, tensors, f"{key}.{i}") for i, v in enumerate(x)]
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): _jsonable(v, tensors, f"{key}.{k}") for k, v in x.items()}
     if isinstance(x, torch.Tensor):
-        if x.dim() > 0:  # callers put these in the safetensors file (`_split_tensors`)
-            raise TypeError(f"a {tuple(x.shape)} tensor belongs in the safetensors file, not JSON")
+        if x.dim() > 0:
+            if tensors is None:
+                raise TypeError(f"a {tuple(x.shape)} tensor belongs in the safetensors file, not JSON")
+            tensors[key] = x.detach().contiguous().cpu()
+            return {"__tensor__": key}
         return {"__scalar_tensor__": x.item(), "dtype": str(x.dtype).removeprefix("torch.")}
     if isinstance(x, (np.floating, np.integer)):
         return x.item()
@@ -42,45 +48,18 @@ def _jsonable(x: Any) -> Any:
     raise TypeError(f"cannot store {type(x).__name__} in a checkpoint without pickle")
 
 
-def _unjson(x: Any) -> Any:
+def _unjson(x: Any, tensors: dict[str, torch.Tensor] | None = None) -> Any:
+    """The inverse of `_jsonable`; `tensors` resolves its `{"__tensor__": key}` entries."""
     if isinstance(x, dict):
-        if "__tuple__" in x:
-            return tuple(_unjson(v) for v in x["__tuple__"])
-        if "__scalar_tensor__" in x:
-            return torch.tensor(x["__scalar_tensor__"], dtype=getattr(torch, x["dtype"]))  # host: optimizer scalars (step) stay on the CPU
-        return {k: _unjson(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_unjson(v) for v in x]
-    return x
-
-
-def _split_tensors(x: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
-    """JSON-able `x` with every tensor of one or more dimensions moved into `tensors` under a path key.
-
-    Optimizer states nest: bitsandbytes' 8-bit and paged optimizers keep theirs (quantized moments,
-    quantization maps, block maxima) in a dict inside each parameter's state."""
-    if isinstance(x, torch.Tensor) and x.dim() > 0:
-        tensors[key] = x.detach().contiguous().cpu()
-        return {"__tensor__": key}
-    if isinstance(x, dict):
-        return {str(k): _split_tensors(v, f"{key}.{k}", tensors) for k, v in x.items()}
-    if isinstance(x, (list, tuple)) and any(isinstance(v, (torch.Tensor, dict, list, tuple)) for v in x):
-        items = [_split_tensors(v, f"{key}.{i}", tensors) for i, v in enumerate(x)]
-        return {"__tuple__": items} if isinstance(x, tuple) else items
-    return _jsonable(x)
-
-
-def _join_tensors(x: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(x, dict):
-        if set(x) == {"__tensor__"}:
+        if "__tensor__" in x and tensors is not None:
             return tensors[x["__tensor__"]]
         if "__tuple__" in x:
-            return tuple(_join_tensors(v, tensors) for v in x["__tuple__"])
+            return tuple(_unjson(v, tensors) for v in x["__tuple__"])
         if "__scalar_tensor__" in x:
-            return _unjson(x)
-        return {k: _join_tensors(v, tensors) for k, v in x.items()}
+            return torch.tensor(x["__scalar_tensor__"], dtype=getattr(torch, x["dtype"]))  # host: optimizer scalars (step) stay on the CPU
+        return {k: _unjson(v, tensors) for k, v in x.items()}
     if isinstance(x, list):
-        return [_join_tensors(v, tensors) for v in x]
+        return [_unjson(v, tensors) for v in x]
     return x
 
 
@@ -88,7 +67,7 @@ def save_optimizer(state_dict: dict[str, Any], folder: str | Path) -> None:
     """Any optimizer's `state_dict()` (torch's, bitsandbytes' 8-bit and paged ones) as safetensors + JSON."""
     folder = Path(folder)
     tensors: dict[str, torch.Tensor] = {}
-    meta_state = {str(pid): _split_tensors(st, str(pid), tensors) for pid, st in state_dict["state"].items()}
+    meta_state = {str(pid): _jsonable(st, tensors, str(pid)) for pid, st in state_dict["state"].items()}
     save_file(tensors, str(folder / OPTIMIZER))
     meta = {"state": meta_state, "param_groups": _jsonable(state_dict["param_groups"])}
     (folder / OPTIMIZER_META).write_text(json.dumps(meta))
@@ -98,7 +77,7 @@ def load_optimizer(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     tensors = load_file(str(folder / OPTIMIZER))
     meta = json.loads((folder / OPTIMIZER_META).read_text())
-    state = {int(pid): _join_tensors(entry, tensors) for pid, entry in meta["state"].items()}
+    state = {int(pid): _unjson(entry, tensors) for pid, entry in meta["state"].items()}
     return {"state": state, "param_groups": _unjson(meta["param_groups"])}
 
 

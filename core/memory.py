@@ -59,17 +59,18 @@ def _linear_shapes(config, trust_remote_code: bool = False) -> tuple[list[tuple[
     return linears, total, head
 
 
-def estimate_training_memory(config, recipe, batch_tokens: int, completion_tokens: int) -> MemoryEstimate:
+def estimate_training_memory(config, recipe, batch_tokens: int, completion_tokens: int,
+                             weight_bytes: int = 2) -> MemoryEstimate:
     """Estimate for training `recipe` on a model with transformers `config`. `batch_tokens`: tokens in the
-    largest batch (batch size x longest record); `completion_tokens`: completion positions in it."""
+    largest batch (batch size x longest record); `completion_tokens`: completion positions in it;
+    `weight_bytes`: bytes per unquantized weight (the runtime's dtype)."""
     from peft_apps.core.methods import default_targets
 
     linears, total, head = _linear_shapes(config, recipe.model.trust_remote_code)
-    half = 2 if recipe.train.mixed_precision != "fp32" else 4
     q = recipe.model.quantization
     bits = {"nf4": 4.13, "int8": 8.0}.get(q)
     lin = sum(n for _, n in linears)
-    weights = lin * bits / 8 + (total - lin) * half if bits else total * half
+    weights = lin * bits / 8 + (total - lin) * weight_bytes if bits else total * weight_bytes
     targets = recipe.peft.target_modules
     if targets == "auto":
         targets = default_targets(getattr(config, "model_type", ""))

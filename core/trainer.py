@@ -112,14 +112,14 @@ class RichProgressCallback(TrainerCallback):
             self.progress = None
 
 
-def _check_gpu_memory(recipe: Recipe, cols: dict[str, list], config) -> None:
+def _check_gpu_memory(recipe: Recipe, cols: dict[str, list], config, weight_bytes: int = 2) -> None:
     """Refuse before loading when the run's estimated need exceeds the GPU's free memory (see core.memory)."""
     from peft_apps.core.memory import check_fits, estimate_training_memory
 
     batch = recipe.train.batch_size
     try:
         est = estimate_training_memory(config, recipe, batch * max(cols["length"]),
-                                       batch * max(sum(m) for m in cols["completion_mask"]))
+                                       batch * max(sum(m) for m in cols["completion_mask"]), weight_bytes)
     except Exception as e:  # noqa: BLE001 - an architecture the estimate cannot build: train unchecked
         warnings.warn(f"GPU memory check skipped: cannot size this architecture ({e})", stacklevel=2)
         return
@@ -328,7 +328,7 @@ def _load_model(recipe: Recipe, plan: _Plan, train_cols: dict[str, list]):
     tc = recipe.train
     set_seed(tc.seed)  # adapter initialisation is random too: same seed, same starting adapter
     if plan.runtime.device == "cuda" and tc.memory_check:
-        _check_gpu_memory(recipe, train_cols, plan.config)
+        _check_gpu_memory(recipe, train_cols, plan.config, plan.runtime.dtype.itemsize)
     # With bf16 autocast the frozen base weights are kept in bf16 (no per-step fp32 -> bf16 casts, half
     # the memory); the trainable parameters stay fp32 for the optimizer (see `choose_runtime`).
     model = load_base_model(recipe.model, runtime=plan.runtime, config=plan.config)

@@ -1,11 +1,11 @@
 """Benchmark: AutoRE documents/s, the batched shared-prefix pipeline vs the sequential RHF loop.
 
-Both run on the same model (`--model`, default the `small` offline model, ~32M parameters; `builtin:1b`
-for GPU shapes; with a randomly initialised LoRA adapter on q/v) and the same real Re-DocRED dev documents, teacher-forced: every generate call
-of the three stages is made, but the relations and heads that drive the next stage come from the gold
-labels and each call decodes as many tokens as its gold answer has. So both do exactly the reference's
-stage structure (1 + |relations| + |(relation, head)| calls per document) whatever the untrained model
-says. Greedy decoding in both. In fp32 (`--dtype float32`, the default) the raw text of every call must
+Both run on the same model (`--model`: the `small` offline model, ~32M parameters, by default;
+`builtin:1b` for GPU shapes) with a randomly initialised LoRA adapter on q/v, and the same real
+Re-DocRED dev documents, teacher-forced: every generate call of the three stages is made, but the
+relations and heads that drive the next stage come from the gold labels and each call decodes as many
+tokens as its gold answer has. So both do exactly the reference's stage structure (1 + |relations| +
+|(relation, head)| calls per document) whatever the untrained model says. Greedy decoding in both. In fp32 (`--dtype float32`, the default) the raw text of every call must
 be identical in both, or it fails; in bf16 batching changes rounding, so the share of documents whose
 outputs match is reported instead.
 
