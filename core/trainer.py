@@ -40,18 +40,19 @@ from peft_apps.core.errors import UserError
 # ---- device-dependent choices -----------------------------------------------------------------
 
 
-def choose_batching(recipe: Recipe, attn_impl: str) -> str:
+def choose_batching(recipe: Recipe, runtime) -> str:
     b = recipe.train.batching
     if b != "auto":
         return b
     # Padding-free packing only pays with a varlen attention kernel; otherwise group by length.
-    return "packing" if torch.cuda.is_available() and attn_impl == "flash_attention_2" else "group_by_length"
+    varlen = runtime.device == "cuda" and runtime.attn_implementation == "flash_attention_2"
+    return "packing" if varlen else "group_by_length"
 
 
-def choose_optim(recipe: Recipe, quantized: bool) -> str:
+def choose_optim(recipe: Recipe, quantized: bool, runtime) -> str:
     if recipe.train.optim != "auto":
         return recipe.train.optim
-    return "paged_adamw_8bit" if torch.cuda.is_available() and quantized else "adamw_torch"
+    return "paged_adamw_8bit" if runtime.device == "cuda" and quantized else "adamw_torch"
 
 
 # ---- callbacks ----------------------------------------------------------------------------------
@@ -333,7 +334,7 @@ def _load_model(recipe: Recipe, plan: _Plan, train_cols: dict[str, list]):
     # the memory); the trainable parameters stay fp32 for the optimizer (see `choose_runtime`).
     model = load_base_model(recipe.model, runtime=plan.runtime, config=plan.config)
     model = attach_peft(model, recipe, plan.total_steps, tc.gradient_checkpointing)
-    plan.batching = choose_batching(recipe, plan.runtime.attn_implementation)
+    plan.batching = choose_batching(recipe, plan.runtime)
     if recipe.peft.method in ("prompt_tuning", "prefix_tuning") and plan.batching == "packing":
         plan.batching = "group_by_length"  # virtual tokens are per sequence: packing would share them
     plan.quantized = is_quantized(model.get_base_model())
@@ -371,7 +372,7 @@ def _build_trainer(recipe: Recipe, plan: _Plan, model, tokenizer, ckpt_dir: Path
         max_steps=tc.max_steps,
         weight_decay=tc.weight_decay,
         max_grad_norm=tc.max_grad_norm,
-        optim=choose_optim(recipe, plan.quantized),
+        optim=choose_optim(recipe, plan.quantized, plan.runtime),
         seed=tc.seed,
         data_seed=tc.seed,
         bf16=precision == "bf16",
