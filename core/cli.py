@@ -86,14 +86,30 @@ def train_cmd(
         typer.echo(r.to_yaml())
         return
     _prepare()
-    from peft_apps.core.trainer import train
-
     console.print(f"[bold]train[/] {a.name} / {r.name}: {r.peft.method} on {r.model.base} -> {r.output_dir()}")
-    res = train(r, a.training_records(r, "train"), a.training_records(r, "eval"), resume=resume, console=console)
+    res = _train(a, r, resume)
     m = res.metrics
     console.print(f"[green]done[/] in {m['train_seconds']:.0f}s: loss {m.get('first_logged_loss', float('nan')):.3f}"
                   f" -> {m.get('last_logged_loss', float('nan')):.3f}, {m['useful_tokens_per_second']:,.0f} tokens/s")
+    if m.get("selected"):
+        sel = m["selected"]
+        console.print(f"kept the adapter of step {sel['step']} ({sel['metric']} = {sel['value']:.4f})")
     console.print(f"adapter: {res.output_dir}  (metrics.json, loss.png, recipe.yaml, tensorboard/)")
+
+
+def _train(a, r, resume: bool = False):
+    """Train `r` on the app's records; with `train.eval_steps`, the app's task metrics are computed on
+    the first `train.eval_examples` eval examples at each evaluation."""
+    from peft_apps.core import loop
+    from peft_apps.core.trainer import train
+
+    task_eval = None
+    if r.train.eval_steps:
+        exs = loop.examples(a, r, "eval")[: r.train.eval_examples]
+        if exs:
+            task_eval = loop.task_evaluator(a, r, exs)
+    return train(r, a.training_records(r, "train"), a.training_records(r, "eval"), resume=resume, console=console,
+                 task_eval=task_eval, headline=a.headline)
 
 
 @app.command("eval")
@@ -105,47 +121,52 @@ def eval_cmd(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="default: the adapter's recipe.yaml"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="report folder (default: the adapter folder)"),
 ) -> None:
-    """Evaluate an adapter: metrics as JSON, a markdown report and charts."""
+    """Evaluate an adapter: metrics as JSON, a markdown report, charts and the predictions (JSONL)."""
     a, r = _recipe(app_name, recipe, overrides, adapter)
     if split not in ("eval", "train"):
         raise UserError(f"--split must be eval or train, got {split!r}")
     _prepare()
+    from peft_apps.core import loop
     from peft_apps.core.report import write_eval_report
 
     out_dir = out or Path(adapter)
     t0 = time.perf_counter()
-    metrics = a.evaluate(adapter, r, split, out_dir)
+    metrics = loop.evaluate(a, adapter, r, split, out_dir)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
-    files = write_eval_report(out_dir, f"{a.name} evaluation ({split})", metrics)
-    _print_scalars(metrics)
-    console.print("reports: " + ", ".join(str(p) for p in files.values()))
+    files = write_eval_report(out_dir, f"{a.name} evaluation ({split})", metrics, a.headline)
+    _print_scalars(metrics, a.headline)
+    console.print("reports: " + ", ".join(str(p) for p in files.values()) + f", {out_dir / loop.PREDICTIONS}")
 
 
-def _print_scalars(metrics: dict) -> None:
+def _print_scalars(metrics: dict, headline: tuple[str, ...] = (), only_headline: bool = False) -> None:
     from rich.table import Table
+
+    from peft_apps.core.loop import scalar_metrics
 
     t = Table(show_header=True)
     t.add_column("metric")
     t.add_column("value", justify="right")
-    for k, v in metrics.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    for k, v in scalar_metrics(metrics, headline):
+        if only_headline and k not in headline and k != "n":
+            continue
+        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     out_console.print(t)
 
 
 @app.command("predict")
 def predict_cmd(
     app_name: str = typer.Argument(..., metavar="APP"),
-    inputs: list[str] = typer.Argument(..., metavar="INPUT...", help="input files or texts (app-specific)"),
+    inputs: list[str] = typer.Argument(..., metavar="INPUT...", help="input files in the app's format, or texts"),
     adapter: str = typer.Option(..., "--adapter", "-a"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="base model (default: the adapter's)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write JSONL here instead of stdout"),
 ) -> None:
-    """Run an adapter on inputs; prints JSONL ({"id", "output"})."""
+    """Run an adapter on inputs; prints JSONL ({"id", "output", "parsed"}), which `score` reads."""
     a, r = _recipe(app_name, None, None, adapter)
     _prepare()
-    results = a.predict(adapter, inputs, r, model=model)
-    lines = [json.dumps(x, ensure_ascii=False) for x in results]
+    from peft_apps.core import loop
+
+    lines = [loop.dumps_row(x) for x in loop.predict(a, adapter, inputs, r, model=model)]
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -169,20 +190,25 @@ def convert_cmd(
 @app.command("score")
 def score_cmd(
     app_name: str = typer.Argument(..., metavar="APP"),
-    gold: Path = typer.Option(..., "--gold", help="gold file (the app's format)"),
-    pred: Path = typer.Option(..., "--pred", help='JSONL of {"id", "output"} (raw model text)'),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...",
+                                                    help="recipe overrides, e.g. the app's task settings"),
+    gold: Path = typer.Option(..., "--gold", help="gold file (the app's data format)"),
+    pred: Path = typer.Option(..., "--pred", help='JSONL of {"id", "output"} (raw model text; what `predict` '
+                                                   'and `eval` write)'),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the metrics JSON here"),
-    train: Optional[Path] = typer.Option(None, "--train", help="training data, for metrics that need it "
-                                                                 "(e.g. scores that ignore facts seen in training)"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="recipe whose settings parse and score "
+                                                                       "(default: the app's default recipe)"),
+    only_predicted: bool = typer.Option(False, "--only-predicted", help="score only the gold examples that have "
+                                        "a prediction (default: a missing one counts as an empty output)"),
 ) -> None:
-    """Score predictions against gold data without loading a model."""
-    a = _app(app_name)
-    metrics = a.score(gold, pred, train=train) if train else a.score(gold, pred)
+    """Score predictions against gold data without loading a model (model text is parsed as `eval` does)."""
+    a, r = _recipe(app_name, recipe, overrides)
+    metrics = a.score(gold, pred, r, only_predicted=only_predicted)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
         console.print(f"metrics -> {out}")
-    _print_scalars(metrics)
+    _print_scalars(metrics, a.headline)
 
 
 @app.command("merge")
@@ -218,44 +244,46 @@ def tiny_model_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    app_name: Optional[str] = typer.Argument(None, metavar="[APP]", help="default: sft"),
+    app_name: Optional[str] = typer.Argument(None, metavar="[APP]", help="default: the quick-start app"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default: runs/APP-demo)"),
 ) -> None:
     """Train, evaluate and use an adapter on the tiny offline model and bundled real samples (under a minute)."""
     from peft_apps.core.registry import list_apps
 
-    name = app_name or ("sft" if "sft" in list_apps() else next(iter(list_apps())))
+    with_demo = [n for n, x in list_apps().items() if "demo" in x.recipes()]
+    if not with_demo:
+        raise UserError("no registered app has a demo recipe")
+    name = app_name or next((n for n in with_demo if list_apps()[n].quickstart), with_demo[0])
     a = _app(name)
     if "demo" not in a.recipes():
-        raise UserError(f"app {name!r} has no demo recipe", hint=f"apps with one: "
-                        + ", ".join(n for n, x in list_apps().items() if "demo" in x.recipes()))
+        raise UserError(f"app {name!r} has no demo recipe", hint=f"apps with one: {', '.join(with_demo)}")
     overrides = [f"train.output_dir={out}"] if out else []
     a, r = _recipe(name, "demo", overrides)
     _prepare()
+    from peft_apps.core import loop
     from peft_apps.core.report import write_eval_report
-    from peft_apps.core.trainer import train
 
     console.rule(f"[bold]peft-apps demo: {name}")
     console.print("[yellow]This is a smoke run on a tiny, randomly initialised model built offline:[/] it shows the "
                   "pipeline working end to end, not useful quality. For real results pick a real base model, e.g. "
                   f"`peft-apps train {name} model.base=Qwen/Qwen2.5-1.5B-Instruct` on a GPU.")
-    res = train(r, a.training_records(r, "train"), a.training_records(r, "eval"), console=console)
-    metrics = a.evaluate(str(res.output_dir), r, "eval", res.output_dir)
-    files = write_eval_report(res.output_dir, f"{name} demo evaluation", metrics)
-    _print_scalars({k: v for k, v in metrics.items() if k in ("exact_match", "macro_f1", "n", "f1", "precision",
-                                                              "recall")})
+    res = _train(a, r)
+    metrics = loop.evaluate(a, str(res.output_dir), r, "eval", res.output_dir)
+    files = write_eval_report(res.output_dir, f"{name} demo evaluation", metrics, a.headline)
+    _print_scalars(metrics, a.headline, only_headline=True)
     pred_file = res.output_dir / "demo_predictions.jsonl"
     inputs = a.demo_inputs(r, res.output_dir)
-    preds = a.predict(str(res.output_dir), inputs, r) if inputs else []
-    pred_file.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds), encoding="utf-8")
+    preds = loop.predict(a, str(res.output_dir), inputs, r) if inputs else []
+    pred_file.write_text("".join(loop.dumps_row(p) + "\n" for p in preds), encoding="utf-8")
     for p in preds[:3]:
-        console.print(f"  predict: {json.dumps(p, ensure_ascii=False)}", highlight=False)
+        console.print(f"  predict: {loop.dumps_row(p)[:300]}", highlight=False)
     console.rule("artefacts")
     for label, path in [("adapter", res.output_dir / "adapter_model.safetensors"),
                         ("training metrics", res.output_dir / "metrics.json"),
                         ("loss curve", res.output_dir / "loss.png"),
                         ("tensorboard", res.output_dir / "tensorboard"),
                         *[(f"eval {k}", v) for k, v in files.items()],
+                        ("eval predictions", res.output_dir / loop.PREDICTIONS),
                         ("predictions", pred_file)]:
         console.print(f"  {label:18s} {path}")
     console.print(f"\nnext: peft-apps predict {name} --adapter {res.output_dir} INPUT  |  "

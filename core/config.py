@@ -1,6 +1,6 @@
 """Recipes: one YAML file per app and method, validated by a typed schema, with `key=value` overrides.
 
-    app: autore
+    app: myapp
     model: {base: Qwen/Qwen2.5-7B-Instruct, quantization: nf4}
     peft: {method: lora, r: 16, alpha: 32, target_modules: auto}
     data: {train: path/to/train.json, max_length: 2048}
@@ -94,6 +94,10 @@ class TrainConfig(_Section):
     save_steps: int = Field(100, ge=1)
     save_total_limit: int = Field(2, ge=1)
     logging_steps: int = Field(10, ge=1)
+    eval_steps: int | None = Field(None, ge=1, description="every N steps: eval loss and the app's own metrics")
+    eval_examples: int = Field(32, ge=1, description="how many eval examples the metrics while training use")
+    select_by: str = Field("last", description="which adapter the run keeps: last, loss (lowest eval loss), "
+                                               "auto (the app's headline metric) or a metric name")
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
     loss_kernel: Literal["auto", "torch", "liger"] = "auto"
     memory_check: bool = Field(True, description="on a GPU, refuse before loading when the estimate exceeds free memory")

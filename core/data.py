@@ -72,24 +72,6 @@ def write_jsonl(path: str | Path, rows) -> int:
     return n
 
 
-def load_prompt_completion_jsonl(path: str | Path) -> list[Record]:
-    """The generic record file: {"id"?, "prompt": str | messages, "completion": str, "system"?: str}."""
-    records = []
-    for lineno, obj in read_jsonl(path):
-        where = f"{path}:{lineno}"
-        prompt = require(obj, "prompt", where, (str, list))
-        completion = require(obj, "completion", where, str)
-        rid = str(obj.get("id", lineno - 1))
-        if isinstance(prompt, str):
-            records.append(Record.simple(rid, prompt, completion, system=obj.get("system")))
-        else:
-            for i, m in enumerate(prompt):
-                if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                    raise UserError(f"{where}: field 'prompt' item {i} must be {{role, content}}")
-            records.append(Record(rid, prompt, completion))
-    return records
-
-
 # ---- rendering and tokenizing -----------------------------------------------------------------
 
 
@@ -108,10 +90,6 @@ def render_completion(tokenizer, messages: list[dict[str, str]], completion: str
         if full.startswith(prompt_text):
             return full[len(prompt_text):]
     return completion + (tokenizer.eos_token or "")
-
-
-def encode_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
-    return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
 
 
 @dataclass

@@ -2,11 +2,15 @@
 
 An app is a package `peft_apps.apps.<name>` (found by scanning that namespace) or any installed
 distribution exposing an entry point in the group ``peft_apps.apps``. Importing it calls
-`register_app(MyApp())`. Registration must stay cheap (no torch import) so the CLI starts fast.
+`register_app(MyApp(...))`. Registration must stay cheap (no torch import) so the CLI starts fast.
 
-An `App` tells the core where its recipes and prompts live and how to turn its data into
-prompt/completion chat records; the rest (evaluation, prediction, scoring, conversion, extra CLI
-commands) are optional hooks with clear errors when an app does not provide them.
+An app declares; the core runs (`core/loop.py`). The declarations: name and summary, the recipe's
+`task:` schema, where its recipes, prompts and bundled data live, its `evaluate` metric module and
+headline metrics. The hooks: `read` (the app's data file -> examples), `parse` (model text -> a value,
+never raising), and optionally `train_records` (an example -> the records it trains on; default the
+example itself), `inputs` (what `predict` accepts), `pipeline` + `generate` (only where one model call
+per example is not enough), `metrics` (default: the metric module on parsed outputs and gold texts),
+`convert`, `score` (other prediction formats) and `cli` (commands under `peft-apps APP ...`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -29,19 +34,26 @@ ENTRY_POINT_GROUP = "peft_apps.apps"
 
 @dataclass
 class App:
-    """Base class of a task app. Subclass it, then call `register_app(YourApp())` in the package."""
+    """Base class of a task app. Subclass it, then call `register_app(YourApp(...))` in the package."""
 
     name: str
     summary: str
-    package_dir: Path  # the app's folder: holds recipes/
-    prompts: Path  # prompts/<app>/
+    package_dir: Path  # the app's folder: holds recipes/ (and metrics/ for its metric modules)
+    prompts: Path  # its prompt templates (*.j2)
+    data: Path | None = None  # its bundled samples: `bundled:<app>/<file>` resolves here
     default_recipe: str = "lora"
     # The recipe's `task:` section as a pydantic model (None: the app takes no task settings).
     task_schema: Any = None
+    # An `evaluate` module: a file in package_dir/metrics/ (or a path), loaded with `evaluate.load(path)`.
+    metric: str | None = None
+    # The metrics a report leads with; the first is what `train.select_by: auto` keeps the best adapter by.
+    headline: tuple[str, ...] = ()
     # Extra typer commands mounted as `peft-apps <app> ...` (e.g. `testgen check`).
     cli: Callable[[], Any] | None = None
+    # The app `peft-apps demo` runs when none is named (the first such app, else the first with a demo).
+    quickstart: bool = False
 
-    # ---- recipes -------------------------------------------------------------------------------
+    # ---- declarations --------------------------------------------------------------------------
     @property
     def recipes_dir(self) -> Path:
         return self.package_dir / "recipes"
@@ -72,22 +84,84 @@ class App:
             return None
         return validate_task(recipe, self.task_schema)
 
-    # ---- hooks -----------------------------------------------------------------------------------
+    @property
+    def metric_path(self) -> Path | None:
+        if self.metric is None:
+            return None
+        p = Path(self.metric)
+        return p if p.is_absolute() else self.package_dir / "metrics" / p
+
+    def load_metric(self):
+        """The app's metric as an `evaluate` module, loaded by path (a Hub metric cannot load offline)."""
+        import evaluate
+
+        if self.metric_path is None:
+            raise UserError(f"app {self.name!r} declares no metric module")
+        return evaluate.load(str(self.metric_path))
+
     def training_records(self, recipe: Recipe, split: str) -> list[Record]:
-        """Prompt/completion chat records for `split` ('train' or 'eval')."""
-        raise NotImplementedError
+        """The chat records `split` ('train' or 'eval') trains on: the core's split of the app's examples."""
+        from peft_apps.core.loop import examples
 
-    def evaluate(self, adapter: str, recipe: Recipe, split: str, out_dir: Path) -> dict[str, Any]:
-        raise UserError(f"app {self.name!r} does not implement `eval`")
+        return self.train_records(examples(self, recipe, split), recipe)
 
-    def predict(self, adapter: str, inputs: list[str], recipe: Recipe | None, **options: Any) -> list[Any]:
-        raise UserError(f"app {self.name!r} does not implement `predict`")
+    # ---- hooks: data -----------------------------------------------------------------------------
+    def read(self, path: Path, recipe: Recipe, labelled: bool = True, prompts: bool = True) -> list[Record]:
+        """The examples in one of the app's data files, in file order. An example is a `Record`: its id
+        (the file's own, else its 0-based position), the prompt (empty if `generate` builds its own), the
+        gold answer as text in `completion` (empty when not `labelled`), anything else in `meta`.
+        `prompts=False` (scoring): the prompts are not needed and the app may leave them empty."""
+        raise NotImplementedError(f"app {self.name!r} does not implement read()")
+
+    def train_records(self, examples: list[Record], recipe: Recipe) -> list[Record]:
+        """The records the model trains on, from examples (one per example unless the app says otherwise)."""
+        return examples
+
+    def inputs(self, items: list[str], recipe: Recipe) -> list[Record]:
+        """What `predict` accepts: data files in the app's format, else plain texts (see `from_text`)."""
+        out: list[Record] = []
+        for item in items:
+            p = Path(item)
+            if p.is_file():
+                for ex in self.read(p, recipe, labelled=False):
+                    out.append(ex)
+            else:
+                out.append(self.from_text(item, str(len(out)), recipe))
+        return out
+
+    def from_text(self, text: str, id: str, recipe: Recipe) -> Record:
+        raise UserError(f"app {self.name!r} takes files, not plain text: {text[:60]!r} is not a file")
+
+    # ---- hooks: model --------------------------------------------------------------------------
+    def pipeline(self, engine, recipe: Recipe) -> Any:
+        """The object `generate` calls, built around a loaded engine (default: the engine itself)."""
+        return engine
+
+    def generate(self, pipeline, examples: list[Record], recipe: Recipe) -> list[str | dict[str, Any]]:
+        """Model text per example; a dict {"output": text, ...} adds fields to the prediction row ("stats":
+        counts summed into the report). Default: one batched chat call per example."""
+        from peft_apps.core.loop import generation_options
+
+        return pipeline.chat([ex.prompt for ex in examples], options=generation_options(recipe, self.task(recipe)))
+
+    # ---- hooks: scoring -----------------------------------------------------------------------
+    def parse(self, output: str, example: Record, task: Any, stats: Counter) -> Any:
+        """Model text -> the value metrics compare. Never raises: what cannot be used is dropped and
+        counted in `stats`."""
+        return output.strip()
+
+    def metrics(self, examples: list[Record], parsed: list[Any], task: Any) -> dict[str, Any]:
+        """Metrics by name (default: the metric module on parsed outputs and gold texts)."""
+        return self.load_metric().compute(predictions=parsed, references=[ex.completion for ex in examples])
+
+    def score(self, gold: Path, pred: Path, recipe: Recipe, only_predicted: bool = False) -> dict[str, Any]:
+        """Score a predictions file against a gold file; override to accept other prediction formats."""
+        from peft_apps.core.loop import score_files
+
+        return score_files(self, gold, pred, recipe, only_predicted)
 
     def convert(self, source: Path, out: Path, **options: Any) -> dict[str, Any]:
         raise UserError(f"app {self.name!r} does not implement `convert`")
-
-    def score(self, gold: Path, pred: Path, **options: Any) -> dict[str, Any]:
-        raise UserError(f"app {self.name!r} does not implement `score`")
 
     def demo_inputs(self, recipe: Recipe, work_dir: Path) -> list[str]:
         """Inputs for `predict` at the end of `peft-apps demo` (files written under work_dir, or texts)."""
@@ -105,7 +179,8 @@ def register_app(app: App) -> App:
     """Register `app` under `app.name`, after checking it up front (as peft's `register_peft_method`
     does): a valid name no other app holds, a recipes folder whose recipes all validate (their `task:`
     sections against `task_schema` too) and include `default_recipe`, and a prompts folder holding every
-    template those recipes set in `data.template`. A broken app fails here, with a ValueError naming what is wrong, not
+    template those recipes set in `data.template`; the data folder and metric module, when declared, exist;
+    and the app implements `read`. A broken app fails here, with a ValueError naming what is wrong, not
     when a user first runs it. Registration reads a few small files and imports no torch.
     """
     from peft_apps.core.config import load_recipe
@@ -124,6 +199,12 @@ def register_app(app: App) -> App:
                          f"({', '.join(recipes)})")
     if not Path(app.prompts).is_dir():
         raise ValueError(f"app {app.name!r}: prompts folder {app.prompts} does not exist")
+    if app.data is not None and not Path(app.data).is_dir():
+        raise ValueError(f"app {app.name!r}: data folder {app.data} does not exist")
+    if app.metric is not None and not app.metric_path.is_file():
+        raise ValueError(f"app {app.name!r}: metric module {app.metric_path} does not exist")
+    if type(app).read is App.read:
+        raise ValueError(f"app {app.name!r} does not implement read(path, recipe, labelled)")
     for name, path in recipes.items():
         try:
             recipe = load_recipe(path, app=app.name)
@@ -145,6 +226,12 @@ def registered_prompts(app_name: str) -> Path | None:
     """The prompts folder a registered app declared (None: no such app registered)."""
     a = _APPS.get(app_name)
     return Path(a.prompts) if a is not None else None
+
+
+def registered_data(app_name: str) -> Path | None:
+    """The bundled-data folder a registered app declared (None: none declared or no such app)."""
+    a = _APPS.get(app_name)
+    return Path(a.data) if a is not None and a.data is not None else None
 
 
 def discover() -> None:

@@ -16,13 +16,16 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return head + "".join("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |\n" for r in rows)
 
 
-def write_eval_report(out_dir: Path, title: str, metrics: dict[str, Any]) -> dict[str, Path]:
-    """metrics.json + report.md (+ per_class.png and confusion.png when per-class results exist)."""
+def write_eval_report(out_dir: Path, title: str, metrics: dict[str, Any], headline: tuple[str, ...] = ()
+                      ) -> dict[str, Path]:
+    """metrics.json + report.md, headline metrics first (+ per_class.png and confusion.png when per-class
+    results exist)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"json": out_dir / "eval_metrics.json", "markdown": out_dir / "eval_report.md"}
     files["json"].write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
-    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) and not isinstance(v, bool)}
-    md = [f"# {title}\n", markdown_table([{"metric": k, "value": v} for k, v in scalars.items()], ["metric", "value"])]
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    order = [k for k in headline if k in scalars] + [k for k in scalars if k not in headline]
+    md = [f"# {title}\n", markdown_table([{"metric": k, "value": scalars[k]} for k in order], ["metric", "value"])]
     pc = metrics.get("per_class")
     if pc:
         md.append("\n## Per class\n")

@@ -29,7 +29,12 @@ def cache_dir() -> Path:
 
 
 def bundled_or_path(spec: str) -> Path:
-    """`bundled:APP/FILE` names a sample shipped in data/; anything else is a path."""
+    """`bundled:APP/FILE` names a sample APP ships: in the data folder APP registered (an app from another
+    distribution ships its own), else this package's data/APP/. Anything else is a path."""
     if spec.startswith("bundled:"):
-        return data_dir(*spec.removeprefix("bundled:").split("/"))
+        from peft_apps.core.registry import registered_data
+
+        app, _, rest = spec.removeprefix("bundled:").partition("/")
+        folder = registered_data(app)
+        return folder.joinpath(*rest.split("/")) if folder is not None else data_dir(app, *rest.split("/"))
     return Path(spec)

@@ -7,9 +7,11 @@ so importing the core (and `peft-apps --help`) does not import trl.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 from trl import SFTTrainer
 
@@ -24,6 +26,48 @@ class CoreSFTTrainer(SFTTrainer):
     useful_tokens: int = 0
     completion_logits_only: bool = True
     loss_kernel: str = "torch"  # "liger": fused linear + cross-entropy (CUDA, liger-kernel installed)
+    # The app's own predictions + metrics on a fixed eval slice: (model, tokenizer) -> {metric: value}.
+    task_eval: Callable[[Any, Any], dict[str, Any]] | None = None
+    # Keep the adapter that scores best on this logged key (e.g. "eval_f1", "eval_loss") in `best_dir`.
+    select_key: str | None = None
+    greater_is_better: bool = True
+    best_dir: Path | None = None
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """The app's task metrics, then eval loss, logged as one entry (TensorBoard, metrics.json,
+        loss.png); then, when the run selects by a metric, the adapter saved to `best_dir` if it is the
+        best so far."""
+        task = {}
+        if self.task_eval is not None:
+            with self.accelerator.autocast():
+                task = {f"{metric_key_prefix}_{k}": v for k, v in self.task_eval(self.model, self.processing_class).items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self._task_metrics = task  # `log` adds them to the evaluation's entry
+        metrics = {**super().evaluate(eval_dataset, ignore_keys, metric_key_prefix), **task}
+        if self.select_key is not None and self.best_dir is not None:
+            self._keep_if_best(metrics)
+        return metrics
+
+    def log(self, logs, *args, **kwargs):
+        extra = getattr(self, "_task_metrics", None)
+        if extra and any(k.endswith("_loss") and k != "loss" for k in logs):  # the evaluation's own entry
+            logs = {**logs, **extra}
+            self._task_metrics = {}
+        return super().log(logs, *args, **kwargs)
+
+    def _keep_if_best(self, metrics: dict[str, Any]) -> None:
+        if self.select_key not in metrics:
+            names = ", ".join(k.removeprefix("eval_") for k in metrics if k.startswith("eval_"))
+            raise UserError(f"train.select_by: the evaluation has no metric "
+                            f"{self.select_key.removeprefix('eval_')!r}", hint=f"it has: {names}")
+        value = float(metrics[self.select_key])
+        record = self.best_dir / "best.json"
+        best = json.loads(record.read_text()) if record.is_file() else None
+        if best is not None and not (value > best["value"] if self.greater_is_better else value < best["value"]):
+            return
+        self.model.save_pretrained(str(self.best_dir), safe_serialization=True)
+        record.write_text(json.dumps({"step": self.state.global_step, "metric": self.select_key.removeprefix("eval_"),
+                                      "value": value}))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Loss from the completion positions' logits only.

@@ -27,7 +27,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import TrainerCallback
@@ -98,6 +98,11 @@ class RichProgressCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.loss = logs["loss"]
+        shown = {k.removeprefix("eval_"): v for k, v in (logs or {}).items() if k.startswith("eval_")
+                 and not k.endswith(("_runtime", "_per_second")) and isinstance(v, (int, float))}
+        if shown and self.progress is not None:
+            self.progress.console.print(f"step {state.global_step} eval: " + ", ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()), highlight=False)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress is None:
@@ -198,7 +203,8 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def _plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
+def _plot_loss(log_history: list[dict[str, Any]], path: Path, metric: str | None = None) -> None:
+    """Train and eval loss by step; with `metric` (a logged eval key), that metric on a second axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,6 +212,7 @@ def _plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
 
     tr = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
     ev = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    task = [(h["step"], h[metric]) for h in log_history if metric and metric in h]
     if not tr and not ev:
         return
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
@@ -216,7 +223,12 @@ def _plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left")
+    if task:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*task), "s--", color="#c44e52", label=metric.removeprefix("eval_"))
+        ax2.set_ylabel(metric.removeprefix("eval_"))
+        ax2.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -224,7 +236,8 @@ def _plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
 
 def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record] | None = None, *,
           resume: bool = False, console=None, stop_after_steps: int | None = None,
-          extra_callbacks: list | None = None) -> TrainResult:
+          extra_callbacks: list | None = None, task_eval: Callable[[Any, Any], dict[str, Any]] | None = None,
+          headline: tuple[str, ...] = ()) -> TrainResult:
     """Train an adapter as `recipe` says on the given records; returns where it went and its metrics.
 
     The steps, in order: find the output and checkpoint folders; tokenize and report truncation; choose
@@ -232,6 +245,10 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
     callbacks; train; write the artefacts. `stop_after_steps` ends training after that many optimizer
     steps as if interrupted (checkpoints stay, no final adapter is written): it is how the resume test
     simulates a crash.
+
+    `task_eval(model, tokenizer) -> metrics` (an app's own predict + metrics, `core.loop.task_evaluator`)
+    runs at every evaluation (`train.eval_steps`); `train.select_by` then keeps the best adapter by one of
+    its metrics (`auto`: `headline[0]`) or by eval loss, instead of the last one.
     """
     from rich.console import Console
 
@@ -245,9 +262,10 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
     tokenizer = load_tokenizer(recipe.model)
     (train_cols, train_rep), (eval_cols, eval_rep) = _tokenize(recipe, tokenizer, train_records, eval_records,
                                                                console)
-    plan = _plan(recipe, train_rep)
+    plan = _plan(recipe, train_rep, headline)
     model, plan = _load_model(recipe, plan, train_cols)
     trainer = _build_trainer(recipe, plan, model, tokenizer, out / "checkpoints", train_cols, eval_cols)
+    _set_evaluation(trainer, plan, task_eval, out / "best", resume)
     _add_callbacks(trainer, recipe, out, console, stop_after_steps, extra_callbacks)
 
     t_train = time.perf_counter()
@@ -257,7 +275,7 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
         return TrainResult(out, {"interrupted_at_step": trainer.state.global_step})
 
     metrics = _metrics(recipe, plan, trainer, result, train_seconds, last, train_rep, eval_rep)
-    _write_artefacts(out, recipe, trainer, tokenizer, metrics, t_start)
+    _write_artefacts(out, recipe, trainer, tokenizer, metrics, t_start, plan)
     return TrainResult(out, metrics)
 
 
@@ -274,6 +292,8 @@ class _Plan:
     total_steps: int
     batching: str = ""
     quantized: bool = False
+    select_key: str | None = None  # the logged key `train.select_by` keeps the best adapter by
+    greater_is_better: bool = True
 
 
 def _output_folder(recipe: Recipe, resume: bool, console) -> tuple[Path, str | None]:
@@ -305,9 +325,25 @@ def _tokenize(recipe: Recipe, tokenizer, train_records, eval_records, console):
     return train, evals
 
 
-def _plan(recipe: Recipe, train_rep: TokenizeReport) -> _Plan:
-    """Runtime (device, precision, dtype, attention), loss kernel and schedule length, before any loading:
-    a choice the machine cannot honour fails here."""
+def _selection(recipe: Recipe, headline: tuple[str, ...]) -> tuple[str | None, bool]:
+    """The logged key `train.select_by` names and whether greater is better (None: keep the last adapter)."""
+    by = recipe.train.select_by
+    if by == "last":
+        return None, True
+    if not recipe.train.eval_steps:
+        raise UserError(f"train.select_by={by} needs evaluations during training: set train.eval_steps=N")
+    if by == "loss":
+        return "eval_loss", False
+    if by == "auto":
+        if not headline:
+            raise UserError("train.select_by=auto: this app declares no headline metric", hint="use select_by=loss")
+        by = headline[0]
+    return f"eval_{by}", True
+
+
+def _plan(recipe: Recipe, train_rep: TokenizeReport, headline: tuple[str, ...] = ()) -> _Plan:
+    """Runtime (device, precision, dtype, attention), loss kernel, schedule length and adapter selection,
+    before any loading: a choice the machine cannot honour fails here."""
     from peft_apps.core.modeling import choose_runtime, load_config, model_class_for
 
     config = load_config(recipe.model)
@@ -316,7 +352,9 @@ def _plan(recipe: Recipe, train_rep: TokenizeReport) -> _Plan:
     tc = recipe.train
     steps_per_epoch = math.ceil(train_rep.kept / (tc.batch_size * tc.grad_accum))
     total_steps = tc.max_steps if tc.max_steps > 0 else math.ceil(steps_per_epoch * tc.epochs)
-    return _Plan(runtime, config, choose_loss_kernel(recipe, runtime), total_steps)
+    select_key, greater = _selection(recipe, headline)
+    return _Plan(runtime, config, choose_loss_kernel(recipe, runtime), total_steps, select_key=select_key,
+                 greater_is_better=greater)
 
 
 def _load_model(recipe: Recipe, plan: _Plan, train_cols: dict[str, list]):
@@ -384,7 +422,8 @@ def _build_trainer(recipe: Recipe, plan: _Plan, model, tokenizer, ckpt_dir: Path
         save_strategy="steps",
         save_steps=tc.save_steps,
         save_total_limit=tc.save_total_limit,
-        eval_strategy="no",
+        eval_strategy="steps" if tc.eval_steps else "no",
+        eval_steps=tc.eval_steps,
         report_to="none",
         disable_tqdm=True,
         max_length=recipe.data.max_length,
@@ -398,6 +437,9 @@ def _build_trainer(recipe: Recipe, plan: _Plan, model, tokenizer, ckpt_dir: Path
         remove_unused_columns=True,
     )
     eval_ds = Dataset.from_dict(eval_cols) if eval_cols and eval_cols["input_ids"] else None
+    if tc.eval_steps and eval_ds is None:
+        raise UserError("train.eval_steps is set but there is no eval data",
+                        hint="set data.eval=FILE or data.eval_fraction above 0")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*padding_free.*")
         trainer = sft_trainer.CoreSFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict(train_cols),
@@ -407,6 +449,20 @@ def _build_trainer(recipe: Recipe, plan: _Plan, model, tokenizer, ckpt_dir: Path
     # devices without native bf16 and loses optimizer precision elsewhere: autocast does the half-precision math.
     _trainable_in_fp32(trainer.model)
     return trainer
+
+
+def _set_evaluation(trainer, plan: _Plan, task_eval, best_dir: Path, resume: bool) -> None:
+    """The app's task metrics at each evaluation, and where the best adapter goes when the run selects one
+    (a fresh run starts the selection anew; a resumed one keeps its best so far)."""
+    import shutil
+
+    trainer.task_eval = task_eval
+    trainer.select_key, trainer.greater_is_better = plan.select_key, plan.greater_is_better
+    if plan.select_key is not None:
+        if not resume and best_dir.exists():
+            shutil.rmtree(best_dir)
+        best_dir.mkdir(parents=True, exist_ok=True)
+        trainer.best_dir = best_dir
 
 
 def _add_callbacks(trainer, recipe: Recipe, out: Path, console, stop_after_steps, extra_callbacks) -> None:
@@ -449,19 +505,38 @@ def _metrics(recipe: Recipe, plan: _Plan, trainer, result, train_seconds: float,
     if losses:
         metrics["first_logged_loss"], metrics["last_logged_loss"] = losses[0], losses[-1]
     if trainer.eval_dataset is not None:
-        metrics["eval_loss"] = trainer.evaluate().get("eval_loss")
+        final = trainer.evaluate()
+        metrics["eval_loss"] = final.get("eval_loss")
+        if trainer.task_eval is not None:
+            metrics["eval_metrics"] = {k.removeprefix("eval_"): v for k, v in final.items()
+                                       if k not in ("eval_loss", "epoch") and not k.endswith(("_runtime", "per_second"))}
+    history = [h for h in trainer.state.log_history if any(k.startswith("eval_") for k in h)]
+    if history:
+        metrics["eval_history"] = history
     return metrics
 
 
-def _write_artefacts(out: Path, recipe: Recipe, trainer, tokenizer, metrics: dict, t_start: float) -> None:
-    """The adapter (safetensors), tokenizer, resolved recipe, metrics.json and loss.png."""
+def _write_artefacts(out: Path, recipe: Recipe, trainer, tokenizer, metrics: dict, t_start: float,
+                     plan: _Plan) -> None:
+    """The adapter (safetensors: the last one, or the best by `train.select_by`), tokenizer, resolved
+    recipe, metrics.json and loss.png."""
+    import shutil
+
     out.mkdir(parents=True, exist_ok=True)
-    trainer.model.save_pretrained(str(out), safe_serialization=True)
+    best = trainer.best_dir / "best.json" if trainer.best_dir is not None else None
+    if best is not None and best.is_file():
+        for f in trainer.best_dir.iterdir():
+            if f.name.startswith("adapter_") or f.name == "README.md":
+                shutil.copy2(f, out / f.name)
+        metrics["selected"] = json.loads(best.read_text())
+    else:
+        trainer.model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     (out / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     metrics["total_seconds"] = round(time.perf_counter() - t_start, 2)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _plot_loss(trainer.state.log_history, out / "loss.png")
+    metric = plan.select_key if plan.select_key not in (None, "eval_loss") else None
+    _plot_loss(trainer.state.log_history, out / "loss.png", metric)
 
 
 class _StopAfter(TrainerCallback):

@@ -2,6 +2,8 @@ import os
 
 import pytest
 
+import helpers.toy_app  # noqa: F401  the README's walk-through app: registered, so the app contract covers it
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):

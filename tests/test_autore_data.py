@@ -81,7 +81,7 @@ def _gold_preds(docs):
 
 
 def test_scoring_gold_vs_gold_is_perfect():
-    from peft_apps.apps.autore.app import score_docs
+    from peft_apps.apps.autore.metrics.docred import score_names as score_docs
 
     docs = load_docs(SAMPLE)
     m = score_docs(docs, _gold_preds(docs))
@@ -92,10 +92,10 @@ def test_scoring_gold_vs_gold_is_perfect():
 
 def test_scoring_known_perturbations_hand_computed():
     """Drop 10 gold triples, add 5 wrong ones, add 3 name variants of kept triples."""
-    from peft_apps.apps.autore.app import score_docs
+    from peft_apps.apps.autore.metrics.docred import score_names as score_docs
 
     docs = load_docs(SAMPLE)
-    from peft_apps.eval.docred import norm
+    from peft_apps.apps.autore.metrics.docred import norm
 
     preds = _gold_preds(docs)
     n_gold = sum(len({(lab["r"], frozenset(norm(m["name"]) for m in d["vertexSet"][lab["h"]]),
@@ -134,7 +134,12 @@ def test_scoring_known_perturbations_hand_computed():
 
 
 def test_official_submission_format_and_ign_f1(tmp_path):
-    from peft_apps.apps.autore.app import score_files
+    from peft_apps.core import get_app
+    from peft_apps.core.config import Recipe
+
+    def score_files(gold, pred, train=None):
+        recipe = Recipe(app="autore", task={"train_file": str(train)} if train else {})
+        return get_app("autore").score(gold, pred, recipe)
 
     docs = json.loads(SAMPLE.read_text())
     sub = [{"title": d["title"], "h_idx": lab["h"], "t_idx": lab["t"], "r": lab["r"], "evidence": lab["evidence"]}
@@ -170,12 +175,17 @@ def test_score_cli_raw_model_text(tmp_path):
     pred.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "m.json"
     p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "score", "autore", "--gold", str(SAMPLE),
-                        "--pred", str(pred), "-o", str(out)], capture_output=True, text=True)
+                        "--pred", str(pred), "-o", str(out), "task.inverse=false"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     m = json.loads(out.read_text())
-    assert m["f1"] == pytest.approx(1.0) and m["parse_stats"]["malformed_fact"] == len(docs)
+    assert m["f1"] == pytest.approx(1.0) and m["parse_counts"]["malformed_fact"] == len(docs)
+    # by default text is parsed as `eval` parses it: inverse triples added, so recall stays whole
     p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "score", "autore", "--gold", str(SAMPLE),
-                        "--pred", str(pred), "--train", str(SAMPLE), "-o", str(out)], capture_output=True, text=True)
+                        "--pred", str(pred), "-o", str(out)], capture_output=True, text=True)
+    m = json.loads(out.read_text())
+    assert m["recall"] == pytest.approx(1.0) and m["predicted"] > m["tp"] == m["gold"]
+    p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "score", "autore", "--gold", str(SAMPLE),
+                        "--pred", str(pred), f"task.train_file={SAMPLE}", "-o", str(out)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert json.loads(out.read_text())["docred_ign_f1"] < 0.05  # every fact is "seen in train" here
     pred.write_text('{"id": 999, "output": ""}\n')

@@ -59,7 +59,7 @@ def test_score_sft_with_hand_computed_numbers(tmp_path):
     assert m["per_class"]["org"]["precision"] == pytest.approx(0.5)
     pred.write_text('{"id": 9, "output": "x"}\n')
     p = run("score", "sft", "--gold", str(gold), "--pred", str(pred), check=False)
-    assert p.returncode == 2 and "pred.jsonl:1: id '9' is not in" in p.stderr
+    assert p.returncode == 2 and "pred.jsonl:1: id 9 is not in" in p.stderr
 
 
 @pytest.mark.slow
@@ -79,7 +79,12 @@ def test_train_eval_predict_through_cli(tmp_path):
     assert (out / "eval_confusion.png").stat().st_size > 1000
     p = run("predict", "sft", "--adapter", str(out), "cat is red. category?", str(ev))
     rows = [json.loads(x) for x in p.stdout.splitlines() if x.strip()]
-    assert len(rows) == 17 and all(set(r) == {"id", "output"} for r in rows)
+    assert len(rows) == 17 and all(set(r) == {"id", "output", "parsed"} for r in rows)
+    # what eval wrote, scored without a model, gives eval's numbers
+    run("score", "sft", "--gold", str(ev), "--pred", str(out / "eval_predictions.jsonl"), "-o", str(tmp_path / "s.json"),
+        "task.completion_field=completion")
+    scored = json.loads((tmp_path / "s.json").read_text())
+    assert scored["exact_match"] == em["exact_match"] and scored["missing_predictions"] == 0
 
 
 def test_offline_hub_model_not_cached_is_one_clear_error(tmp_path):

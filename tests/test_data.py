@@ -3,7 +3,7 @@ import json
 import pytest
 
 from peft_apps.core import UserError
-from peft_apps.core.data import Record, load_prompt_completion_jsonl, read_jsonl, tokenize_records
+from peft_apps.core.data import Record, read_jsonl, render_prompt, require, tokenize_records
 from peft_apps.core.config import load_recipe
 
 
@@ -19,10 +19,10 @@ def test_missing_and_mistyped_field_named(tmp_path):
     p = tmp_path / "d.jsonl"
     p.write_text('{"prompt": "a", "completion": "b"}\n\n{"prompt": "a"}\n')
     with pytest.raises(UserError, match=r"d.jsonl:3: missing field 'completion'"):
-        load_prompt_completion_jsonl(p)
+        [require(obj, "completion", f"{p}:{n}") for n, obj in read_jsonl(p)]
     p.write_text('{"prompt": "a", "completion": 3}\n')
     with pytest.raises(UserError, match=r"d.jsonl:1: field 'completion' must be str, got int"):
-        load_prompt_completion_jsonl(p)
+        [require(obj, "completion", f"{p}:{n}") for n, obj in read_jsonl(p)]
 
 
 def test_sft_app_names_file_line_and_field(tmp_path, sft_app):
@@ -45,10 +45,11 @@ def test_tokenize_masks_completion_and_reports_truncation(tiny_path):
     recs = [Record.simple("short", "hello", "world"),
             Record.simple("long", "word " * 20, "answer " * 40),
             Record.simple("hopeless", "word " * 200, "x")]
-    from peft_apps.core.data import encode_prompt
+    def encode_prompt(messages):
+        return tok(render_prompt(tok, messages), add_special_tokens=False)["input_ids"]
 
-    limit = len(encode_prompt(tok, recs[1].prompt)) + 5
-    assert len(encode_prompt(tok, recs[2].prompt)) > limit
+    limit = len(encode_prompt(recs[1].prompt)) + 5
+    assert len(encode_prompt(recs[2].prompt)) > limit
     cols, rep = tokenize_records(recs, tok, max_length=limit)
     assert rep.records == 3 and rep.kept == 2 and rep.truncated == 1 and rep.dropped == 1
     assert rep.truncated_ids == ["long"] and rep.dropped_ids == ["hopeless"]

@@ -28,7 +28,7 @@ def test_prefixed_batches_equal_single_generation(engine, lookahead, shared, mon
     asks = [" Which animal?", " Which colour comes after red?", " Say it twice:", " Repeat:"]
     prefixes = {k: engine.encode_prefix(_ids(engine, d)) for k, d in enumerate(docs)}
     # a longer prefix built on the first: "... again Which" shared by two questions
-    prefixes[2] = engine.extend_prefix(prefixes[0], _ids(engine, docs[0] + " Which")[len(prefixes[0]):])
+    prefixes[2] = engine.extend_prefixes([(prefixes[0], _ids(engine, docs[0] + " Which")[len(prefixes[0]):])])[0]
     assert (prefixes[2].root is prefixes[0]) == shared
     assert engine.extend_prefixes([(prefixes[1], [])])[0].ids == prefixes[1].ids
     rows, whole = [], []
@@ -83,7 +83,7 @@ def test_drafter_finds_latest_ngram_continuation():
 def test_attention_lse_math_path_matches_cpu_kernel():
     """The fallback used off the CPU (and for fp16) gives the CPU flash kernel's output and log-sum-exp,
     including rows whose keys are all masked (they must merge with weight 0, not NaN)."""
-    from peft_apps.core.engine import _attention_lse
+    from peft_apps.core.engine.attention import _attention_lse
 
     torch.manual_seed(0)
     q, k, v = torch.randn(3, 2, 5, 16), torch.randn(3, 2, 7, 16), torch.randn(3, 2, 7, 16)

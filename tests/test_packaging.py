@@ -25,7 +25,8 @@ def test_wheel_has_one_namespace_and_package_data(wheel):
     tops = {n.split("/")[0] for n in names if not n.startswith("peft_apps-")}
     assert tops == {"peft_apps"}, tops
     for needed in ("peft_apps/prompts/sft/entity_type.j2", "peft_apps/apps/sft/recipes/demo.yaml",
-                   "peft_apps/data/sft/entity_types.jsonl", "peft_apps/core/cli.py"):
+                   "peft_apps/data/sft/entity_types.jsonl", "peft_apps/core/cli.py",
+                   "peft_apps/apps/autore/metrics/docred.py", "peft_apps/apps/sft/metrics/classification.py"):
         assert needed in names, needed
     assert not any(n.startswith("peft_apps/tests/") or n.endswith("setup.py") for n in names)
 

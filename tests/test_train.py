@@ -34,7 +34,7 @@ def trained(tmp_path_factory, _isolated_cache):
 
 
 def _exact_match(engine, records, adapter=None):
-    from peft_apps.eval.classification import exact_match
+    from peft_apps.apps.sft.metrics.classification import exact_match
 
     outs = engine.chat([r.prompt for r in records], adapter=adapter, max_new_tokens=4, batch_size=32)
     return exact_match(outs, [r.completion for r in records]), outs
@@ -170,3 +170,50 @@ def test_engine_stop_strings_and_sampling(trained):
     s1 = engine.chat([x.prompt for x in ev], max_new_tokens=4, do_sample=True, temperature=5.0, seed=1)
     s2 = engine.chat([x.prompt for x in ev], max_new_tokens=4, do_sample=True, temperature=5.0, seed=1)
     assert s1 == s2  # seeded sampling is reproducible
+
+
+def test_task_metrics_while_training_select_the_adapter(sft_app, tmp_path):
+    """Every eval_steps the app's own metrics run on the eval slice; the run keeps the best adapter by the
+    headline metric; that adapter, evaluated offline, gives the number logged for it; and evaluating
+    mid-training leaves training as it was (same final weights as a run without task metrics)."""
+    from peft_apps.core import loop
+    from peft_apps.core.trainer import train
+
+    common = ["train.max_steps=16", "train.eval_steps=4", "train.eval_examples=12", "train.batch_size=8",
+              "train.lr=3e-3", "train.warmup_ratio=0", "eval.limit=12"]
+    r = _recipe(sft_app, tmp_path, "select", *common, "train.select_by=auto")
+    exs = loop.examples(sft_app, r, "eval")[:12]
+    res = train(r, sft_app.training_records(r, "train"), sft_app.training_records(r, "eval"),
+                task_eval=loop.task_evaluator(sft_app, r, exs), headline=sft_app.headline)
+    hist = [h for h in res.metrics["eval_history"] if "eval_exact_match" in h]
+    assert [h["step"] for h in hist][:4] == [4, 8, 12, 16] and all("eval_loss" in h for h in hist)
+    best = max(hist, key=lambda h: h["eval_exact_match"])  # the first of equal values is kept
+    sel = res.metrics["selected"]
+    assert sel["metric"] == "exact_match" and sel["step"] == best["step"]
+    assert sel["value"] == best["eval_exact_match"]
+    out = res.output_dir
+    assert (out / "adapter_model.safetensors").read_bytes() == (out / "best" / "adapter_model.safetensors").read_bytes()
+    offline = loop.evaluate(sft_app, str(out), r.model_copy(update={}), "eval")
+    assert offline["exact_match"] == pytest.approx(sel["value"])
+    assert (out / "loss.png").stat().st_size > 1000
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert "eval/exact_match" in acc.Tags()["scalars"]
+
+    plain = _recipe(sft_app, tmp_path, "plain", *common)
+    res2 = train(plain, sft_app.training_records(plain, "train"), sft_app.training_records(plain, "eval"))
+    with_eval = load_file(str(out / "checkpoints" / "checkpoint-16" / "adapter_model.safetensors"))
+    without = load_file(str(res2.output_dir / "adapter_model.safetensors"))
+    for k in without:
+        assert torch.equal(with_eval[k], without[k]), k
+
+
+def test_select_by_needs_evaluations(sft_app, tmp_path):
+    from peft_apps.core import UserError
+    from peft_apps.core.trainer import train
+
+    r = _recipe(sft_app, tmp_path, "x", "train.select_by=loss")
+    with pytest.raises(UserError, match="eval_steps"):
+        train(r, sft_app.training_records(r, "train")[:8])

@@ -11,7 +11,7 @@ CLI: `autore extract doc.txt`, `autore train`, `autore eval`; and through `peft-
 from pathlib import Path
 
 from peft_apps.core.registry import register_app
-from peft_apps.core.resources import prompts_dir
+from peft_apps.core.resources import data_dir, prompts_dir
 
 from .app import AutoREApp, AutoRETask
 
@@ -20,8 +20,11 @@ app = register_app(AutoREApp(
     summary="document-level relation extraction, AutoRE's Relation -> Head -> Facts on (Re-)DocRED",
     package_dir=Path(__file__).parent,
     prompts=prompts_dir("autore"),
+    data=data_dir("autore"),
     default_recipe="qlora",
     task_schema=AutoRETask,
+    metric="docred.py",
+    headline=("f1", "precision", "recall", "docred_re_f1"),
 ))
 
 

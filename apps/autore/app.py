@@ -1,4 +1,5 @@
-"""The autore app's hooks: RHF training records, conversion, evaluation, prediction, scoring."""
+"""The autore app's declarations: DocRED documents as examples, RHF stage records to train on, the
+pipeline that answers a document in three stages, and the DocRED metric (`metrics/docred.py`)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from peft_apps.core.config import Recipe
-from peft_apps.core.data import Record, read_jsonl, require, write_jsonl
+from peft_apps.core.data import Record, write_jsonl
 from peft_apps.core.errors import UserError
 from peft_apps.core.prompts import render
 from peft_apps.core.registry import App
-from peft_apps.core.resources import bundled_or_path
 
-from .docred import STAGES, load_docs, stage_examples
+from .docred import SEP, STAGES, load_docs, passage, relation_table, stage_examples
 
 Stage = Literal["relation", "head", "facts"]
 
@@ -25,10 +25,8 @@ Stage = Literal["relation", "head", "facts"]
 class AutoRETask(BaseModel):
     model_config = ConfigDict(extra="forbid")
     stages: list[Stage] = list(STAGES)  # which stages this adapter learns (one adapter: all three)
-    max_docs: int | None = None
-    inverse: bool = True  # add inverse triples at inference
-    max_new_tokens: int = 160
-    train_file: str | None = None  # for Ign F1 in `eval`: the DocRED train file, when available
+    inverse: bool = True  # add inverse triples (at inference and when parsing model text)
+    train_file: str | None = None  # the DocRED train file, for Ign F1 in `eval` and `score`
 
 
 def _records(examples: list[dict[str, Any]], stage: str, system: str | None) -> list[Record]:
@@ -38,29 +36,51 @@ def _records(examples: list[dict[str, Any]], stage: str, system: str | None) -> 
                           ex["completion"], system=system, stage=stage) for ex in examples]
 
 
+def _doc_ids(docs: list[dict[str, Any]]) -> list[str]:
+    """A document's id is its title, or its position where titles are missing or repeated."""
+    titles = Counter(d.get("title") for d in docs)
+    return [d["title"] if d.get("title") and titles[d["title"]] == 1 else str(i) for i, d in enumerate(docs)]
+
+
+def _gold_text(doc: dict[str, Any]) -> str:
+    table = relation_table()
+    return "\n".join(dict.fromkeys(f"{doc['vertexSet'][lab['h']][0]['name']}{SEP}{table[lab['r']][0]}{SEP}"
+                                   f"{doc['vertexSet'][lab['t']][0]['name']}" for lab in doc.get("labels", [])))
+
+
+def doc_examples(docs: list[dict[str, Any]]) -> list[Record]:
+    """Documents as examples: the gold triples as text, the document itself in `meta["doc"]`."""
+    return [Record(rid, [], _gold_text(d), {"doc": d}) for rid, d in zip(_doc_ids(docs), docs)]
+
+
 @dataclass
 class AutoREApp(App):
-    def _docs(self, recipe: Recipe, split: str) -> list[dict[str, Any]]:
-        spec = recipe.data.eval if split == "eval" and recipe.data.eval else recipe.data.train
-        if not spec:
-            raise UserError("no data: set data.train=PATH to a DocRED/Re-DocRED JSON file",
-                            hint="`peft-apps demo autore` uses the bundled sample (bundled:autore/redocred_dev_sample.json)")
-        docs = load_docs(bundled_or_path(spec))
-        task = self.task(recipe)
-        if not (split == "eval" and recipe.data.eval):  # one file: the last eval_fraction is held out
-            cut = len(docs) - int(round(len(docs) * recipe.data.eval_fraction))
-            docs = docs[:cut] if split == "train" else docs[cut:]
-        limit = recipe.data.limit_eval if split == "eval" else recipe.data.limit_train
-        limit = limit or task.max_docs
-        return docs[:limit] if limit else docs
+    def read(self, path: Path, recipe: Recipe, labelled: bool = True, prompts: bool = True) -> list[Record]:
+        return doc_examples(load_docs(path, require_labels=labelled))
 
-    def training_records(self, recipe: Recipe, split: str) -> list[Record]:
+    def train_records(self, examples: list[Record], recipe: Recipe) -> list[Record]:
         task = self.task(recipe)
-        ex = stage_examples(self._docs(recipe, split))
+        ex = stage_examples([e.meta["doc"] for e in examples])
         out: list[Record] = []
         for stage in task.stages:
             out.extend(_records(getattr(ex, stage), stage, recipe.data.system_prompt))
         return out
+
+    def inputs(self, items: list[str], recipe: Recipe) -> list[Record]:
+        """Text files, DocRED .json files, folders of them, or '-' (stdin): see `inputs.read_inputs`."""
+        from .inputs import read_inputs
+        from .pipeline import text_to_doc
+
+        out = []
+        for name, item in read_inputs(items):
+            doc = item if isinstance(item, dict) else text_to_doc(item, title=name)
+            out.append(Record(name, [], "", {"doc": doc}))
+        return out
+
+    def from_text(self, text: str, id: str, recipe: Recipe) -> Record:
+        from .pipeline import text_to_doc
+
+        return Record(id, [], "", {"doc": text_to_doc(text)})
 
     def convert(self, source: Path, out: Path, **options: Any) -> dict[str, Any]:
         docs = load_docs(source)
@@ -78,72 +98,46 @@ class AutoREApp(App):
         (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
         return report
 
-    # ---- inference -------------------------------------------------------------------------------
-    def _pipeline(self, adapter: str, model: str | None, recipe: Recipe | None):
+    # ---- inference: three stages per document, so the app generates itself ---------------------------
+    def pipeline(self, engine, recipe: Recipe):
         from .pipeline import AutoRE
 
-        task = self.task(recipe) if recipe else AutoRETask()
-        return AutoRE.from_pretrained(model, adapter, inverse=task.inverse, max_new_tokens=task.max_new_tokens)
-
-    def evaluate(self, adapter: str, recipe: Recipe, split: str, out_dir: Path) -> dict[str, Any]:
-        docs = self._docs(recipe, split)
-        if recipe.eval.limit:
-            docs = docs[: recipe.eval.limit]
-        pipe = self._pipeline(adapter, None, recipe)
-        results = pipe.extract(docs)
-        preds = [{"id": i, "output": r.model_text()} for i, r in enumerate(results)]
-        write_jsonl(out_dir / "eval_predictions.jsonl", preds)
         task = self.task(recipe)
-        train = bundled_or_path(task.train_file) if task.train_file else None
-        metrics = score_docs(docs, {i: [(t["head"], t["relation_id"], t["tail"]) for t in r.triples]
-                                    for i, r in enumerate(results)}, train)
-        metrics["stats"] = dict(sum((Counter(r.stats) for r in results), Counter()))
-        metrics["split"] = split
-        return metrics
+        adapter = engine.adapters[0] if engine.adapters else None
+        return AutoRE(engine, {s: adapter for s in STAGES}, inverse=task.inverse,
+                      max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size,
+                      do_sample=recipe.eval.do_sample)
 
-    def predict(self, adapter: str, inputs: list[str], recipe: Recipe | None, **options: Any) -> list[Any]:
-        from .inputs import read_inputs
+    def generate(self, pipeline, examples: list[Record], recipe: Recipe) -> list[dict[str, Any]]:
+        results = pipeline.extract([e.meta["doc"] for e in examples])
+        return [{"output": r.model_text(), "stats": r.stats} for r in results]
 
-        pipe = self._pipeline(adapter, options.get("model"), recipe)
-        items = read_inputs(inputs)
-        return [{"id": name, **r.as_dict()} for (name, _), r in zip(items, pipe.extract([x for _, x in items]))]
+    def parse(self, output: str, example: Record, task: AutoRETask, stats: Counter) -> list[list[str]]:
+        """`head | relation | tail` lines -> [head, relation id, tail], names repaired against the passage,
+        what cannot be used dropped and counted; inverse triples added when `task.inverse`."""
+        from .parse import Passage, add_inverses, parse_triple_lines
 
-    def demo_inputs(self, recipe: Recipe, work_dir: Path) -> list[str]:
-        docs = self._docs(recipe, "eval")[:2]
-        path = work_dir / "demo_docs.json"
-        path.write_text(json.dumps(docs, ensure_ascii=False))
-        return [str(path)]
+        triples = parse_triple_lines(output, Passage(passage(example.meta["doc"])), stats)
+        if task is not None and task.inverse:
+            triples = add_inverses(triples)
+        return [[t.head, t.relation_id, t.tail] for t in triples]
 
-    def score(self, gold: Path, pred: Path, train: Path | None = None, **options: Any) -> dict[str, Any]:
-        return score_files(gold, pred, train)
+    def metrics(self, examples: list[Record], parsed: list[Any], task: AutoRETask) -> dict[str, Any]:
+        from peft_apps.core.resources import bundled_or_path
 
+        train = str(bundled_or_path(task.train_file)) if task.train_file else None
+        return self.load_metric().compute(predictions=parsed,
+                                          references=[json.dumps(e.meta["doc"]) for e in examples],
+                                          train_file=train)
 
-def score_docs(docs: list[dict[str, Any]], preds: dict[int, list[tuple[str, str, str]]],
-               train: Path | None = None) -> dict[str, Any]:
-    from peft_apps.eval.docred import name_match, names_to_submission, official, train_facts
-
-    nm = name_match(docs, preds)
-    sub, unmapped = names_to_submission(docs, preds)
-    off = official(docs, sub, train_facts(load_docs(train)) if train else None)
-    per_rel = nm.pop("per_relation")
-    return {"precision": nm["precision"], "recall": nm["recall"], "f1": nm["f1"], "tp": nm["tp"],
-            "predicted": nm["predicted"], "gold": nm["gold"], **{f"docred_{k}": v for k, v in off.items()},
-            "unmapped_triples": unmapped, "per_relation": per_rel}
-
-
-def score_files(gold: Path, pred: Path, train: Path | None = None) -> dict[str, Any]:
-    """GOLD: DocRED JSON. PRED: JSONL {id, output} of raw `head | relation | tail` text (id: position in
-    GOLD or title), or the official submission list [{title, h_idx, t_idx, r, evidence?}]."""
-    from peft_apps.eval.docred import official, train_facts
-
-    from .docred import passage
-    from .parse import Passage, parse_triple_lines
-
-    docs = load_docs(gold, require_labels=True)
-    if not pred.is_file():
-        raise UserError(f"prediction file not found: {pred}")
-    head = pred.read_text(encoding="utf-8").lstrip()[:1]
-    if head == "[":
+    def score(self, gold: Path, pred: Path, recipe: Recipe, only_predicted: bool = False) -> dict[str, Any]:
+        """PRED: JSONL {id, output} of raw `head | relation | tail` text (the core's rule), or the official
+        DocRED submission, a JSON list [{title, h_idx, t_idx, r, evidence?}]."""
+        if not pred.is_file():
+            raise UserError(f"prediction file not found: {pred}")
+        if pred.read_text(encoding="utf-8").lstrip()[:1] != "[":
+            return super().score(gold, pred, recipe, only_predicted)
+        docs = load_docs(gold, require_labels=True)
         try:
             sub = json.loads(pred.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
@@ -159,22 +153,18 @@ def score_files(gold: Path, pred: Path, train: Path | None = None) -> dict[str, 
             for k in ("h_idx", "t_idx"):
                 if not isinstance(x[k], int) or not 0 <= x[k] < n:
                     raise UserError(f"{pred}: submission item {i}: {k} = {x[k]!r} outside vertexSet ({n} entities)")
-        out = official(docs, sub, train_facts(load_docs(train)) if train else None)
-        return {f"docred_{k}": v for k, v in out.items()}
-    by_title = {d["title"]: i for i, d in enumerate(docs)}
-    preds: dict[int, list[tuple[str, str, str]]] = {}
-    stats: Counter = Counter()
-    for lineno, obj in read_jsonl(pred):
-        where = f"{pred}:{lineno}"
-        rid = require(obj, "id", where, (str, int))
-        di = by_title.get(rid) if isinstance(rid, str) and rid in by_title else (
-            int(rid) if str(rid).isdigit() else None)
-        if di is None or not 0 <= di < len(docs):
-            raise UserError(f"{where}: id {rid!r} is neither a position in {gold} (0..{len(docs) - 1}) nor a title")
-        text = require(obj, "output", where)
-        triples = parse_triple_lines(text, Passage(passage(docs[di])), stats)
-        preds.setdefault(di, []).extend((t.head, t.relation_id, t.tail) for t in triples)
-    out = score_docs(docs, preds, train)
-    out["parse_stats"] = dict(stats)
-    out["documents_without_prediction"] = len(docs) - len(preds)
-    return out
+        task = self.task(recipe)
+        from peft_apps.core.resources import bundled_or_path
+
+        return self.load_metric().compute(predictions=[[]] * len(docs), references=[json.dumps(d) for d in docs],
+                                          submission=sub,
+                                          train_file=str(bundled_or_path(task.train_file)) if task.train_file
+                                          else None)
+
+    def demo_inputs(self, recipe: Recipe, work_dir: Path) -> list[str]:
+        from peft_apps.core.loop import examples
+
+        docs = [e.meta["doc"] for e in examples(self, recipe, "eval")[:2]]
+        path = work_dir / "demo_docs.json"
+        path.write_text(json.dumps(docs, ensure_ascii=False))
+        return [str(path)]

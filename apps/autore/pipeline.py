@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from peft_apps.core.data import render_prompt
-from peft_apps.core.engine import Engine, GenerationOptions, Prefix
+from peft_apps.core.engine import Engine, GenerationOptions, PrefixTree
 from peft_apps.core.errors import UserError
 from peft_apps.core.prompts import render
 
@@ -189,75 +189,44 @@ class AutoRE:
         document's prefix, else runs whole).
         """
         table = relation_table()
-        eng, opts = self.engine, self.options
         n = len(docs)
         texts = [passage(d) for d in docs]
         psgs = [Passage(t) for t in texts]
-        ids_rel = [self._ids("relation", passage=t) for t in texts]
-        doc_ids = [os.path.commonprefix([ids_rel[u], self._ids("head", passage=t, relation="x", description="x")])
+        relation_ids = [self._ids("relation", passage=t) for t in texts]
+        # the document's prefix: what its relation and head prompts share (known before any head call exists)
+        doc_ids = [os.path.commonprefix([relation_ids[u], self._ids("head", passage=t, relation="x", description="x")])
                    for u, t in enumerate(texts)]
-        caches: dict[tuple, Prefix] = {}
-
-        def extend(specs: list[tuple[tuple, tuple, list[int]]], adapter: str | None) -> None:
-            """Cache each (key, parent key, ids) as the parent's prefix extended to `ids`, all in one batch."""
-            todo: dict[tuple, tuple[Prefix, list[int]]] = {}
-            for key, parent, ids in specs:
-                base = caches.get(parent)
-                if key in caches or key in todo or base is None or len(ids) - len(base) < 4 \
-                        or ids[:len(base)] != base.ids:
-                    continue
-                todo[key] = (base, ids[len(base):])
-            caches.update(zip(todo, eng.extend_prefixes(list(todo.values()), adapter)))
-
-        def documents(adapter: str | None, units: Any) -> None:
-            """Cache the prefixes of these documents under `adapter` (each once)."""
-            for u in sorted(set(units)):
-                if (u, adapter) not in caches:
-                    caches[(u, adapter)] = eng.encode_prefix(doc_ids[u], adapter)
+        tree = PrefixTree(self.engine)
 
         def run(stage: str, calls: list[tuple[tuple, list[int]]], budgets: list[int] | None) -> list[str]:
-            """Generate `calls` ((prefix key, prompt ids), the key's first item the document): each reuses
-            the cached prefix of its key, or else of its document."""
+            """Generate `calls` (their deepest prefix key, whose first item is the document; prompt ids) over
+            that prefix if cached, else the document's under this stage's adapter."""
             adapter = self.stage_adapter[stage]
-            documents(adapter, (key[0] for key, _ in calls))
-            outs = [""] * len(calls)
-            rows, where = [], []
-            for i, (key, c) in enumerate(calls):
-                for k in (key, (key[0], adapter)):
-                    p = caches.get(k)
-                    if p is not None and c[:len(p)] == p.ids and len(c) > len(p):
-                        rows.append((k, c[len(p):]))
-                        where.append(i)
-                        break
-            if rows:
-                texts_ = eng.generate_prefixed(rows, caches, adapter, options=opts,
-                                               max_new_tokens_per_row=[budgets[i] for i in where] if budgets else None)
-                for i, t in zip(where, texts_):
-                    outs[i] = t
-            for i in sorted(set(range(len(calls))) - set(where)):  # the prefix check failed: run whole
-                u, c = calls[i][0][0], calls[i][1]
-                stats[u]["calls_without_shared_prefix"] += 1
-                o = opts if not budgets else GenerationOptions(**{**opts.__dict__, "max_new_tokens": budgets[i]})
-                outs[i] = eng.generate_ids([c], adapter=adapter, options=o)[0]
-            for (key, _) in calls:
+            tree.roots({("doc", key[0], adapter): doc_ids[key[0]] for key, _ in calls}, adapter)
+            outs = tree.generate([((key, ("doc", key[0], adapter)), ids) for key, ids in calls], adapter,
+                                 self.options, budgets)
+            for i in tree.whole_calls:
+                stats[calls[i][0][0]]["calls_without_shared_prefix"] += 1
+            for key, _ in calls:
                 stats[key[0]][f"{stage}_calls"] += 1
             return outs
 
         forcing = bool(forced) and forced[0] is not None
-        rel_out = run("relation", [((u, self.stage_adapter["relation"]), ids_rel[u]) for u in range(n)],
-                      [forced[u]["budget"]["relation"] for u in range(n)] if forcing else None)
-        rels = [forced[u]["relations"] if forced[u] else parse_relations(rel_out[u], stats[u]) for u in range(n)]
+        relation_out = run("relation", [((u, "relation"), relation_ids[u]) for u in range(n)],
+                           [forced[u]["budget"]["relation"] for u in range(n)] if forcing else None)
+        rels = [forced[u]["relations"] if forced[u] else parse_relations(relation_out[u], stats[u]) for u in range(n)]
 
         head_keys = [(u, r) for u in range(n) for r in rels[u]]
         head_ids = [self._ids("head", passage=texts[u], relation=table[r][0], description=table[r][1])
                     for u, r in head_keys]
-        ah, af = self.stage_adapter["head"], self.stage_adapter["facts"]
-        documents(ah, (u for u, _ in head_keys))
-        if ah == af:  # one cache serves both stages: the relation's prefix, shared by its head and facts calls
-            extend([((u, r, ah), (u, ah), os.path.commonprefix([hi, self._ids(
+        head_adapter, facts_adapter = self.stage_adapter["head"], self.stage_adapter["facts"]
+        if head_adapter == facts_adapter:  # one cache serves both stages: the relation's prefix, shared by
+            # its head call and all its facts calls
+            tree.roots({("doc", u, head_adapter): doc_ids[u] for u, _ in head_keys}, head_adapter)
+            tree.extend([((u, r, "relation prefix"), ("doc", u, head_adapter), os.path.commonprefix([hi, self._ids(
                 "facts", passage=texts[u], relation=table[r][0], description=table[r][1], head="x")]))
-                    for (u, r), hi in zip(head_keys, head_ids)], ah)
-        head_out = run("head", [((u, r, ah), hi) for (u, r), hi in zip(head_keys, head_ids)],
+                         for (u, r), hi in zip(head_keys, head_ids)], head_adapter)
+        head_out = run("head", [((u, r, "relation prefix"), hi) for (u, r), hi in zip(head_keys, head_ids)],
                        [forced[u]["budget"]["head"][r] for u, r in head_keys] if forcing else None)
         heads: dict[tuple[int, str], list[str]] = {}
         for (u, r), out in zip(head_keys, head_out):
@@ -269,22 +238,21 @@ class AutoRE:
         members: dict[tuple[int, str], list[int]] = {}
         for i, (u, r, _) in enumerate(fact_keys):
             members.setdefault((u, r), []).append(i)
-        documents(af, (u for u, _, _ in fact_keys))
-        groups = []  # a relation's facts calls share the longest common prefix of their prompts
-        for (u, r), idx in members.items():
-            common = os.path.commonprefix([fact_ids[i] for i in idx])
-            if len(idx) > 1 and all(len(fact_ids[i]) > len(common) for i in idx):
-                groups.append(((u, r, "facts", af), (u, r, af) if (u, r, af) in caches else (u, af), common))
-        extend(groups, af)
-        fact_out = run("facts", [((u, r, "facts", af) if (u, r, "facts", af) in caches else (u, r, af), fi)
-                                 for (u, r, _), fi in zip(fact_keys, fact_ids)],
+        tree.roots({("doc", u, facts_adapter): doc_ids[u] for u, _, _ in fact_keys}, facts_adapter)
+        # a relation's facts calls share the longest common prefix of their prompts (the instruction
+        # before the subject), built on the relation's prefix where there is one
+        tree.share({(u, r, "facts group"): ((u, r, "relation prefix") if (u, r, "relation prefix") in tree
+                                            else ("doc", u, facts_adapter), [fact_ids[i] for i in idx])
+                    for (u, r), idx in members.items()}, facts_adapter)
+        fact_out = run("facts", [((u, r, "facts group") if (u, r, "facts group") in tree else (u, r, "relation prefix"),
+                                  fi) for (u, r, _), fi in zip(fact_keys, fact_ids)],
                        [forced[u]["budget"]["facts"][(r, h)] for u, r, h in fact_keys] if forcing else None)
         triples: list[list[Triple]] = [[] for _ in range(n)]
         for (u, r, _h), out in zip(fact_keys, fact_out):
             for t in parse_facts(out, r, psgs[u], stats[u]):
                 if t not in triples[u]:
                     triples[u].append(t)
-        raws = [{"relation": rel_out[u], "head": [o for (v, _), o in zip(head_keys, head_out) if v == u],
+        raws = [{"relation": relation_out[u], "head": [o for (v, _), o in zip(head_keys, head_out) if v == u],
                  "facts": [o for (v, _, _), o in zip(fact_keys, fact_out) if v == u]} for u in range(n)]
         return triples, raws
 

@@ -12,7 +12,7 @@ template is `{{ prompt }}`, so a plain {"prompt", "completion"} file works as is
 from pathlib import Path
 
 from peft_apps.core.registry import register_app
-from peft_apps.core.resources import prompts_dir
+from peft_apps.core.resources import data_dir, prompts_dir
 
 from .app import SFTApp, SFTTask
 
@@ -21,8 +21,12 @@ app = register_app(SFTApp(
     summary="supervised fine-tuning on any JSONL through a prompt template (demo: entity typing on Re-DocRED)",
     package_dir=Path(__file__).parent,
     prompts=prompts_dir("sft"),
+    data=data_dir("sft"),
     default_recipe="lora",
     task_schema=SFTTask,
+    metric="classification.py",
+    headline=("exact_match", "macro_f1"),
+    quickstart=True,
 ))
 
 

@@ -7,7 +7,9 @@ from typing import Any, Sequence
 
 from peft_apps.core.config import Recipe, load_recipe
 from peft_apps.core.data import Record
-from peft_apps.core.engine import Engine, GenerationOptions
+from peft_apps.core.engine import Engine
+
+from .app import SFTTask
 
 
 class SFTPipeline:
@@ -23,10 +25,10 @@ class SFTPipeline:
         return cls(engine, recipe)
 
     def complete_records(self, records: Sequence[Record], recipe: Recipe | None = None) -> list[str]:
+        from peft_apps.core.loop import generation_options
+
         r = recipe or self.recipe
-        opts = GenerationOptions(max_new_tokens=r.eval.max_new_tokens, do_sample=r.eval.do_sample,
-                                 temperature=r.eval.temperature, top_p=r.eval.top_p,
-                                 batch_size=r.eval.batch_size, stop=list(r.task.get("stop", [])))
+        opts = generation_options(r, SFTTask.model_validate(r.task))
         return [t.strip() for t in self.engine.chat([rec.prompt for rec in records], options=opts)]
 
     def __call__(self, rows: Sequence[dict[str, Any] | str], template: str | None = None) -> list[str]:

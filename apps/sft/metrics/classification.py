@@ -1,9 +1,21 @@
-"""Exact match, per-class precision/recall/F1 and a confusion matrix for label-like outputs."""
+"""Exact match, per-class precision/recall/F1 and a confusion matrix for label-like outputs.
+
+An `evaluate` module, kept in the app and loaded by path (a Hub metric cannot load offline):
+
+    import evaluate
+    m = evaluate.load("apps/sft/metrics/classification.py")
+    m.compute(predictions=["LOC", "per"], references=["LOC", "ORG"])   # exact_match, macro_f1, per_class, ...
+
+Answers compare as a person would: case, surrounding space and a final period do not count.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Any, Sequence
+
+import datasets
+import evaluate
 
 
 def normalize(text: str) -> str:
@@ -58,3 +70,17 @@ def classification_report(preds: Sequence[str], golds: Sequence[str]) -> dict[st
     cols, m = confusion(preds, golds)
     return {"exact_match": exact_match(preds, golds), "macro_f1": macro, "n": len(golds),
             "per_class": pc, "confusion": {"labels": cols, "matrix": m}}
+
+
+class Classification(evaluate.Metric):
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description=__doc__,
+            citation="",
+            inputs_description="predictions, references: one label text per example",
+            features=datasets.Features({"predictions": datasets.Value("string"),
+                                        "references": datasets.Value("string")}),
+        )
+
+    def _compute(self, predictions: list[str], references: list[str]) -> dict[str, Any]:
+        return classification_report(predictions, references)

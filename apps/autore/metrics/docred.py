@@ -7,13 +7,27 @@ counted once, and further variants of an already matched gold triple are neither
 Official DocRED (the evaluation script of Yao et al. 2019): predictions are (title, h_idx, t_idx, r)
 over vertexSet indices, de-duplicated; RE P = correct / predicted, R = correct / gold. Ign F1 leaves
 out, from both the correct and the predicted counts, the correct facts whose (head name, tail name,
-relation) appears in a given train file. Names compare without case and whitespace. Evidence P/R count sentence ids of correct predictions.
+relation) appears in a given train file. Names compare without case and whitespace. Evidence P/R
+count sentence ids of correct predictions.
+
+An `evaluate` module, kept in the app and loaded by path (a Hub metric cannot load offline):
+
+    import evaluate
+    m = evaluate.load("apps/autore/metrics/docred.py")
+    m.compute(predictions=[[["Marie Curie", "P19", "Warsaw"]], ...],      # (head, relation id, tail) per doc
+              references=[json.dumps(doc), ...],                           # the DocRED documents
+              train_file="train_revised.json")                             # optional: Ign F1
+    m.compute(predictions=[[]] * n, references=docs_json, submission=[{"title", "h_idx", "t_idx", "r"}, ...])
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any, Iterable
+
+import datasets
+import evaluate
 
 
 def norm(name: str) -> str:
@@ -138,3 +152,40 @@ def names_to_submission(docs: list[dict[str, Any]], preds: dict[int, Iterable[tu
                 continue
             sub.append({"title": d["title"], "h_idx": hi, "t_idx": ti, "r": r})
     return sub, unmapped
+
+
+def score_names(docs: list[dict[str, Any]], preds: dict[int, Iterable[tuple[str, str, str]]],
+                train: set[tuple[str, str, str]] | None = None) -> dict[str, Any]:
+    """Name-match P/R/F1 and, after mapping names to entities, the official metrics (prefixed docred_)."""
+    nm = name_match(docs, preds)
+    sub, unmapped = names_to_submission(docs, preds)
+    off = official(docs, sub, train)
+    per_rel = nm.pop("per_relation")
+    return {"precision": nm["precision"], "recall": nm["recall"], "f1": nm["f1"], "tp": nm["tp"],
+            "predicted": nm["predicted"], "gold": nm["gold"], **{f"docred_{k}": v for k, v in off.items()},
+            "unmapped_triples": unmapped, "per_relation": per_rel}
+
+
+class DocRED(evaluate.Metric):
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description=__doc__,
+            citation="Yao et al., DocRED: A Large-Scale Document-Level Relation Extraction Dataset (ACL 2019); "
+                     "Xue et al., AutoRE (2024)",
+            inputs_description="predictions: per document, [head name, relation id, tail name] triples; "
+                               "references: per document, the DocRED document as a JSON string",
+            features=datasets.Features({"predictions": datasets.Sequence(datasets.Sequence(datasets.Value("string"))),
+                                        "references": datasets.Value("string")}),
+        )
+
+    def _compute(self, predictions, references, train_file: str | None = None,
+                 submission: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        docs = [json.loads(r) for r in references]
+        train = None
+        if train_file:
+            with open(train_file, encoding="utf-8") as fh:
+                train_docs = json.load(fh)
+            train = train_facts(train_docs if isinstance(train_docs, list) else [train_docs])
+        if submission is not None:
+            return {f"docred_{k}": v for k, v in official(docs, submission, train).items()}
+        return score_names(docs, {i: [tuple(t) for t in p] for i, p in enumerate(predictions)}, train)

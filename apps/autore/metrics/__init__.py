@@ -1,0 +1,1 @@
+"""The app's metrics as `evaluate` modules, loaded by path."""

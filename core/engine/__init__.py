@@ -1,0 +1,41 @@
+"""Inference engine: one base model, several named adapters, batched generation.
+
+    engine = Engine.from_pretrained("builtin:tiny", {"a": "runs/x", "b": "runs/y"})
+    engine.generate(["prompt 1", "prompt 2"], adapter="a")              # one adapter for the batch
+    engine.generate(["prompt 1", "prompt 2"], adapter=["a", "b"])       # one adapter per row (mixed batch)
+    engine.chat([[{"role": "user", "content": "..."}]])                 # the first adapter loaded
+    engine.generate(["prompt"], adapter="__base__")                     # the base model alone
+
+Rows are left-padded, sorted by length into batches so padding stays small, and decoded until EOS,
+a stop string or `max_new_tokens`. Greedy by default; `do_sample=True` with temperature/top_p samples.
+
+Many prompts over a few long shared prefixes (an app asking several questions about each document):
+
+    doc = engine.encode_prefix(doc_ids)                          # the document's KV cache, once
+    rel = engine.extend_prefixes([(doc, more_ids)])[0]           # a longer prefix built on it
+    engine.generate_prefixed([("d", suffix_ids), ("r", ...)], {"d": doc, "r": rel})
+
+or, planned by the core, `PrefixTree` (`prefix_tree.py`): calls name the prefixes they may start with.
+There, a batch's cache holds only each row's own tokens and attention reads each prefix's K/V in
+place (`attention._cascade_attention`); greedy rows speculate with prompt lookup (`GenerationOptions.lookahead`);
+rows leave the batch when they finish.
+
+One concern per module:
+
+    engine.py        Engine: the public generate API (chat, generate, generate_ids, the prefix API, borrow)
+    loading.py       the base model and named adapters, from a recipe, an adapter folder or a name
+    options.py       GenerationOptions, Prefix
+    decode.py        PrefixDecoder: the decode loop of the prefix path, as named steps
+    speculation.py   Drafter: prompt-lookup drafts
+    attention.py     the attention routing: shared-prefix (cascade) attention, SDPA with grouped KV heads
+    caches.py        batch caches from prefix caches, growing cache layers
+    prefix_tree.py   PrefixTree: the core's prefix planner
+"""
+
+from .engine import Engine
+from .loading import adapter_base_config
+from .options import BASE, GenerationOptions, Prefix
+from .prefix_tree import PrefixTree
+from .speculation import Drafter
+
+__all__ = ["BASE", "Drafter", "Engine", "GenerationOptions", "Prefix", "PrefixTree", "adapter_base_config"]

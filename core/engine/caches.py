@@ -1,0 +1,125 @@
+"""KV caches for batched decoding over cached prefixes: batch caches assembled from per-prefix caches
+(left-padded), layers that grow in place, and the prefix-tree helpers."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from .attention import SharedPrefix
+from .options import Prefix
+
+
+def sliding_window(prefix: Prefix) -> int | None:
+    """The smallest sliding window among the cache layers of `prefix`'s root, or None (all full layers)."""
+    cache = root_of(prefix).cache
+    sizes = [layer.sliding_window for layer in getattr(cache, "layers", []) if hasattr(layer, "sliding_window")]
+    return min(sizes) if sizes else None
+
+
+def root_of(p: Prefix) -> Prefix:
+    return p.root if p.root is not None else p
+
+
+def private_batch(prefixes: list[Prefix]):
+    """The batch cache of the rows' private tokens (their prefixes' extensions, left-padded), the
+    `SharedPrefix` of their roots, and the private mask."""
+    roots = [root_of(p) for p in prefixes]
+    template = roots[0].cache
+    empty = [(layer.keys[:, :, :0], layer.values[:, :, :0]) for layer in template.layers]
+    cache, mask = _left_padded_cache(template, [p.tail or empty for p in prefixes])
+    return cache, SharedPrefix(roots), mask
+
+
+def _left_padded_cache(template, rows: list[list[tuple[torch.Tensor, torch.Tensor]]]):
+    """A batch cache (shaped like `template`) from each row's per-layer (keys, values) of one row and any
+    length, left-padded to the longest, and its mask. The template's own tensors are not copied."""
+    import copy
+
+    import torch.nn.functional as F
+
+    lengths = [kv[0][0].shape[2] for kv in rows]
+    width = max(lengths)
+    cache = copy.copy(template)
+    cache.layers = [copy.copy(layer) for layer in template.layers]
+    for li, layer in enumerate(cache.layers):
+        layer.keys = torch.cat([F.pad(kv[li][0], (0, 0, width - n, 0)) for kv, n in zip(rows, lengths)], 0)
+        layer.values = torch.cat([F.pad(kv[li][1], (0, 0, width - n, 0)) for kv, n in zip(rows, lengths)], 0)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # host: filled here, moved in one copy
+    for i, n in enumerate(lengths):
+        mask[i, width - n:] = 1
+    return cache, mask.to(template.layers[0].keys.device)
+
+
+def left_pad(rows: list[list[int]], pad: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows left-padded to one width, and their attention mask, on `device` (built on the CPU, moved
+    in one copy each)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)  # host: filled here, moved in one copy
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # host: as ids
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)  # host: into the host buffer
+        mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@lru_cache(maxsize=1)
+def _growing_layer_cls():
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A DynamicLayer with spare capacity: appending a token writes into a preallocated buffer
+        instead of `torch.cat` copying the whole cache every step (O(length) per token, O(length^2)
+        per answer), which dominated batched decoding over long document prefixes."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, extra: int):
+            super().__init__()
+            self.device = keys.device
+            self.is_initialized = True
+            b, h, n, d = keys.shape
+            self._k = keys.new_empty((b, h, n + extra, d))
+            self._v = values.new_empty((b, values.shape[1], n + extra, values.shape[-1]))
+            self._k[:, :, :n] = keys
+            self._v[:, :, :n] = values
+            self._n = n
+            self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            m = key_states.shape[-2]
+            if self._n + m > self._k.shape[-2]:  # out of room: grow geometrically
+                grow = max(m, self._k.shape[-2])
+                self._k = torch.cat([self._k, self._k.new_empty(self._k.shape[:2] + (grow, self._k.shape[-1]))], 2)
+                self._v = torch.cat([self._v, self._v.new_empty(self._v.shape[:2] + (grow, self._v.shape[-1]))], 2)
+            self._k[:, :, self._n:self._n + m] = key_states
+            self._v[:, :, self._n:self._n + m] = value_states
+            self._n += m
+            self.keys, self.values = self._k[:, :, :self._n], self._v[:, :, :self._n]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[:, :, :self._n], self._v[:, :, :self._n]
+
+    return GrowingLayer
+
+
+def with_room(cache, extra: int):
+    """Swap a DynamicCache's layers for growing ones with `extra` free slots (plain layers are kept)."""
+    from transformers.cache_utils import DynamicLayer
+
+    cls = _growing_layer_cls()
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer and layer.is_initialized:
+            cache.layers[i] = cls(layer.keys, layer.values, extra)
+    return cache
+
+
+def stack_prefix_caches(items: list[Prefix]):
+    """One batch cache from whole single-row prefix caches of different lengths (left-padded) + its mask."""
+    rows = [[(layer.keys, layer.values) for layer in p.cache.layers] for p in items]
+    return _left_padded_cache(items[0].cache, rows)
+
+
+def cache_of(out):
+    return getattr(out, "cache", None) or getattr(out, "past_key_values", None)

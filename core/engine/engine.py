@@ -1,0 +1,265 @@
+"""The engine: one base model, several named adapters, batched generation (see the package docstring)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from peft_apps.core.config import ModelConfig
+from peft_apps.core.data import render_prompt
+from peft_apps.core.errors import UserError
+
+from .attention import install_attention
+from .caches import cache_of, left_pad, private_batch, root_of, sliding_window, stack_prefix_caches
+from .decode import PrefixDecoder, cut_at_stop
+from .loading import load
+from .options import BASE, GenerationOptions, Prefix
+
+
+class Engine:
+    def __init__(self, model, tokenizer, adapters: Sequence[str] = ()):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.adapters = list(adapters)
+        self.model.eval()
+        self.shared_attention = install_attention(self.model)
+        # decoding counters of the prefix-cache path: forward passes, tokens produced, drafts made/accepted
+        self.decode_stats = {"forwards": 0, "tokens": 0, "drafted": 0, "accepted": 0}
+
+    # ---- loading -----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, base: str | ModelConfig | None = None,
+                        adapters: str | Path | dict[str, str | Path] | None = None,
+                        quantize: bool | None = None, dtype: str | None = None) -> "Engine":
+        """`base`: hub id, path, `builtin:*` or a ModelConfig; None takes it from the first adapter's recipe.
+
+        `adapters`: one folder, or {name: folder}. `quantize` defaults to the recipe's setting; `dtype`
+        ("float32", "bfloat16", ...) to the runtime's choice (bf16 on a GPU that has it, fp32 on a CPU).
+        """
+        return cls(*load(base, adapters, quantize, dtype))
+
+    @classmethod
+    @contextlib.contextmanager
+    def borrow(cls, model, tokenizer):
+        """An engine over a model someone else owns (the trainer's, between steps): eval mode, the KV cache
+        on and the engine's attention routing for the duration; the model's mode, cache setting and
+        attention implementation are put back afterwards, so training goes on exactly as before."""
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        was_training, use_cache = model.training, base.config.use_cache
+        impl = getattr(base.config, "_attn_implementation", None)
+        active = getattr(model, "active_adapter", None) if hasattr(model, "peft_config") else None
+        try:
+            base.config.use_cache = True
+            yield cls(model, tokenizer, [active] if isinstance(active, str) else [])
+        finally:
+            if impl is not None and base.config._attn_implementation != impl:
+                base.set_attn_implementation(impl)
+            base.config.use_cache = use_cache
+            model.train(was_training)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---- generation --------------------------------------------------------------------------
+    def chat(self, conversations: Sequence[list[dict[str, str]]], adapter: str | Sequence[str] | None = None,
+             **opts: Any) -> list[str]:
+        prompts = [render_prompt(self.tokenizer, c) for c in conversations]
+        return self.generate(prompts, adapter=adapter, **opts)
+
+    def generate(self, prompts: Sequence[str], adapter: str | Sequence[str | None] | None = None,
+                 options: GenerationOptions | None = None, **opts: Any) -> list[str]:
+        """Complete each rendered prompt; returns the generated text only (no prompt, no EOS)."""
+        o = options or GenerationOptions(**opts)
+        n = len(prompts)
+        if n == 0:
+            return []
+        per_row = list(adapter) if isinstance(adapter, (list, tuple)) else [adapter] * n
+        if len(per_row) != n:
+            raise UserError(f"{len(per_row)} adapter names for {n} prompts")
+        default = self.adapters[0] if self.adapters else BASE
+        per_row = [default if a is None else a for a in per_row]
+        for a in set(per_row) - {BASE}:
+            if a not in self.adapters:
+                raise UserError(f"unknown adapter {a!r}; loaded: {', '.join(self.adapters) or '(none)'}")
+        enc = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        return self._batched(enc, per_row, o)
+
+    def generate_ids(self, rows: Sequence[Sequence[int]], adapter: str | None = None,
+                     options: GenerationOptions | None = None, **opts: Any) -> list[str]:
+        """Like `generate`, from token ids (no re-tokenization)."""
+        o = options or GenerationOptions(**opts)
+        default = self.adapters[0] if self.adapters else BASE
+        return self._batched([list(r) for r in rows], [adapter or default] * len(rows), o)
+
+    def _batched(self, enc: list[list[int]], per_row: list[str], o: GenerationOptions) -> list[str]:
+        n = len(enc)
+        order = sorted(range(n), key=lambda i: len(enc[i]))
+        out: list[str] = [""] * n
+        for start in range(0, n, o.batch_size):
+            idx = order[start:start + o.batch_size]
+            texts = self._generate_ids([enc[i] for i in idx], [per_row[i] for i in idx], o)
+            for i, t in zip(idx, texts):
+                out[i] = t
+        return out
+
+    # ---- shared-prefix generation ------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_prefix(self, prefix_ids: Sequence[int], adapter: str | None = None) -> Prefix:
+        """The KV cache of `prefix_ids` under `adapter`, for `generate_prefixed`."""
+        with _AdapterScope(self, adapter):
+            pre = torch.tensor([list(prefix_ids)], dtype=torch.long, device=self.device)
+            return Prefix(list(prefix_ids), cache_of(self.model(input_ids=pre, use_cache=True, logits_to_keep=1)))
+
+    @torch.inference_mode()
+    def extend_prefixes(self, items: Sequence[tuple[Prefix, Sequence[int]]], adapter: str | None = None,
+                        batch_size: int = 64) -> list[Prefix]:
+        """Several prefixes extended by their `more_ids`, in batched forward passes over shared roots."""
+        out: list[Prefix] = []
+        with _AdapterScope(self, adapter):
+            if not self.shared_attention:  # whole caches: copy each prefix and run its extension
+                import copy
+
+                for pre, more in items:
+                    cache = copy.deepcopy(pre.cache)
+                    if more:
+                        ids = torch.tensor([list(more)], dtype=torch.long, device=self.device)
+                        self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+                    out.append(Prefix(pre.ids + list(more), cache))
+                return out
+            out = [p for p, _ in items]  # nothing to add: the prefix itself
+            todo = [i for i, (_, m) in enumerate(items) if len(m)]
+            for start in range(0, len(todo), batch_size):
+                at = todo[start:start + batch_size]
+                chunk = [(items[i][0], list(items[i][1])) for i in at]
+                order = sorted(range(len(chunk)), key=lambda i: id(root_of(chunk[i][0])))  # rows of a root together
+                chunk = [chunk[i] for i in order]
+                cache, shared, mask = private_batch([p for p, _ in chunk])
+                ids, new_mask = left_pad([m for _, m in chunk], self.tokenizer.pad_token_id, self.device)
+                mask = torch.cat([mask.to(self.device), new_mask], dim=1)
+                pos = shared.positions(mask)[:, -ids.shape[1]:]
+                shared.mask = mask
+                self.model(input_ids=ids, position_ids=pos, cache=cache, use_cache=True,
+                           logits_to_keep=1, shared_prefix=shared)
+                for j, (p, m) in enumerate(chunk):
+                    keep = mask[j].bool()
+                    tail = [(layer.keys[j:j + 1, :, keep], layer.values[j:j + 1, :, keep]) for layer in cache.layers]
+                    out[at[order[j]]] = Prefix(p.ids + m, root=root_of(p), tail=tail)
+        return out
+
+    @torch.inference_mode()
+    def generate_prefixed(self, rows: Sequence[tuple[Any, Sequence[int]]], prefixes: dict[Any, Prefix],
+                          adapter: str | None = None, options: GenerationOptions | None = None,
+                          max_new_tokens_per_row: Sequence[int] | None = None, **opts: Any) -> list[str]:
+        """Complete `prefix + suffix` for every row, each prefix's KV cache computed once and shared.
+
+        `rows`: (prefix key, suffix ids); `prefixes`: key -> `Prefix` from `encode_prefix` / `extend_prefixes`.
+        Suffixes of a batch are left-padded (masked, positions from the mask), and a row leaves the batch as
+        soon as it ends (EOS, a stop string, or its `max_new_tokens`), so no row decodes for the longest
+        answer's sake. Greedy (with prompt-lookup speculation, `GenerationOptions.lookahead`) unless
+        `do_sample`.
+
+        Rows of any prefix share a batch. With shared-prefix attention each row reads its root prefix in
+        place and the batch cache holds only the rows' own tokens; otherwise each row's prefix cache is
+        copied in, left-padded to the longest, the padding masked. Either way positions and outputs are
+        those of the row alone.
+
+        Sliding-window layers (Mistral, Gemma-2, ...) keep only their last `window` tokens, which breaks
+        the cached prefix's alignment: a row that could outgrow the window is generated whole instead.
+        """
+        o = options or GenerationOptions(**opts)
+        n = len(rows)
+        out_text: list[str] = [""] * n
+        limit = list(max_new_tokens_per_row) if max_new_tokens_per_row else [o.max_new_tokens] * n
+        window = sliding_window(next(iter(prefixes.values()))) if prefixes else None
+        if window is not None:
+            look = 0 if o.do_sample else max(0, o.lookahead)
+            whole = [i for i in range(n) if len(prefixes[rows[i][0]]) + len(rows[i][1]) + 2 * limit[i] + look + 1
+                     > window]
+            for i in whole:
+                ids = prefixes[rows[i][0]].ids + list(rows[i][1])
+                out_text[i] = self.generate_ids([ids], adapter, GenerationOptions(**{
+                    **o.__dict__, "max_new_tokens": limit[i], "batch_size": 1}))[0]
+            skip = set(whole)
+            keep = [i for i in range(n) if i not in skip]
+            if len(keep) < n:
+                got = self.generate_prefixed([rows[i] for i in keep], prefixes, adapter, o,
+                                             [limit[i] for i in keep]) if keep else []
+                for i, t in zip(keep, got):
+                    out_text[i] = t
+                return out_text
+        with _AdapterScope(self, adapter):
+            order = sorted(range(n), key=lambda i: len(rows[i][1]))
+            for start in range(0, n, o.batch_size):
+                idx = order[start:start + o.batch_size]
+                if self.shared_attention:  # rows of one root side by side
+                    idx.sort(key=lambda i: id(root_of(prefixes[rows[i][0]])))
+                pre = [prefixes[rows[i][0]] for i in idx]
+                if self.shared_attention:
+                    cache, shared, pmask = private_batch(pre)
+                else:
+                    (cache, pmask), shared = stack_prefix_caches(pre), None
+                limits = [max_new_tokens_per_row[i] for i in idx] if max_new_tokens_per_row else None
+                suffixes = [list(rows[i][1]) for i in idx]
+                gen = PrefixDecoder(self.model, self.tokenizer, cache, pmask, suffixes, o, limits,
+                                    contexts=[p.ids + s for p, s in zip(pre, suffixes)], shared=shared,
+                                    stats=self.decode_stats).run()
+                for i, t in zip(idx, gen):
+                    out_text[i] = t
+        return out_text
+
+    @torch.inference_mode()
+    def _generate_ids(self, rows: list[list[int]], adapters: list[str], o: GenerationOptions) -> list[str]:
+        pad = self.tokenizer.pad_token_id
+        ids, mask = left_pad(rows, pad, self.device)
+        width = ids.shape[1]
+        kw: dict[str, Any] = dict(
+            input_ids=ids, attention_mask=mask,
+            max_new_tokens=o.max_new_tokens, do_sample=o.do_sample, pad_token_id=pad,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        if o.do_sample:
+            kw.update(temperature=o.temperature, top_p=o.top_p)
+            if o.seed is not None:
+                torch.manual_seed(o.seed)
+        else:
+            kw.update(temperature=None, top_p=None, top_k=None)
+        if o.stop:
+            kw.update(stop_strings=o.stop, tokenizer=self.tokenizer)
+        if len(set(adapters)) == 1:
+            with _AdapterScope(self, adapters[0]):
+                gen = self.model.generate(**kw)
+        else:
+            gen = self.model.generate(**kw, adapter_names=adapters)
+        new = gen[:, width:]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        if o.stop:
+            texts = [cut_at_stop(t, o.stop) for t in texts]
+        return texts
+
+
+class _AdapterScope:
+    """Run with one named adapter active, or with adapters disabled for the base model."""
+
+    def __init__(self, engine: "Engine", adapter: str | None):
+        self.engine, self.adapter, self.ctx = engine, adapter, None
+
+    def __enter__(self):
+        e = self.engine
+        name = self.adapter if self.adapter is not None else (e.adapters[0] if e.adapters else BASE)
+        if name == BASE:
+            if e.adapters:
+                self.ctx = e.model.disable_adapter()
+                self.ctx.__enter__()
+        else:
+            if name not in e.adapters:
+                raise UserError(f"unknown adapter {name!r}; loaded: {', '.join(e.adapters) or '(none)'}")
+            e.model.set_adapter(name)
+        return self
+
+    def __exit__(self, *exc):
+        if self.ctx is not None:
+            self.ctx.__exit__(*exc)

@@ -1,0 +1,87 @@
+"""Loading for inference: the base model (from a recipe's model section, an adapter's recipe, or a
+name) and any number of named adapters on it, with one clear error when an adapter does not fit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from peft_apps.core.config import ModelConfig
+from peft_apps.core.errors import UserError
+
+
+def adapter_base_config(adapter_dir: str | Path) -> ModelConfig:
+    """The model section of the recipe an adapter was trained with (recipe.yaml beside it)."""
+    import yaml
+
+    d = Path(adapter_dir)
+    if not (d / "adapter_config.json").is_file():
+        raise UserError(f"{d} is not an adapter folder (no adapter_config.json)",
+                        hint="train one with `peft-apps train APP` or point --adapter at its output folder")
+    recipe = d / "recipe.yaml"
+    if recipe.is_file():
+        data = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+        return ModelConfig.model_validate(data.get("model", {}))
+    base = json.loads((d / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{d}: cannot tell which base model the adapter belongs to; pass --model")
+    return ModelConfig(base=base)
+
+
+def load(base: str | ModelConfig | None = None, adapters: str | Path | dict[str, str | Path] | None = None,
+     quantize: bool | None = None, dtype: str | None = None) -> tuple[Any, Any, list[str]]:
+    """`base`: hub id, path, `builtin:*` or a ModelConfig; None takes it from the first adapter's recipe.
+
+    `adapters`: one folder, or {name: folder}. `quantize` defaults to the recipe's setting; `dtype`
+    ("float32", "bfloat16", ...) to the runtime's choice (bf16 on a GPU that has it, fp32 on a CPU).
+    """
+    from peft import PeftModel
+
+    from peft_apps.core.modeling import load_base_model, load_tokenizer
+
+    if isinstance(adapters, (str, Path)):
+        adapters = {"default": adapters}
+    adapters = dict(adapters or {})
+    if isinstance(base, ModelConfig):
+        mcfg = base
+    elif base is None:
+        if not adapters:
+            raise UserError("no base model and no adapter given")
+        mcfg = adapter_base_config(next(iter(adapters.values())))
+    else:
+        mcfg = ModelConfig(base=base)
+        if adapters:  # keep the adapter's quantization unless told otherwise
+            try:
+                trained = adapter_base_config(next(iter(adapters.values())))
+                mcfg = mcfg.model_copy(update={"quantization": trained.quantization, "dtype": trained.dtype})
+            except UserError:
+                pass
+    if quantize is False:
+        mcfg = mcfg.model_copy(update={"quantization": "none"})
+    if dtype is not None:
+        mcfg = mcfg.model_copy(update={"dtype": dtype})
+    model = load_base_model(mcfg)
+    model.config.use_cache = True
+    first = next(iter(adapters), None)
+    tok_dir = str(adapters[first]) if first and (Path(adapters[first]) / "tokenizer_config.json").is_file() \
+        else None
+    tokenizer = load_tokenizer(mcfg, tok_dir)
+    if adapters:
+        for name, path in adapters.items():
+            if not (Path(path) / "adapter_config.json").is_file():
+                raise UserError(f"{path} is not an adapter folder (no adapter_config.json)")
+            try:
+                if isinstance(model, PeftModel):
+                    model.load_adapter(str(path), adapter_name=name)
+                else:
+                    model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+            except RuntimeError as e:
+                if "size mismatch" not in str(e):
+                    raise
+                raise UserError(f"adapter {path} does not fit base model {mcfg.base!r}: "
+                                f"{str(e).splitlines()[1].strip()}",
+                                hint="pass the base model the adapter was trained on (--model)") from None
+        model.set_adapter(first)
+    return model, tokenizer, list(adapters)
+

@@ -1,0 +1,45 @@
+"""What the engine's callers pass around: generation settings and cached prefixes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+BASE = "__base__"  # the adapter name meaning "the base model, adapters disabled"
+
+
+@dataclass
+class GenerationOptions:
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.95
+    stop: list[str] = field(default_factory=list)
+    batch_size: int = 8
+    seed: int | None = None
+    # Prompt-lookup speculation (greedy decoding in the prefix-cache path): up to `lookahead` draft tokens
+    # per row, copied from where the row's latest n-gram last occurred in its prompt or output, are
+    # verified in one forward pass. Rows x (1 + drafts) stays within `step_tokens`, so full batches
+    # decode one token per row and small batches (a stage's long tail) verify several. 0 turns it off.
+    lookahead: int = 10
+    step_tokens: int = 64
+
+
+@dataclass
+class Prefix:
+    """A token prefix and its KV cache, from `Engine.encode_prefix` / `extend_prefixes`.
+
+    With shared-prefix attention (see `_cascade_attention`) an extension keeps only its own K/V (`tail`,
+    per layer) and points at the `root` it extends, so a root's cache is never copied, neither into
+    its extensions nor into the batches that use it. Otherwise `cache` holds the whole prefix."""
+    ids: list[int]
+    cache: Any = None
+    root: "Prefix | None" = None
+    tail: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+

@@ -1,0 +1,211 @@
+"""The loop every app shares: split and limit its examples, generate in batches, parse, score, write.
+
+An app declares how to read its data, parse model text and compute metrics (`core/registry.py`); this
+module runs the rest the same way for all of them, so `eval`, `predict`, `score` and the task metrics
+logged while training agree by construction:
+
+    examples(app, recipe, split)        the app's examples of `split`, split and limited by the core
+    predict_examples(app, pipe, exs)    generation + parsing -> rows {"id", "output", "parsed", ...}
+    evaluate(app, adapter, recipe)      the above on the eval split, metrics, eval_predictions.jsonl
+    predict(app, adapter, inputs)       the above on a user's inputs
+    score_files(app, gold, pred)        metrics from a predictions file: parsing model text included
+
+One split rule for every app: with no `data.eval` file, the `data.eval_fraction` of examples with the
+lowest hash of (seed, id) is held out. It depends on the ids only, not on file order, and holds out
+exactly round(n * fraction) examples (at least one when the fraction is above zero).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from peft_apps.core.data import Record, read_jsonl, require, write_jsonl
+from peft_apps.core.errors import UserError
+from peft_apps.core.resources import bundled_or_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from peft_apps.core.config import Recipe
+    from peft_apps.core.registry import App
+
+PREDICTIONS = "eval_predictions.jsonl"
+
+
+# ---- examples ---------------------------------------------------------------------------------------
+
+
+def _hash(seed: int, rid: str) -> str:
+    return hashlib.sha256(f"{seed}:{rid}".encode()).hexdigest()
+
+
+def held_out(ids: list[str], fraction: float, seed: int) -> set[str]:
+    """The ids the eval split takes from a single data file (see the module docstring)."""
+    unique = list(dict.fromkeys(ids))
+    if fraction <= 0 or len(unique) < 2:
+        return set()
+    k = min(len(unique) - 1, max(1, round(len(unique) * fraction)))
+    return set(sorted(unique, key=lambda i: _hash(seed, i))[:k])
+
+
+def examples(app: App, recipe: Recipe, split: str) -> list[Record]:
+    """The app's examples of `split` ('train' or 'eval'): the `data.eval` file, or the held-out part of
+    `data.train`; then `data.limit_train` / `data.limit_eval`."""
+    d = recipe.data
+    if split not in ("train", "eval"):
+        raise UserError(f"split must be train or eval, got {split!r}")
+    if split == "eval" and d.eval:
+        rows = app.read(bundled_or_path(d.eval), recipe)
+    else:
+        if not d.train:
+            demo = f"; `peft-apps demo {app.name}` runs on a bundled sample" if "demo" in app.recipes() else ""
+            raise UserError("no training data: set data.train=FILE (in the app's data format)",
+                            hint=f"recipe {recipe.name!r} of app {app.name!r} names none{demo}")
+        rows = app.read(bundled_or_path(d.train), recipe)
+        if not d.eval:
+            out = held_out([r.id for r in rows], d.eval_fraction, recipe.train.seed)
+            rows = [r for r in rows if (r.id in out) == (split == "eval")]
+    limit = d.limit_eval if split == "eval" else d.limit_train
+    return rows[:limit] if limit else rows
+
+
+# ---- generation and parsing -------------------------------------------------------------------------
+
+
+def generation_options(recipe: Recipe, task: Any = None):
+    """The engine's options from the recipe's `eval:` section (and the task's `stop` strings, if any)."""
+    from peft_apps.core.engine import GenerationOptions
+
+    e = recipe.eval
+    return GenerationOptions(max_new_tokens=e.max_new_tokens, do_sample=e.do_sample, temperature=e.temperature,
+                             top_p=e.top_p, batch_size=e.batch_size, stop=list(getattr(task, "stop", None) or []))
+
+
+def predict_examples(app: App, pipeline: Any, exs: list[Record], recipe: Recipe) -> tuple[list[dict], Counter]:
+    """Generate for every example (the app's `generate`, batched), parse each output: the prediction rows
+    {"id", "output", "parsed", ...fields the app adds} and the parser's counts of what it dropped."""
+    task = app.task(recipe)
+    outputs = app.generate(pipeline, exs, recipe) if exs else []
+    if len(outputs) != len(exs):
+        raise RuntimeError(f"app {app.name!r}: generate() returned {len(outputs)} outputs for {len(exs)} examples")
+    rows, stats = [], Counter()
+    for ex, out in zip(exs, outputs):
+        extra = dict(out) if isinstance(out, dict) else {"output": out}
+        text = extra.pop("output")
+        parsed = app.parse(text, ex, task, stats)
+        rows.append({"id": ex.id, "output": text, "parsed": parsed, **extra})
+    return rows, stats
+
+
+def _scored(app: App, exs: list[Record], rows: list[dict], recipe: Recipe, stats: Counter) -> dict[str, Any]:
+    """The app's metrics, the example count, the parser's counts (`parse_counts`) and the generation
+    counts an app's `generate` reported per row (`generation_counts`)."""
+    metrics = dict(app.metrics(exs, [r["parsed"] for r in rows], app.task(recipe)))
+    metrics["n"] = len(exs)
+    if stats:
+        metrics["parse_counts"] = dict(sorted(stats.items()))
+    generation = sum((Counter(r["stats"]) for r in rows if isinstance(r.get("stats"), dict)), Counter())
+    if generation:
+        metrics["generation_counts"] = dict(sorted(generation.items()))
+    return metrics
+
+
+def load_pipeline(app: App, adapter: str, recipe: Recipe | None, model: str | None = None) -> Any:
+    from peft_apps.core.engine import Engine
+
+    return app.pipeline(Engine.from_pretrained(model, adapter), recipe)
+
+
+def evaluate(app: App, adapter: str, recipe: Recipe, split: str = "eval", out_dir: Path | None = None,
+             model: str | None = None) -> dict[str, Any]:
+    """Metrics of an adapter on `split` (limited by `eval.limit`); the predictions go to
+    `out_dir/eval_predictions.jsonl`, which `score` reads back to the same metrics."""
+    exs = examples(app, recipe, split)
+    if recipe.eval.limit:
+        exs = exs[: recipe.eval.limit]
+    if not exs:
+        raise UserError(f"no {split} examples to evaluate on",
+                        hint="set data.eval=FILE or data.eval_fraction above 0")
+    rows, stats = predict_examples(app, load_pipeline(app, adapter, recipe, model), exs, recipe)
+    if out_dir is not None:
+        write_jsonl(Path(out_dir) / PREDICTIONS, rows)
+    metrics = _scored(app, exs, rows, recipe, stats)
+    metrics["split"] = split
+    return metrics
+
+
+def predict(app: App, adapter: str, inputs: list[str], recipe: Recipe, model: str | None = None) -> list[dict]:
+    """Prediction rows for a user's inputs (files in the app's format, or texts)."""
+    exs = app.inputs(inputs, recipe)
+    rows, _ = predict_examples(app, load_pipeline(app, adapter, recipe, model), exs, recipe)
+    return rows
+
+
+def task_evaluator(app: App, recipe: Recipe, exs: list[Record]) -> Callable[[Any, Any], dict[str, Any]]:
+    """What the trainer calls every `train.eval_steps`: the app's own predictions and metrics on `exs`,
+    from the model being trained (borrowed by an engine for the call)."""
+    def run(model, tokenizer) -> dict[str, Any]:
+        from peft_apps.core.engine import Engine
+
+        with Engine.borrow(model, tokenizer) as engine:
+            rows, stats = predict_examples(app, app.pipeline(engine, recipe), exs, recipe)
+        return _scored(app, exs, rows, recipe, stats)
+
+    return run
+
+
+# ---- scoring from files ---------------------------------------------------------------------------
+
+
+def read_predictions(path: Path, golds: list[Record], gold_file: Path | str = "the gold file") -> dict[int, str]:
+    """Gold position -> raw model text from a JSONL of {"id", "output"}: the id is the gold record's
+    own id, else its 0-based position in the gold file. An unknown or repeated id is an error."""
+    path = Path(path)
+    by_id = {}
+    for i, g in enumerate(golds):
+        by_id.setdefault(g.id, i)
+    out: dict[int, str] = {}
+    for lineno, obj in read_jsonl(path):
+        where = f"{path}:{lineno}"
+        rid = require(obj, "id", where, (str, int))
+        pos = by_id.get(str(rid))
+        if pos is None and str(rid).isdigit() and int(rid) < len(golds):
+            pos = int(rid)
+        if pos is None:
+            raise UserError(f"{where}: id {rid!r} is not in {gold_file}",
+                            hint=f"ids are the gold records' own ids or positions 0..{len(golds) - 1}")
+        if pos in out:
+            raise UserError(f"{where}: a second prediction for id {rid!r}")
+        out[pos] = require(obj, "output", where)
+    return out
+
+
+def score_files(app: App, gold: Path, pred: Path, recipe: Recipe, only_predicted: bool = False) -> dict[str, Any]:
+    """Metrics from raw model text against a gold file, without a model: each output is parsed as `eval`
+    parses it. A gold example without a prediction counts as an empty output (`missing_predictions`), or,
+    with `only_predicted`, is left out (a run over part of the file, e.g. `eval.limit`)."""
+    golds = app.read(Path(gold), recipe, labelled=True, prompts=False)
+    if not golds:
+        raise UserError(f"{gold}: no gold examples")
+    outputs = read_predictions(Path(pred), golds, gold)
+    task = app.task(recipe)
+    stats: Counter = Counter()
+    keep = [i for i in range(len(golds)) if not only_predicted or i in outputs]
+    rows = [{"id": golds[i].id, "output": outputs.get(i, ""),
+             "parsed": app.parse(outputs.get(i, ""), golds[i], task, stats)} for i in keep]
+    metrics = _scored(app, [golds[i] for i in keep], rows, recipe, stats)
+    metrics["missing_predictions"] = len(keep) - sum(i in outputs for i in keep)
+    return metrics
+
+
+def scalar_metrics(metrics: dict[str, Any], headline: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
+    """The number-valued metrics, the app's headline ones first (for printed tables and reports)."""
+    nums = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    first = [kv for h in headline for kv in nums if kv[0] == h]
+    return first + [kv for kv in nums if kv[0] not in headline]
+
+
+def dumps_row(row: dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False)
