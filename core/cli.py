@@ -44,9 +44,24 @@ def _recipe(app_name: str, recipe: str | None, overrides: list[str] | None, adap
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise UserError(f"{adapter} is not an adapter folder (no adapter_config.json)",
                         hint=f"train one with `peft-apps train {app_name}` and pass its output folder")
-    if recipe is None and adapter and (Path(adapter) / "recipe.yaml").is_file():
-        return a, load_recipe(Path(adapter) / "recipe.yaml", overrides)
+    if adapter is not None and (Path(adapter) / "recipe.yaml").is_file():
+        trained = load_recipe(Path(adapter) / "recipe.yaml")
+        if trained.app != app_name:
+            from peft_apps.core.errors import warn
+
+            warn(f"adapter {adapter} was trained for app {trained.app!r}, not {app_name!r}",
+                 hint=f"use `peft-apps ... {trained.app}` or an adapter trained with `peft-apps train {app_name}`")
+        elif recipe is None:
+            return a, load_recipe(Path(adapter) / "recipe.yaml", overrides)
     return a, load_recipe(a.recipe_path(recipe), overrides, app=app_name)
+
+
+@app.callback()
+def _options(strict: bool = typer.Option(False, "--strict", help="warnings (empty inputs, skipped records, an "
+                                                               "adapter of another app) are errors: for CI")) -> None:
+    from peft_apps.core.errors import set_strict
+
+    set_strict(strict)
 
 
 def _prepare() -> None:
@@ -87,10 +102,25 @@ def train_cmd(
         return
     _prepare()
     console.print(f"[bold]train[/] {a.name} / {r.name}: {r.peft.method} on {r.model.base} -> {r.output_dir()}")
-    res = _train(a, r, resume)
+    from peft_apps.core.trainer import TrainingInterrupted
+
+    try:
+        res = _train(a, r, resume)
+    except TrainingInterrupted as stop:
+        import shlex
+
+        again = shlex.join(["peft-apps", "train", app_name, *(["-r", recipe] if recipe else []), *(overrides or []),
+                            "--resume"])
+        where = f"checkpoint saved in {stop.checkpoint}" if stop.checkpoint else "no checkpoint was saved"
+        console.print(f"[yellow]interrupted at step {stop.step}[/]: {where}")
+        if stop.checkpoint:
+            console.print(f"resume with: {again}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
     m = res.metrics
-    console.print(f"[green]done[/] in {m['train_seconds']:.0f}s: loss {m.get('first_logged_loss', float('nan')):.3f}"
-                  f" -> {m.get('last_logged_loss', float('nan')):.3f}, {m['useful_tokens_per_second']:,.0f} tokens/s")
+    first, last = m.get("first_logged_loss"), m.get("last_logged_loss")
+    loss = f"loss {first:.3f} -> {last:.3f}" if first is not None and first != last else \
+        f"train loss {m['train_loss']:.3f}"
+    console.print(f"[green]done[/] in {m['train_seconds']:.0f}s: {loss}, {m['useful_tokens_per_second']:,.0f} tokens/s")
     if m.get("selected"):
         sel = m["selected"]
         console.print(f"kept the adapter of step {sel['step']} ({sel['metric']} = {sel['value']:.4f})")
@@ -160,17 +190,21 @@ def predict_cmd(
     adapter: str = typer.Option(..., "--adapter", "-a"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="base model (default: the adapter's)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write JSONL here instead of stdout"),
+    force: bool = typer.Option(False, "--force", help="overwrite --out if it exists"),
 ) -> None:
     """Run an adapter on inputs; prints JSONL ({"id", "output", "parsed"}), which `score` reads."""
+    from peft_apps.core.io import atomic_write, check_output
+
     a, r = _recipe(app_name, None, None, adapter)
+    if out:
+        check_output(out, force, "--out")  # before the model loads
     _prepare()
     from peft_apps.core import loop
 
     lines = [loop.dumps_row(x) for x in loop.predict(a, adapter, inputs, r, model=model)]
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        console.print(f"{len(lines)} predictions -> {out}")
+        atomic_write(out, "".join(line + "\n" for line in lines))
+        console.print(f"{len(lines)} prediction{'' if len(lines) == 1 else 's'} -> {out}")
     else:
         for line in lines:
             out_console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -202,11 +236,14 @@ def score_cmd(
                                         "a prediction (default: a missing one counts as an empty output)"),
 ) -> None:
     """Score predictions against gold data without loading a model (model text is parsed as `eval` does)."""
+    from peft_apps.core.io import atomic_write, check_output
+
     a, r = _recipe(app_name, recipe, overrides)
+    if out:
+        check_output(out, True, "--out")
     metrics = a.score(gold, pred, r, only_predicted=only_predicted)
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+        atomic_write(out, json.dumps(metrics, indent=2, ensure_ascii=False))
         console.print(f"metrics -> {out}")
     _print_scalars(metrics, a.headline)
 

@@ -181,11 +181,15 @@ def _allowed_values(model: type[BaseModel], path: list[str]) -> list[str]:
     return out
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _format_validation_error(err: ValidationError, source: str, overridden: set[str] = frozenset()) -> str:
     lines = [f"invalid recipe ({source}):"]
     for e in err.errors():
         loc = [str(p) for p in e["loc"]]
         key = ".".join(loc)
+        if key in overridden:
+            source_note = " (set on the command line)"
+        else:
+            source_note = ""
         if e["type"] == "extra_forbidden":
             parent, valid = _choices_at(Recipe, loc[:-1])
             lines.append(f"  unknown key {key!r}; valid keys{' under ' + parent if parent else ''}: {', '.join(valid)}")
@@ -194,13 +198,15 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
             allowed = _allowed_values(Recipe, loc)
             extra = f" (choices: {', '.join(allowed)})" if allowed and "choose one of" not in msg \
                 and "Input should be" not in msg else ""
-            lines.append(f"  {key}: {msg}{extra} (got {e.get('input')!r})")
+            lines.append(f"  {key}: {msg}{extra} (got {e.get('input')!r}){source_note}")
     return "\n".join(lines)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
-        raise UserError(f"override {item!r} is not of the form key=value (e.g. train.lr=1e-4)")
+        raise UserError(f"override {item!r} is not of the form key=value (e.g. train.lr=1e-4)",
+                        hint="the app is named once, before the overrides: `peft-apps train APP key=value ...`; "
+                             "`autore train` trains autore")
     key, _, raw = item.partition("=")
     key = key.strip()
     if not key:
@@ -233,11 +239,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, app: str | None = None) -> Recipe:
+    from peft_apps.core.io import read_text
+
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise UserError(f"recipe file not found: {path}") from None
+        data = yaml.safe_load(read_text(path, "recipe file")) or {}
     except yaml.YAMLError as e:
         raise UserError(f"recipe {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -246,14 +252,15 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, app: str |
     if app is not None:
         data.setdefault("app", app)
     data = apply_overrides(data, overrides or [])
-    return validate_recipe(data, source=str(path))
+    overridden = {".".join(parse_override(o)[0]) for o in overrides or []}
+    return validate_recipe(data, source=str(path), overridden=overridden)
 
 
-def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
+def validate_recipe(data: dict[str, Any], source: str = "recipe", overridden: set[str] = frozenset()) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:
-        raise UserError(_format_validation_error(err, source)) from None
+        raise UserError(_format_validation_error(err, source, overridden)) from None
 
 
 def validate_task(recipe: Recipe, schema: type[BaseModel]) -> BaseModel:

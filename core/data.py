@@ -34,20 +34,20 @@ class Record:
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object); a bad line is a UserError naming file and line."""
+    from peft_apps.core.io import read_text
+
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data file not found: {path}")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    # split on newlines only: JSON strings may hold U+2028 and friends, which str.splitlines splits on
+    for lineno, line in enumerate(read_text(path, "data file").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def require(obj: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...] = str) -> Any:
@@ -62,14 +62,12 @@ def require(obj: dict[str, Any], key: str, where: str, kind: type | tuple[type, 
 
 
 def write_jsonl(path: str | Path, rows) -> int:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with path.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    return n
+    """Write rows as JSONL, atomically (never half a file); returns how many."""
+    from peft_apps.core.io import atomic_write
+
+    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
+    atomic_write(path, "".join(lines))
+    return len(lines)
 
 
 # ---- rendering and tokenizing -----------------------------------------------------------------

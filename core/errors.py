@@ -11,3 +11,25 @@ class UserError(Exception):
     def __str__(self) -> str:  # pragma: no cover - trivial
         msg = super().__str__()
         return f"{msg}\n  hint: {self.hint}" if self.hint else msg
+
+
+_STRICT = False
+
+
+def set_strict(on: bool) -> None:
+    """`--strict` (for CI): every warning below becomes a UserError."""
+    global _STRICT
+    _STRICT = on
+
+
+def warn(message: str, hint: str | None = None) -> None:
+    """Something the user should know that does not stop the work (an empty input, a skipped record, an
+    adapter trained for another app): one line on stderr, or a UserError under `--strict`."""
+    if _STRICT:
+        raise UserError(f"{message} (a warning; --strict makes it an error)", hint=hint)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    if hint:
+        console.print(f"[dim]hint:[/] {hint}", highlight=False, soft_wrap=True)

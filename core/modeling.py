@@ -34,13 +34,45 @@ def resolve_base(base: str) -> str:
             raise UserError(f"model directory {path} has no config.json",
                             hint="point model.base at a directory saved with save_pretrained, or a hub id")
         return str(path)
+    ensure_hub_or_offline()
     return base
 
 
+def ensure_hub_or_offline(timeout: float = 2.0) -> bool:
+    """Whether the model hub can be reached; when it cannot (and HF_HUB_OFFLINE is not set), switch to
+    offline mode at once: a hub id then loads from the local cache or fails in a second with one message,
+    instead of a minute of retries. Checked once per process."""
+    global _HUB_CHECKED
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE"):
+        return False
+    if _HUB_CHECKED is not None:
+        return _HUB_CHECKED
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        _HUB_CHECKED = True
+    except OSError:
+        _HUB_CHECKED = False
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = True
+    return _HUB_CHECKED
+
+
+_HUB_CHECKED: bool | None = None
+
+
 def _offline_hint(base: str) -> str:
-    return (f"{base!r} is neither a local directory nor available offline. Download it on a machine with "
-            f"access (`hf download {base} --local-dir DIR`) and set model.base=DIR, or use model.base=builtin:tiny "
-            f"for a smoke run")
+    return (f"{base!r} is neither a local directory nor in the local cache, and the hub cannot be reached "
+            f"(offline mode: HF_HUB_OFFLINE=1). Download it on a machine with access (`hf download {base} "
+            f"--local-dir DIR`) and set model.base=DIR, or use model.base=builtin:tiny for a smoke run")
 
 
 def _hub_call(fn, base: str, *args: Any, **kwargs: Any):

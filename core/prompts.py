@@ -45,3 +45,12 @@ def render(app: str, name: str, where: str = "record", **variables: Any) -> str:
     except jinja2.UndefinedError as e:
         raise UserError(f"{where}: prompt template {path.name} needs a field the record lacks ({e.message})") \
             from None
+
+
+def template_fields(app: str, name: str) -> list[str]:
+    """The variables a template reads (the fields a record or input must have)."""
+    import jinja2
+    from jinja2 import meta
+
+    source = template_path(app, name).read_text(encoding="utf-8")
+    return sorted(meta.find_undeclared_variables(jinja2.Environment().parse(source)))

@@ -123,8 +123,9 @@ class App:
         for item in items:
             p = Path(item)
             if p.is_file():
-                for ex in self.read(p, recipe, labelled=False):
-                    out.append(ex)
+                out.extend(self.read(p, recipe, labelled=False))
+            elif p.suffix in (".json", ".jsonl", ".txt", ".csv") and not any(c.isspace() for c in item):
+                raise UserError(f"input not found: {p}", hint="pass an existing file, or the text itself in quotes")
             else:
                 out.append(self.from_text(item, str(len(out)), recipe))
         return out

@@ -268,9 +268,15 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
     _set_evaluation(trainer, plan, task_eval, out / "best", resume)
     _add_callbacks(trainer, recipe, out, console, stop_after_steps, extra_callbacks)
 
+    ctrl_c = _CtrlC(console)
+    trainer.add_callback(ctrl_c)
     t_train = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)
     train_seconds = time.perf_counter() - t_train
+    if ctrl_c.requested:
+        step = trainer.state.global_step
+        ckpt = out / "checkpoints" / f"checkpoint-{step}"
+        raise TrainingInterrupted(step, ckpt if ckpt.is_dir() else None, out)
     if stop_after_steps is not None and trainer.state.global_step < (trainer.state.max_steps or 0):
         return TrainResult(out, {"interrupted_at_step": trainer.state.global_step})
 
@@ -532,11 +538,117 @@ def _write_artefacts(out: Path, recipe: Recipe, trainer, tokenizer, metrics: dic
     else:
         trainer.model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
+    # the base model as the recipe names it (hub id or builtin name), not this machine's cache path
+    config_file = out / "adapter_config.json"
+    adapter_config = json.loads(config_file.read_text())
+    adapter_config["base_model_name_or_path"] = recipe.model.base
+    config_file.write_text(json.dumps(adapter_config, indent=2))
     (out / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     metrics["total_seconds"] = round(time.perf_counter() - t_start, 2)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "README.md").write_text(model_card(recipe, metrics), encoding="utf-8")
     metric = plan.select_key if plan.select_key not in (None, "eval_loss") else None
     _plot_loss(trainer.state.log_history, out / "loss.png", metric)
+
+
+def model_card(recipe: Recipe, metrics: dict[str, Any]) -> str:
+    """The run's README.md: what the adapter is, what it was trained on, how it scored, how to load it."""
+    import yaml
+
+    data = metrics.get("data", {})
+    rows = [("app", recipe.app), ("recipe", recipe.name), ("method", f"{recipe.peft.method} (r={recipe.peft.r}, "
+            f"alpha={recipe.peft.alpha})"), ("base model", recipe.model.base),
+            ("quantization", recipe.model.quantization), ("training data", recipe.data.train or "-"),
+            ("eval data", recipe.data.eval or (f"{recipe.data.eval_fraction:.0%} of the training file held out"
+                                               if recipe.data.eval_fraction else "-")),
+            ("records", f"{data.get('train', {}).get('kept', '?')} train, {data.get('eval', {}).get('kept', 0)} eval"),
+            ("steps", metrics.get("steps")), ("train loss", f"{metrics.get('train_loss', float('nan')):.4f}")]
+    if metrics.get("eval_loss") is not None:
+        rows.append(("eval loss", f"{metrics['eval_loss']:.4f}"))
+    for k, v in (metrics.get("eval_metrics") or {}).items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n":
+            rows.append((f"eval {k}", f"{v:.4f}" if isinstance(v, float) else v))
+    if metrics.get("selected"):
+        sel = metrics["selected"]
+        rows.append(("kept", f"the adapter of step {sel['step']} ({sel['metric']} = {sel['value']:.4f})"))
+    rows.append(("device", f"{metrics.get('device')} ({metrics.get('precision')})"))
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    front = yaml.safe_dump({"base_model": recipe.model.base, "library_name": "peft",
+                            "tags": ["peft-apps", recipe.app, recipe.peft.method]}, sort_keys=False)
+    return f"""---
+{front}---
+
+# {recipe.app} adapter: {recipe.name}
+
+{recipe.description or f"A {recipe.peft.method} adapter for the {recipe.app} app of peft-apps."}
+
+| | |
+|---|---|
+{table}
+
+## Use
+
+```bash
+peft-apps predict {recipe.app} --adapter THIS_FOLDER INPUT...
+peft-apps eval {recipe.app} --adapter THIS_FOLDER
+```
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{recipe.model.base}"), "THIS_FOLDER")
+```
+
+`recipe.yaml` is the full resolved recipe; `metrics.json` has every figure above and the eval history.
+"""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during `train`: training stopped after the current step and saved a checkpoint there."""
+
+    def __init__(self, step: int, checkpoint: Path | None, output_dir: Path):
+        super().__init__(f"interrupted at step {step}")
+        self.step, self.checkpoint, self.output_dir = step, checkpoint, output_dir
+
+
+class _CtrlC(TrainerCallback):
+    """The first Ctrl-C asks training to stop after the current step and save a checkpoint there; a
+    second one stops at once (Python's own KeyboardInterrupt)."""
+
+    def __init__(self, console=None):
+        self.console = console
+        self.requested = False
+        self.previous = None
+
+    def _handler(self, signum, frame):
+        import signal
+
+        if self.requested:
+            signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.console is not None:
+            self.console.print("[yellow]Ctrl-C: stopping after this step and saving a checkpoint "
+                               "(Ctrl-C again to quit at once)[/]")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_training_stop = True
+            control.should_save = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
 
 
 class _StopAfter(TrainerCallback):

@@ -1,5 +1,7 @@
 """Every registered PEFT method builds on the tiny Llama and trains: one step changes only its parameters."""
 
+import json
+
 import pytest
 import torch
 
@@ -85,8 +87,11 @@ def test_qlora_trains_on_cpu_and_merges_into_dequantized_weights(sft_app, tmp_pa
     # The naive merge into the original full-precision weights, for comparison.
     from peft import PeftModel
 
-    naive = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(engine.model.peft_config["default"]
-                                                                           .base_model_name_or_path),
+    from peft_apps.core.modeling import resolve_base
+
+    base_name = json.loads((res.output_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base_name == r.model.base  # the recipe's name (builtin or hub id), not a cache path
+    naive = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(resolve_base(base_name)),
                                       str(res.output_dir)).merge_and_unload().to(engine.device)
     with torch.no_grad():
         c = naive(input_ids=ids).logits

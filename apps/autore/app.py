@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from peft_apps.core.config import Recipe
 from peft_apps.core.data import Record, write_jsonl
 from peft_apps.core.errors import UserError
+from peft_apps.core.io import atomic_write
 from peft_apps.core.prompts import render
 from peft_apps.core.registry import App
 
@@ -83,6 +84,9 @@ class AutoREApp(App):
         return Record(id, [], "", {"doc": text_to_doc(text)})
 
     def convert(self, source: Path, out: Path, **options: Any) -> dict[str, Any]:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{out} is a file; `convert autore` writes a folder (relation.jsonl, head.jsonl, "
+                            "facts.jsonl, report.json)")
         docs = load_docs(source)
         ex = stage_examples(docs)
         out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +99,7 @@ class AutoREApp(App):
         report = {"source": str(source), "documents": len(docs), "labels": sum(len(d.get("labels", [])) for d in docs),
                   "records": ex.counts(), "documents_without_labels_titles": ex.skipped_without_labels[:20],
                   "files": files}
-        (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        atomic_write(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
         return report
 
     # ---- inference: three stages per document, so the app generates itself ---------------------------
@@ -133,13 +137,14 @@ class AutoREApp(App):
     def score(self, gold: Path, pred: Path, recipe: Recipe, only_predicted: bool = False) -> dict[str, Any]:
         """PRED: JSONL {id, output} of raw `head | relation | tail` text (the core's rule), or the official
         DocRED submission, a JSON list [{title, h_idx, t_idx, r, evidence?}]."""
-        if not pred.is_file():
-            raise UserError(f"prediction file not found: {pred}")
-        if pred.read_text(encoding="utf-8").lstrip()[:1] != "[":
+        from peft_apps.core.io import read_text
+
+        text = read_text(pred, "prediction file")
+        if text.lstrip()[:1] != "[":
             return super().score(gold, pred, recipe, only_predicted)
         docs = load_docs(gold, require_labels=True)
         try:
-            sub = json.loads(pred.read_text(encoding="utf-8"))
+            sub = json.loads(text)
         except json.JSONDecodeError as e:
             raise UserError(f"{pred}: not valid JSON ({e.msg} at line {e.lineno})") from None
         titles = {d["title"]: d for d in docs}

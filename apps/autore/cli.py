@@ -45,6 +45,10 @@ def _adapters(adapter: str | None, adapters: str | None) -> str | dict[str, str]
     return str(default)
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 @cli.command("extract")
 def extract_cmd(
     inputs: list[str] = typer.Argument(..., help="text files, DocRED .json files, folders, or - for stdin"),
@@ -54,10 +58,18 @@ def extract_cmd(
     fmt: str = typer.Option("table", "--format", "-f", help="table, json or jsonl"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the results here"),
     no_inverse: bool = typer.Option(False, "--no-inverse", help="do not add inverse relations"),
+    force: bool = typer.Option(False, "--force", help="overwrite --out if it exists"),
+    strict: bool = typer.Option(False, "--strict", help="warnings (empty inputs, legacy encodings) are errors"),
 ) -> None:
-    """Extract (head, relation, tail) triples from documents."""
+    """Extract (head, relation, tail) triples from documents (JSONL rows are what `peft-apps score` reads)."""
+    from peft_apps.core.errors import set_strict
+    from peft_apps.core.io import atomic_write, check_output
+
+    set_strict(strict)
     if fmt not in ("table", "json", "jsonl"):
         raise UserError(f"--format must be table, json or jsonl, got {fmt!r}")
+    if out:
+        check_output(out, force, "--out")
     items = read_inputs(inputs)
     ad = _adapters(adapter, adapters)
     from peft_apps.core.quiet import quiet
@@ -76,9 +88,11 @@ def extract_cmd(
             results.append((name, r))
             prog.advance(task)
     if fmt == "table":
+        import io
+
         from rich.table import Table
 
-        target = Console(file=out.open("w", encoding="utf-8"), width=160) if out else Console()
+        target = Console(file=io.StringIO(), width=160) if out else Console()
         for name, r in results:
             t = Table(title=f"{name}: {len(r.triples)} triples", title_justify="left")
             for c in ("head", "relation", "tail", "source"):
@@ -88,14 +102,17 @@ def extract_cmd(
             target.print(t)
             if r.stats:
                 target.print("stats: " + ", ".join(f"{k}={v}" for k, v in sorted(r.stats.items())), highlight=False)
+        if out:
+            atomic_write(out, target.file.getvalue())
+            console.print(f"{_n(len(results), 'document')} -> {out}")
         return
-    rows = [{"id": name, **r.as_dict()} for name, r in results]
+    # the predictions format every command shares: id, the raw model text `score` parses, then the triples
+    rows = [{"id": name, "output": r.model_text(), **r.as_dict()} for name, r in results]
     text = json.dumps(rows, indent=2, ensure_ascii=False) if fmt == "json" else \
         "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows)
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
-        console.print(f"{len(rows)} documents -> {out}")
+        atomic_write(out, text)
+        console.print(f"{_n(len(rows), 'document')} -> {out}")
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
 

@@ -37,11 +37,12 @@ def name_to_id() -> dict[str, str]:
 
 
 def load_docs(path: str | Path, require_labels: bool = False) -> list[dict[str, Any]]:
+    from peft_apps.core.io import read_text
+
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"DocRED file not found: {path}")
+    text = read_text(path, "DocRED file")
     try:
-        docs = json.loads(path.read_text(encoding="utf-8"))
+        docs = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     if isinstance(docs, dict):

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from peft_apps.core.config import Recipe
 from peft_apps.core.data import Record, read_jsonl, require
+from peft_apps.core.errors import UserError
 from peft_apps.core.prompts import render
 from peft_apps.core.registry import App
 
@@ -42,7 +43,25 @@ class SFTApp(App):
         return out
 
     def from_text(self, text: str, id: str, recipe: Recipe) -> Record:
-        return Record.simple(id, render(self.name, recipe.data.template, where="input", prompt=text), "",
+        """A plain text fills the template's `prompt`; an inline JSON object fills its fields by name."""
+        from peft_apps.core.prompts import template_fields
+
+        fields = {"prompt": text}
+        if text.lstrip().startswith("{"):
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise UserError(f"input {id}: not a valid JSON object ({e.msg} at column {e.colno})") from None
+            if isinstance(obj, dict):
+                fields = obj
+        needed = template_fields(self.name, recipe.data.template)
+        missing = [f for f in needed if f not in fields]
+        if missing:
+            example = json.dumps({f: "..." for f in needed})
+            raise UserError(f"input {id}: template {recipe.data.template!r} needs the fields {', '.join(needed)}; "
+                            f"a plain text only fills 'prompt'",
+                            hint=f"pass a JSON object, e.g. '{example}', or a .jsonl file with those fields")
+        return Record.simple(id, render(self.name, recipe.data.template, where=f"input {id}", **fields), "",
                              system=recipe.data.system_prompt)
 
     def parse(self, output: str, example: Record, task: Any, stats: Counter) -> str:

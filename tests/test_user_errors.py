@@ -1,0 +1,174 @@
+"""Every command fails in one clear line (file, line or byte, field, hint; exit 2; no traceback), checks its
+output path before any work, warns about what it cannot use (`--strict`: errors), and stops training
+cleanly on Ctrl-C. Real files, real commands."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import synthetic
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "autore" / "redocred_dev_sample.json"
+
+
+def cli(*args, module="peft_apps.core.cli", env=None, stdin=None):
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, input=stdin,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})}, timeout=600)
+
+
+def one_clear_error(p, *needles):
+    assert p.returncode == 2, (p.returncode, p.stderr[-3000:])
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    for n in needles:
+        assert n in p.stderr, (n, p.stderr[-3000:])
+
+
+def fake_adapter(folder: Path, app: str) -> Path:
+    """An adapter folder as far as the CLI's checks go (no weights: any model load would fail)."""
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "recipe.yaml").write_text(f"app: {app}\n")
+    return folder
+
+
+def test_invalid_utf8_is_named_with_its_byte_offset(tmp_path):
+    gold = tmp_path / "gold.jsonl"
+    gold.write_bytes(b'{"id": 0, "completion": "LOC"}\n{"id": 1, "completion": "caf\xe9"}\n')
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text('{"id": 0, "output": "LOC"}\n')
+    one_clear_error(cli("score", "sft", "--gold", str(gold), "--pred", str(pred)), f"{gold}: not UTF-8 text (line 2, byte 59",
+                    "iconv")
+    bad_docs = tmp_path / "docs.json"
+    bad_docs.write_bytes(SAMPLE.read_bytes()[:100] + b"\xff" + SAMPLE.read_bytes()[100:])
+    one_clear_error(cli("convert", "autore", str(bad_docs), str(tmp_path / "out")), "not UTF-8 text (line 1, byte 100")
+
+
+def test_utf8_with_bom_is_read(tmp_path):
+    gold = tmp_path / "gold.jsonl"
+    gold.write_bytes(b"\xef\xbb\xbf" + b'{"id": 0, "completion": "LOC"}\n')
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text('{"id": 0, "output": "loc"}\n')
+    out = tmp_path / "m.json"
+    p = cli("score", "sft", "--gold", str(gold), "--pred", str(pred), "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    assert json.loads(out.read_text())["exact_match"] == 1.0
+
+
+def test_convert_into_an_existing_file(tmp_path):
+    target = tmp_path / "records"
+    target.write_text("keep me")
+    one_clear_error(cli("convert", "autore", str(SAMPLE), str(target)), "is a file")
+    assert target.read_text() == "keep me"
+
+
+def test_output_paths_are_checked_before_any_model_loads(tmp_path):
+    adapter = fake_adapter(tmp_path / "adapter", "sft")
+    out = tmp_path / "preds.jsonl"
+    out.write_text("earlier results\n")
+    t = time.perf_counter()
+    one_clear_error(cli("predict", "sft", "--adapter", str(adapter), "hello", "-o", str(out)), "already exists",
+                    "--force")
+    assert out.read_text() == "earlier results\n" and time.perf_counter() - t < 60
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Marie Curie was born in Warsaw .")
+    one_clear_error(cli("extract", str(doc), "--adapter", str(adapter), "-o", "/proc/no/such/dir/x.jsonl",
+                        module="peft_apps.apps.autore.cli"), "cannot")
+
+
+def test_texts_in_legacy_encodings_empty_and_binary_inputs(tmp_path):
+    adapter = tmp_path / "missing-adapter"
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("Jos\xe9 Mart\xed was born in Cuba .".encode("latin-1"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    p = cli("extract", str(latin), str(empty), "--adapter", str(adapter), module="peft_apps.apps.autore.cli")
+    assert "decoded as Latin-1" in p.stderr and "empty input" in p.stderr and "Traceback" not in p.stderr
+    one_clear_error(p, "not an adapter folder")  # the inputs were read and warned about first
+    one_clear_error(cli("extract", str(empty), "--strict", "--adapter", str(adapter),
+                        module="peft_apps.apps.autore.cli"), "empty input", "--strict")
+    binary = tmp_path / "image.txt"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00")
+    one_clear_error(cli("extract", str(binary), "--adapter", str(adapter), module="peft_apps.apps.autore.cli"),
+                    "a binary file")
+
+
+def test_inputs_are_files_or_texts():
+    from peft_apps.apps.autore.inputs import read_inputs
+    from peft_apps.core import UserError
+
+    items = read_inputs(["Marie Curie was born in Warsaw.", str(SAMPLE)])
+    assert items[0] == ("text1", "Marie Curie was born in Warsaw.") and isinstance(items[1][1], dict)
+    with pytest.raises(UserError, match="input not found: docs/missing.txt"):
+        read_inputs(["docs/missing.txt"])
+
+
+def test_an_adapter_of_another_app_is_warned_about(tmp_path):
+    adapter = fake_adapter(tmp_path / "sft-run", "sft")
+    one_clear_error(cli("--strict", "predict", "autore", "--adapter", str(adapter), "some text"),
+                    "was trained for app 'sft', not 'autore'")
+
+
+def test_override_errors_say_they_came_from_the_command_line():
+    p = cli("train", "sft", "train.lr=fast", "--print-recipe")
+    one_clear_error(p, "train.lr", "(set on the command line)")
+    one_clear_error(cli("train", "codereview", module="peft_apps.apps.autore.cli"),
+                    "not of the form key=value", "`autore train` trains autore")
+
+
+def test_unreachable_hub_fails_fast_and_names_offline_mode(tmp_path):
+    data = synthetic.write(tmp_path / "d.jsonl", synthetic.make(4, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"), COLUMNS="200")
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "train", "sft", f"data.train={data}",
+                        "model.base=peft-apps-test/no-such-model"], capture_output=True, text=True, env=env,
+                       timeout=300)
+    took = time.perf_counter() - t
+    one_clear_error(p, "peft-apps-test/no-such-model", "HF_HUB_OFFLINE")
+    assert took < 45, took  # the interpreter and imports included; the hub check itself is under a second
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(sft_app, tmp_path):
+    from transformers import TrainerCallback
+
+    from peft_apps.core.config import load_recipe
+    from peft_apps.core.trainer import TrainingInterrupted, train
+
+    class PressCtrlC(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    tr = synthetic.write(tmp_path / "train.jsonl", synthetic.make(64, 1))
+    r = load_recipe(sft_app.recipe_path("demo"), [f"data.train={tr}", "data.template=default",
+                                                  "task.completion_field=completion", "train.max_steps=6",
+                                                  "train.save_steps=100", "train.report_to=[]",
+                                                  f"train.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(r, sft_app.training_records(r, "train"), extra_callbacks=[PressCtrlC()])
+    assert stop.value.step == 2 and stop.value.checkpoint.name == "checkpoint-2"
+    assert (stop.value.checkpoint / "adapter_model.safetensors").is_file()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    res = train(r, sft_app.training_records(r, "train"), resume=True)
+    assert res.metrics["steps"] == 6 and res.metrics["resumed_from"].endswith("checkpoint-2")
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "| app | sft |" in card and "| base model | builtin:tiny |" in card and "More Information" not in card
+    assert json.loads((tmp_path / "run" / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        "builtin:tiny"
+
+
+@pytest.mark.slow
+def test_a_run_shorter_than_logging_steps_reports_its_loss(tmp_path):
+    data = synthetic.write(tmp_path / "d.jsonl", synthetic.make(16, 0))
+    p = cli("train", "sft", "-r", "demo", f"data.train={data}", "data.template=default",
+            "task.completion_field=completion", "train.max_steps=2", "train.logging_steps=10",
+            f"train.output_dir={tmp_path / 'run'}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "nan" not in p.stderr and "train loss" in p.stderr
