@@ -143,6 +143,28 @@ def predict(app: App, adapter: str, inputs: list[str], recipe: Recipe, model: st
     return rows
 
 
+def base_model_metrics(app: App, recipe: Recipe, exs: list[Record]) -> dict[str, Any]:
+    """The metrics of the recipe's base model, no adapter: where training starts from."""
+    from peft_apps.core.engine import Engine
+
+    rows, stats = predict_examples(app, app.pipeline(Engine.from_pretrained(recipe.model), recipe), exs, recipe)
+    return _scored(app, exs, rows, recipe, stats)
+
+
+def majority_metrics(app: App, recipe: Recipe, exs: list[Record]) -> dict[str, Any] | None:
+    """The metrics of always answering the most common training answer (None when no answer repeats:
+    then there is no majority to speak of)."""
+    from collections import Counter as _Counter
+
+    answers = _Counter(r.completion for r in examples(app, recipe, "train"))
+    if not answers or answers.most_common(1)[0][1] < 2:
+        return None
+    answer = answers.most_common(1)[0][0]
+    rows = [{"id": ex.id, "output": answer, "parsed": app.parse(answer, ex, app.task(recipe), Counter())}
+            for ex in exs]
+    return _scored(app, exs, rows, recipe, Counter())
+
+
 def task_evaluator(app: App, recipe: Recipe, exs: list[Record]) -> Callable[[Any, Any], dict[str, Any]]:
     """What the trainer calls every `train.eval_steps`: the app's own predictions and metrics on `exs`,
     from the model being trained (borrowed by an engine for the call)."""

@@ -94,3 +94,22 @@ def test_offline_hub_model_not_cached_is_one_clear_error(tmp_path):
     assert p.returncode == 2, p.stderr[-2000:]
     assert "peft-apps-test/no-such-model" in p.stderr and "model.base=DIR" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+def test_demo_learns_and_its_next_commands_run(tmp_path):
+    """`peft-apps demo` (the README's first command): the adapter beats the majority answer and the base
+    model on held-out records, and the commands its "next:" line suggests run as written."""
+    out = tmp_path / "demo"
+    p = run("demo", "-o", str(out))
+    assert "majority answer" in p.stdout and "after training" in p.stdout
+    em = json.loads((out / "eval_metrics.json").read_text())
+    base = em["baselines"]
+    assert em["exact_match"] >= 1.5 * base["majority_answer"]["exact_match"] > 0
+    assert em["exact_match"] > base["before_training"]["exact_match"] + 0.2
+    hint = next(line for line in p.stderr.splitlines() if line.startswith("next: "))
+    for command in hint.removeprefix("next: ").split("  |  "):
+        words = command.split()
+        assert words[0] == "peft-apps"
+        q = run(*words[1:])
+        assert q.returncode == 0

@@ -3,6 +3,7 @@ name) and any number of named adapters on it, with one clear error when an adapt
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,44 @@ def adapter_base_config(adapter_dir: str | Path) -> ModelConfig:
     return ModelConfig(base=base)
 
 
+@contextlib.contextmanager
+def _quiet_loading():
+    """No per-weight progress bars or deprecation warnings from the libraries while loading (PEFT_APPS_VERBOSE=1
+    shows them); the caller's settings are put back after."""
+    import os
+    import warnings
+
+    if os.environ.get("PEFT_APPS_VERBOSE"):
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    level = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load(base: str | ModelConfig | None = None, adapters: str | Path | dict[str, str | Path] | None = None,
-     quantize: bool | None = None, dtype: str | None = None) -> tuple[Any, Any, list[str]]:
+         quantize: bool | None = None, dtype: str | None = None) -> tuple[Any, Any, list[str]]:
     """`base`: hub id, path, `builtin:*` or a ModelConfig; None takes it from the first adapter's recipe.
 
     `adapters`: one folder, or {name: folder}. `quantize` defaults to the recipe's setting; `dtype`
     ("float32", "bfloat16", ...) to the runtime's choice (bf16 on a GPU that has it, fp32 on a CPU).
     """
+    with _quiet_loading():
+        return _load(base, adapters, quantize, dtype)
+
+
+def _load(base, adapters, quantize, dtype) -> tuple[Any, Any, list[str]]:
     from peft import PeftModel
 
     from peft_apps.core.modeling import load_base_model, load_tokenizer
