@@ -324,6 +324,7 @@ def demo_cmd(
     a, r = _recipe(name, "demo", overrides)
     _prepare()
     from peft_apps.core import loop
+    from peft_apps.core.data import write_jsonl
     from peft_apps.core.report import write_eval_report
 
     console.rule(f"[bold]peft-apps demo: {name}")
@@ -341,7 +342,7 @@ def demo_cmd(
     pred_file = res.output_dir / "demo_predictions.jsonl"
     inputs = a.demo_inputs(r, res.output_dir)
     preds = loop.predict(a, str(res.output_dir), inputs, r) if inputs else []
-    pred_file.write_text("".join(loop.dumps_row(p) + "\n" for p in preds), encoding="utf-8")
+    write_jsonl(pred_file, preds)
     for p in preds[:3]:
         console.print(f"  predict: {loop.dumps_row(p)[:300]}", highlight=False)
     console.rule("artefacts")

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from peft_apps.core.io import atomic_write
+
 
 def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
@@ -22,7 +24,7 @@ def write_eval_report(out_dir: Path, title: str, metrics: dict[str, Any], headli
     results exist)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"json": out_dir / "eval_metrics.json", "markdown": out_dir / "eval_report.md"}
-    files["json"].write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+    atomic_write(files["json"], json.dumps(metrics, indent=2, ensure_ascii=False))
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
     order = [k for k in headline if k in scalars] + [k for k in scalars if k not in headline]
     md = [f"# {title}\n", markdown_table([{"metric": k, "value": scalars[k]} for k in order], ["metric", "value"])]
@@ -37,7 +39,7 @@ def write_eval_report(out_dir: Path, title: str, metrics: dict[str, Any], headli
     if conf and conf.get("matrix"):
         files["confusion_png"] = out_dir / "eval_confusion.png"
         _confusion_png(conf["labels"], conf["matrix"], files["confusion_png"])
-    files["markdown"].write_text("\n".join(md), encoding="utf-8")
+    atomic_write(files["markdown"], "\n".join(md))
     return files
 
 

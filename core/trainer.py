@@ -528,6 +528,8 @@ def _write_artefacts(out: Path, recipe: Recipe, trainer, tokenizer, metrics: dic
     recipe, metrics.json and loss.png."""
     import shutil
 
+    from peft_apps.core.io import atomic_write
+
     out.mkdir(parents=True, exist_ok=True)
     best = trainer.best_dir / "best.json" if trainer.best_dir is not None else None
     if best is not None and best.is_file():
@@ -542,11 +544,11 @@ def _write_artefacts(out: Path, recipe: Recipe, trainer, tokenizer, metrics: dic
     config_file = out / "adapter_config.json"
     adapter_config = json.loads(config_file.read_text())
     adapter_config["base_model_name_or_path"] = recipe.model.base
-    config_file.write_text(json.dumps(adapter_config, indent=2))
-    (out / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    atomic_write(config_file, json.dumps(adapter_config, indent=2))
+    atomic_write(out / "recipe.yaml", recipe.to_yaml())
     metrics["total_seconds"] = round(time.perf_counter() - t_start, 2)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "README.md").write_text(model_card(recipe, metrics), encoding="utf-8")
+    atomic_write(out / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write(out / "README.md", model_card(recipe, metrics))
     metric = plan.select_key if plan.select_key not in (None, "eval_loss") else None
     _plot_loss(trainer.state.log_history, out / "loss.png", metric)
 
