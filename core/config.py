@@ -206,7 +206,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise UserError(f"override {item!r} is not of the form key=value (e.g. train.lr=1e-4)",
                         hint="the app is named once, before the overrides: `peft-apps train APP key=value ...`; "
-                             "`autore train` trains autore")
+                             "an app's own command (`APP train ...`) already names it")
     key, _, raw = item.partition("=")
     key = key.strip()
     if not key:

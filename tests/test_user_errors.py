@@ -118,7 +118,7 @@ def test_override_errors_say_they_came_from_the_command_line():
     p = cli("train", "sft", "train.lr=fast", "--print-recipe")
     one_clear_error(p, "train.lr", "(set on the command line)")
     one_clear_error(cli("train", "codereview", module="peft_apps.apps.autore.cli"),
-                    "not of the form key=value", "`autore train` trains autore")
+                    "not of the form key=value", "already names it")
 
 
 def test_unreachable_hub_fails_fast_and_names_offline_mode(tmp_path):
