@@ -57,13 +57,12 @@ def test_declarations(name):
     from collections import Counter
 
     from peft_apps.core.config import load_recipe
+    from peft_apps.core.loop import examples
 
     a = list_apps()[name]
     assert a.headline and a.metric_path is not None and a.metric_path.is_file()
     assert a.load_metric().name  # an evaluate module, loaded offline by path
     r = load_recipe(a.recipe_path("demo" if "demo" in a.recipes() else None), app=name)
-    from peft_apps.core.loop import examples
-
     ex = examples(a, r, "eval")[:1]
     assert ex, "the demo recipe holds out eval examples"
     stats = Counter()

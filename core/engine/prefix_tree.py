@@ -19,7 +19,7 @@ that merges across the cut) runs whole, and is counted in `whole_calls`.
 from __future__ import annotations
 
 import os
-from typing import Any, Hashable, Iterable, Sequence
+from typing import Hashable, Iterable, Sequence
 
 from .options import GenerationOptions, Prefix
 
@@ -90,6 +90,3 @@ class PrefixTree:
             budget = GenerationOptions(**{**o.__dict__, "max_new_tokens": budgets[i]}) if budgets else o
             outs[i] = self.engine.generate_ids([list(calls[i][1])], adapter=adapter, options=budget)[0]
         return outs
-
-    def stats(self) -> dict[str, Any]:
-        return {"prefixes": len(self.prefixes), "prefix_tokens": sum(len(p) for p in self.prefixes.values())}
