@@ -57,13 +57,13 @@ def examples(app: App, recipe: Recipe, split: str) -> list[Record]:
     if split not in ("train", "eval"):
         raise UserError(f"split must be train or eval, got {split!r}")
     if split == "eval" and d.eval:
-        rows = app.read(bundled_or_path(d.eval), recipe)
+        rows = app.read(_data_file(recipe, "eval"), recipe)
     else:
         if not d.train:
             demo = f"; `peft-apps demo {app.name}` runs on a bundled sample" if "demo" in app.recipes() else ""
             raise UserError("no training data: set data.train=FILE (in the app's data format)",
                             hint=f"recipe {recipe.name!r} of app {app.name!r} names none{demo}")
-        rows = app.read(bundled_or_path(d.train), recipe)
+        rows = app.read(_data_file(recipe, "train"), recipe)
         if not d.eval:
             out = held_out([r.id for r in rows], d.eval_fraction, recipe.train.seed)
             rows = [r for r in rows if (r.id in out) == (split == "eval")]
@@ -72,6 +72,18 @@ def examples(app: App, recipe: Recipe, split: str) -> list[Record]:
 
 
 # ---- generation and parsing -------------------------------------------------------------------------
+
+
+def _data_file(recipe: Recipe, key: str) -> Path:
+    """The file `data.<key>` names; a missing one is an error that says where the name came from."""
+    spec = getattr(recipe.data, key)
+    path = bundled_or_path(spec)
+    if not path.is_file():
+        raise UserError(f"data.{key} file not found: {path}",
+                        hint=f"recipe {recipe.name!r} sets data.{key}={spec}; pass data.{key}=PATH"
+                             + (" (or data.eval=null to hold out data.eval_fraction of the training file)"
+                                if key == "eval" else ""))
+    return path
 
 
 def generation_options(recipe: Recipe, task: Any = None):

@@ -172,3 +172,9 @@ def test_a_run_shorter_than_logging_steps_reports_its_loss(tmp_path):
             f"train.output_dir={tmp_path / 'run'}")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "nan" not in p.stderr and "train loss" in p.stderr
+
+
+def test_a_missing_data_file_says_which_setting_named_it(tmp_path):
+    p = cli("train", "autore", f"data.train={SAMPLE}")  # the qlora recipe names data.eval=dev_revised.json
+    one_clear_error(p, "data.eval file not found: dev_revised.json", "recipe 'qlora' sets data.eval",
+                    "data.eval=PATH")
