@@ -227,6 +227,8 @@ def predict_cmd(
     _prepare()
     from peft_apps.core import loop
 
+    from peft_apps.core.errors import issued_warnings
+
     lines = [loop.dumps_row(x) for x in loop.predict(a, adapter, inputs, r, model=model)]
     if out:
         atomic_write(out, "".join(line + "\n" for line in lines))
@@ -234,6 +236,9 @@ def predict_cmd(
     else:
         for line in lines:
             out_console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if issued_warnings():
+        n = len(issued_warnings())
+        console.print(f"[yellow]{n} warning{'' if n == 1 else 's'}[/] (above); --strict makes them errors")
 
 
 @app.command("convert")

@@ -14,6 +14,7 @@ class UserError(Exception):
 
 
 _STRICT = False
+_ISSUED: list[str] = []
 
 
 def set_strict(on: bool) -> None:
@@ -27,9 +28,15 @@ def warn(message: str, hint: str | None = None) -> None:
     adapter trained for another app): one line on stderr, or a UserError under `--strict`."""
     if _STRICT:
         raise UserError(f"{message} (a warning; --strict makes it an error)", hint=hint)
+    _ISSUED.append(message)
     from rich.console import Console
 
     console = Console(stderr=True)
     console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
     if hint:
         console.print(f"[dim]hint:[/] {hint}", highlight=False, soft_wrap=True)
+
+
+def issued_warnings() -> list[str]:
+    """The warnings this process has given so far (a command's JSON output reports them with its results)."""
+    return list(_ISSUED)

@@ -145,6 +145,7 @@ def evaluate(app: App, adapter: str, recipe: Recipe, split: str = "eval", out_di
         write_jsonl(Path(out_dir) / PREDICTIONS, rows)
     metrics = _scored(app, exs, rows, recipe, stats)
     metrics["split"] = split
+    _add_warnings(metrics)
     return metrics
 
 
@@ -231,7 +232,18 @@ def score_files(app: App, gold: Path, pred: Path, recipe: Recipe, only_predicted
              "parsed": app.parse(outputs.get(i, ""), golds[i], task, stats)} for i in keep]
     metrics = _scored(app, [golds[i] for i in keep], rows, recipe, stats)
     metrics["missing_predictions"] = len(keep) - sum(i in outputs for i in keep)
+    _add_warnings(metrics)
     return metrics
+
+
+def _add_warnings(metrics: dict[str, Any]) -> None:
+    """The warnings given on the way (an adapter of another app, skipped inputs, ...), counted and listed."""
+    from peft_apps.core.errors import issued_warnings
+
+    given = issued_warnings()
+    if given:
+        metrics["warnings"] = len(given)
+        metrics["warning_messages"] = given[:20]
 
 
 def scalar_metrics(metrics: dict[str, Any], headline: tuple[str, ...] = ()) -> list[tuple[str, Any]]:

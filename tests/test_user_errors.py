@@ -178,3 +178,18 @@ def test_a_missing_data_file_says_which_setting_named_it(tmp_path):
     p = cli("train", "autore", f"data.train={SAMPLE}")  # the qlora recipe names data.eval=dev_revised.json
     one_clear_error(p, "data.eval file not found: dev_revised.json", "recipe 'qlora' sets data.eval",
                     "data.eval=PATH")
+
+
+def test_warnings_are_counted_in_the_output(tmp_path):
+    """An empty input is predicted (nothing to extract) and warned about; the CLI sums the warnings up."""
+    from helpers.autore_fixtures import random_adapter
+
+    adapter = random_adapter(tmp_path / "adapter")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    p = cli("predict", "autore", "--adapter", str(adapter), str(empty), "Marie Curie was born in Warsaw .",
+            env={"PEFT_APPS_CACHE": os.environ["PEFT_APPS_CACHE"]})
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
+    assert [r["id"] for r in rows] == [str(empty), "text1"] and rows[0]["parsed"] == []
+    assert "empty input" in p.stderr and "1 warning (above)" in p.stderr
