@@ -127,19 +127,18 @@ def train_cmd(
     console.print(f"adapter: {res.output_dir}  (metrics.json, loss.png, recipe.yaml, tensorboard/)")
 
 
-def _train(a, r, resume: bool = False):
-    """Train `r` on the app's records; with `train.eval_steps`, the app's task metrics are computed on
-    the first `train.eval_examples` eval examples at each evaluation."""
+def _train(a, r, resume: bool = False, split: dict | None = None):
+    """Train `r` on the app's records (`split`: the app's examples by split, if already read); with
+    `train.eval_steps`, the app's task metrics are computed on the first `train.eval_examples` eval
+    examples at each evaluation."""
     from peft_apps.core import loop
     from peft_apps.core.trainer import train
 
-    task_eval = None
-    if r.train.eval_steps:
-        exs = loop.examples(a, r, "eval")[: r.train.eval_examples]
-        if exs:
-            task_eval = loop.task_evaluator(a, r, exs)
-    return train(r, a.training_records(r, "train"), a.training_records(r, "eval"), resume=resume, console=console,
-                 task_eval=task_eval, headline=a.headline)
+    split = split or loop.splits(a, r)
+    held_out = split["eval"][: r.train.eval_examples]
+    task_eval = loop.task_evaluator(a, r, held_out) if r.train.eval_steps and held_out else None
+    return train(r, a.train_records(split["train"], r), a.train_records(split["eval"], r), resume=resume,
+                 console=console, task_eval=task_eval, headline=a.headline)
 
 
 @app.command("eval")
@@ -172,6 +171,7 @@ def _print_scalars(metrics: dict, headline: tuple[str, ...] = (), only_headline:
     from rich.table import Table
 
     from peft_apps.core.loop import scalar_metrics
+    from peft_apps.core.report import format_value
 
     t = Table(show_header=True)
     t.add_column("metric")
@@ -179,7 +179,7 @@ def _print_scalars(metrics: dict, headline: tuple[str, ...] = (), only_headline:
     for k, v in scalar_metrics(metrics, headline):
         if only_headline and k not in headline and k != "n":
             continue
-        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+        t.add_row(k, format_value(v))
     out_console.print(t)
 
 
@@ -194,7 +194,8 @@ def _print_learning(a, after: dict, before: dict, majority: dict | None) -> None
         t.add_column("majority answer", justify="right")
     t.add_column("before training", justify="right")
     t.add_column("after training", justify="right", style="bold")
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    from peft_apps.core.report import format_value as fmt
+
     for k in a.headline:
         if k in after:
             t.add_row(k, *([fmt(majority.get(k, "-"))] if majority is not None else []), fmt(before.get(k, "-")),
@@ -236,8 +237,8 @@ def predict_cmd(
     else:
         for line in lines:
             out_console.print(line, markup=False, highlight=False, soft_wrap=True)
-    if issued_warnings():
-        n = len(issued_warnings())
+    n = len(issued_warnings())
+    if n:
         console.print(f"[yellow]{n} warning{'' if n == 1 else 's'}[/] (above); --strict makes them errors")
 
 
@@ -336,10 +337,11 @@ def demo_cmd(
     console.print("[yellow]A tiny, randomly initialised model built offline:[/] the run shows the pipeline end to end "
                   "and what the adapter learns in a minute against two baselines, not real quality. For that pick a "
                   f"pretrained base, e.g. `peft-apps train {name} model.base=Qwen/Qwen2.5-1.5B-Instruct` on a GPU.")
-    held_out = loop.examples(a, r, "eval")[: r.eval.limit or None]
+    split = loop.splits(a, r)
+    held_out = split["eval"][: r.eval.limit or None]
     before = loop.base_model_metrics(a, r, held_out)
-    majority = loop.majority_metrics(a, r, held_out)
-    res = _train(a, r)
+    majority = loop.majority_metrics(a, r, split["train"], held_out)
+    res = _train(a, r, split=split)
     metrics = loop.evaluate(a, str(res.output_dir), r, "eval", res.output_dir)
     metrics["baselines"] = {"before_training": before, **({"majority_answer": majority} if majority else {})}
     files = write_eval_report(res.output_dir, f"{name} demo evaluation", metrics, a.headline)

@@ -53,21 +53,35 @@ def held_out(ids: list[str], fraction: float, seed: int) -> set[str]:
 def examples(app: App, recipe: Recipe, split: str) -> list[Record]:
     """The app's examples of `split` ('train' or 'eval'): the `data.eval` file, or the held-out part of
     `data.train`; then `data.limit_train` / `data.limit_eval`."""
-    d = recipe.data
     if split not in ("train", "eval"):
         raise UserError(f"split must be train or eval, got {split!r}")
-    if split == "eval" and d.eval:
-        rows = app.read(_data_file(recipe, "eval"), recipe)
-    else:
-        if not d.train:
-            demo = f"; `peft-apps demo {app.name}` runs on a bundled sample" if "demo" in app.recipes() else ""
-            raise UserError("no training data: set data.train=FILE (in the app's data format)",
-                            hint=f"recipe {recipe.name!r} of app {app.name!r} names none{demo}")
-        rows = app.read(_data_file(recipe, "train"), recipe)
-        if not d.eval:
-            out = held_out([r.id for r in rows], d.eval_fraction, recipe.train.seed)
-            rows = [r for r in rows if (r.id in out) == (split == "eval")]
-    limit = d.limit_eval if split == "eval" else d.limit_train
+    if not recipe.data.eval:
+        return splits(app, recipe)[split]
+    if split == "train":
+        _require_train(app, recipe)
+    return _limited(app.read(_data_file(recipe, split), recipe), recipe, split)
+
+
+def splits(app: App, recipe: Recipe) -> dict[str, list[Record]]:
+    """Both splits, each data file read once (training and the demo need both)."""
+    if recipe.data.eval:
+        return {split: examples(app, recipe, split) for split in ("train", "eval")}
+    _require_train(app, recipe)
+    rows = app.read(_data_file(recipe, "train"), recipe)
+    out = held_out([r.id for r in rows], recipe.data.eval_fraction, recipe.train.seed)
+    return {"train": _limited([r for r in rows if r.id not in out], recipe, "train"),
+            "eval": _limited([r for r in rows if r.id in out], recipe, "eval")}
+
+
+def _require_train(app: App, recipe: Recipe) -> None:
+    if not recipe.data.train:
+        demo = f"; `peft-apps demo {app.name}` runs on a bundled sample" if "demo" in app.recipes() else ""
+        raise UserError("no training data: set data.train=FILE (in the app's data format)",
+                        hint=f"recipe {recipe.name!r} of app {app.name!r} names none{demo}")
+
+
+def _limited(rows: list[Record], recipe: Recipe, split: str) -> list[Record]:
+    limit = recipe.data.limit_eval if split == "eval" else recipe.data.limit_train
     return rows[:limit] if limit else rows
 
 
@@ -164,12 +178,10 @@ def base_model_metrics(app: App, recipe: Recipe, exs: list[Record]) -> dict[str,
     return _scored(app, exs, rows, recipe, stats)
 
 
-def majority_metrics(app: App, recipe: Recipe, exs: list[Record]) -> dict[str, Any] | None:
+def majority_metrics(app: App, recipe: Recipe, train: list[Record], exs: list[Record]) -> dict[str, Any] | None:
     """The metrics of always answering the most common training answer (None when no answer repeats:
     then there is no majority to speak of)."""
-    from collections import Counter as _Counter
-
-    answers = _Counter(r.completion for r in examples(app, recipe, "train"))
+    answers = Counter(r.completion for r in train)
     if not answers or answers.most_common(1)[0][1] < 2:
         return None
     answer = answers.most_common(1)[0][0]

@@ -9,13 +9,13 @@ from typing import Any
 from peft_apps.core.io import atomic_write
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    return head + "".join("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |\n" for r in rows)
+    return head + "".join("| " + " | ".join(format_value(r.get(c, "")) for c in columns) + " |\n" for r in rows)
 
 
 def write_eval_report(out_dir: Path, title: str, metrics: dict[str, Any], headline: tuple[str, ...] = ()

@@ -511,11 +511,14 @@ def _metrics(recipe: Recipe, plan: _Plan, trainer, result, train_seconds: float,
     if losses:
         metrics["first_logged_loss"], metrics["last_logged_loss"] = losses[0], losses[-1]
     if trainer.eval_dataset is not None:
-        final = trainer.evaluate()
+        # the evaluation of the last step, unless `train.eval_steps` already ran it there
+        step = trainer.state.global_step
+        done = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == step]
+        final = done[-1] if done else trainer.evaluate()
         metrics["eval_loss"] = final.get("eval_loss")
         if trainer.task_eval is not None:
-            metrics["eval_metrics"] = {k.removeprefix("eval_"): v for k, v in final.items()
-                                       if k not in ("eval_loss", "epoch") and not k.endswith(("_runtime", "per_second"))}
+            metrics["eval_metrics"] = {k.removeprefix("eval_"): v for k, v in final.items() if k.startswith("eval_")
+                                       and k != "eval_loss" and not k.endswith(("_runtime", "per_second"))}
     history = [h for h in trainer.state.log_history if any(k.startswith("eval_") for k in h)]
     if history:
         metrics["eval_history"] = history

@@ -49,6 +49,13 @@ def _gold_text(doc: dict[str, Any]) -> str:
                                    f"{doc['vertexSet'][lab['t']][0]['name']}" for lab in doc.get("labels", [])))
 
 
+def _train_file(task: AutoRETask) -> str | None:
+    """The DocRED train file Ign F1 leaves out (task.train_file, `bundled:` allowed), or None."""
+    from peft_apps.core.resources import bundled_or_path
+
+    return str(bundled_or_path(task.train_file)) if task.train_file else None
+
+
 def doc_examples(docs: list[dict[str, Any]]) -> list[Record]:
     """Documents as examples: the gold triples as text, the document itself in `meta["doc"]`."""
     return [Record(rid, [], _gold_text(d), {"doc": d}) for rid, d in zip(_doc_ids(docs), docs)]
@@ -127,12 +134,9 @@ class AutoREApp(App):
         return [[t.head, t.relation_id, t.tail] for t in triples]
 
     def metrics(self, examples: list[Record], parsed: list[Any], task: AutoRETask) -> dict[str, Any]:
-        from peft_apps.core.resources import bundled_or_path
-
-        train = str(bundled_or_path(task.train_file)) if task.train_file else None
         return self.load_metric().compute(predictions=parsed,
                                           references=[json.dumps(e.meta["doc"]) for e in examples],
-                                          train_file=train)
+                                          train_file=_train_file(task))
 
     def score(self, gold: Path, pred: Path, recipe: Recipe, only_predicted: bool = False) -> dict[str, Any]:
         """PRED: JSONL {id, output} of raw `head | relation | tail` text (the core's rule), or the official
@@ -158,13 +162,8 @@ class AutoREApp(App):
             for k in ("h_idx", "t_idx"):
                 if not isinstance(x[k], int) or not 0 <= x[k] < n:
                     raise UserError(f"{pred}: submission item {i}: {k} = {x[k]!r} outside vertexSet ({n} entities)")
-        task = self.task(recipe)
-        from peft_apps.core.resources import bundled_or_path
-
         return self.load_metric().compute(predictions=[[]] * len(docs), references=[json.dumps(d) for d in docs],
-                                          submission=sub,
-                                          train_file=str(bundled_or_path(task.train_file)) if task.train_file
-                                          else None)
+                                          submission=sub, train_file=_train_file(self.task(recipe)))
 
     def demo_inputs(self, recipe: Recipe, work_dir: Path) -> list[str]:
         from peft_apps.core.loop import examples
