@@ -22,6 +22,8 @@ def quiet() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*")
     warnings.filterwarnings("ignore", message=r".*`kernels`.*")
+    # a library calls the old name of activation checkpointing on our behalf; nothing for a user to change
+    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing_enable.* is deprecated.*")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"peft\..*")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:

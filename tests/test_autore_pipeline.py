@@ -132,6 +132,17 @@ def test_train_briefly_then_extract_through_cli(tmp_path):
     assert len(rows) == 1 + 24 and rows[0]["id"] == str(doc)
     assert all({"title", "triples", "stats"} <= set(r) for r in rows)
     assert all(r["stats"].get("relation_calls", 0) >= 1 for r in rows)
+    # -f json: one object for the run, with the documents and what happened on the way counted
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    p = subprocess.run([sys.executable, "-m", "peft_apps.apps.autore.cli", "extract", str(doc), str(empty),
+                        "--adapter", str(out), "-f", "json"], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    run = json.loads(p.stdout)
+    assert run["counts"]["documents"] == 2 and run["counts"]["empty_documents"] == 1
+    assert run["counts"]["triples"] == sum(len(d["triples"]) for d in run["documents"])
+    assert run["warnings"] == 1 and "empty input" in run["warning_messages"][0]
+    assert "1 warning" in p.stderr
     # user errors: one line, exit 2
     p = subprocess.run([sys.executable, "-m", "peft_apps.apps.autore.cli", "extract", str(tmp_path / "missing.txt"),
                         "--adapter", str(out)], capture_output=True, text=True, env=env)

@@ -1,4 +1,5 @@
-"""The CLI as a user meets it: help, errors without tracebacks, and a short train -> eval -> predict."""
+"""The CLI as a user meets it: help, errors without tracebacks, the demo (the README's own commands run in
+test_readme_commands)."""
 
 import json
 import os
@@ -60,31 +61,6 @@ def test_score_sft_with_hand_computed_numbers(tmp_path):
     pred.write_text('{"id": 9, "output": "x"}\n')
     p = run("score", "sft", "--gold", str(gold), "--pred", str(pred), check=False)
     assert p.returncode == 2 and "pred.jsonl:1: id 9 is not in" in p.stderr
-
-
-@pytest.mark.slow
-def test_train_eval_predict_through_cli(tmp_path):
-    tr = synthetic.write(tmp_path / "train.jsonl", synthetic.make(64, 1))
-    ev = synthetic.write(tmp_path / "eval.jsonl", synthetic.make(16, 2))
-    out = tmp_path / "run"
-    p = run("train", "sft", "-r", "demo", f"data.train={tr}", f"data.eval={ev}", "data.template=default",
-            "task.completion_field=completion", "train.max_steps=8", f"train.output_dir={out}")
-    assert "adapter:" in p.stderr
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 8 and metrics["useful_tokens_per_second"] > 0
-    run("eval", "sft", "--adapter", str(out))
-    em = json.loads((out / "eval_metrics.json").read_text())
-    assert em["n"] == 16 and 0.0 <= em["exact_match"] <= 1.0
-    assert (out / "eval_report.md").read_text().startswith("# sft evaluation")
-    assert (out / "eval_confusion.png").stat().st_size > 1000
-    p = run("predict", "sft", "--adapter", str(out), "cat is red. category?", str(ev))
-    rows = [json.loads(x) for x in p.stdout.splitlines() if x.strip()]
-    assert len(rows) == 17 and all(set(r) == {"id", "output", "parsed"} for r in rows)
-    # what eval wrote, scored without a model, gives eval's numbers
-    run("score", "sft", "--gold", str(ev), "--pred", str(out / "eval_predictions.jsonl"), "-o", str(tmp_path / "s.json"),
-        "task.completion_field=completion")
-    scored = json.loads((tmp_path / "s.json").read_text())
-    assert scored["exact_match"] == em["exact_match"] and scored["missing_predictions"] == 0
 
 
 def test_offline_hub_model_not_cached_is_one_clear_error(tmp_path):

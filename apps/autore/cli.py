@@ -105,16 +105,40 @@ def extract_cmd(
         if out:
             atomic_write(out, target.file.getvalue())
             console.print(f"{_n(len(results), 'document')} -> {out}")
+        _warning_count()
         return
     # the predictions format every command shares: id, the raw model text `score` parses, then the triples
     rows = [{"id": name, "output": r.model_text(), **r.as_dict()} for name, r in results]
-    text = json.dumps(rows, indent=2, ensure_ascii=False) if fmt == "json" else \
-        "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows)
+    if fmt == "json":
+        # one object for the run: the documents plus what happened on the way, counted
+        from peft_apps.core.errors import issued_warnings
+
+        given = issued_warnings()
+        run = {"documents": rows,
+               "counts": {"documents": len(rows), "empty_documents": sum(1 for _, it in items if not _has_text(it)),
+                          "triples": sum(len(r.triples) for _, r in results)},
+               "warnings": len(given), "warning_messages": given[:20]}
+        text = json.dumps(run, indent=2, ensure_ascii=False)
+    else:
+        text = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows)
     if out:
         atomic_write(out, text)
         console.print(f"{_n(len(rows), 'document')} -> {out}")
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    _warning_count()
+
+
+def _has_text(item) -> bool:
+    return bool(item.strip()) if isinstance(item, str) else bool(item.get("sents"))
+
+
+def _warning_count() -> None:
+    from peft_apps.core.errors import issued_warnings
+
+    n = len(issued_warnings())
+    if n:
+        console.print(f"[yellow]{_n(n, 'warning')}[/] (above); --strict makes them errors")
 
 
 @cli.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

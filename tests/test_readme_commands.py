@@ -1,0 +1,189 @@
+"""Every command the README shows runs as written, in order, in a folder holding the files it names.
+
+The README's commands are read from its ```bash blocks (lines starting with `peft-apps` or `autore`) and
+its Python API blocks, so a command added to the README is run here or the test fails. What a fresh
+clone on a CPU machine cannot have is stood in for, and only that:
+- the files a command names (`my.jsonl`, `dev_revised.json`, `doc.txt`, ...) are made from the bundled
+  samples under those names, in the format the README documents;
+- hub models become `builtin:tiny` and training gets a budget (`train.max_steps=1`, `data.limit_train=2`, `data.limit_eval=2`),
+  evaluation a limit (`eval.limit=2`): the same code paths, seconds instead of hours;
+- a synopsis's placeholders (APP, RUN, GOLD, PRED, INPUT..., OUT) get values, `a|b|c` runs once per
+  choice, `[...]` options are given and `[KEY=VALUE]...` is left out;
+- a line whose comment says `error: MESSAGE` must fail with exit code 2 and that message.
+The lines in SKIP are not run here, each for the reason given.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+SKIP = {
+    "pip install": "the install itself: CI runs it on a fresh machine before the tests",
+    "python3 -m venv": "the install itself",
+    "python -m pytest": "this is the test suite",
+    "bash ../shared/gpu/bundle.sh": "packs wheels for the GPU machine; eval/gpu_check.py --smoke runs in test_scripts",
+    "bash eval/gpu_check.sh": "needs a GPU; its code paths run with --smoke in test_scripts",
+}
+SKIP_EXACT = {"peft-apps demo": "test_cli's demo test runs it and the commands its next: line prints"}
+
+PLACEHOLDERS = {
+    "APP": "sft", "RUN": "runs/sft-lora", "GOLD": "my.jsonl", "PRED": "runs/sft-lora/eval_predictions.jsonl",
+    "INPUT...": "hello", "OUT.json": "out.json", "R/": "runs/autore-qlora", "H/": "runs/autore-qlora",
+    "F/": "runs/autore-qlora",
+}
+TRAIN_BUDGET = ["model.base=builtin:tiny", "train.max_steps=1", "data.limit_train=2", "data.limit_eval=2"]
+
+
+def readme_blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+
+
+def readme_commands() -> list[tuple[str, str]]:
+    """(command, comment) for each command line of the README's bash blocks, in order."""
+    out = []
+    for block in readme_blocks("bash"):
+        for line in block.splitlines():
+            command, _, comment = line.partition("  #")
+            command = command.strip()
+            if command:
+                out.append((command, comment.strip()))
+    return out
+
+
+def skipped(command: str) -> bool:
+    return command in SKIP_EXACT or command.startswith(tuple(SKIP))
+
+
+def expand(command: str) -> list[list[str]]:
+    """The argv lists a README line stands for: placeholders filled, `[...]` dropped, `a|b` expanded."""
+    command = re.sub(r"\s*\[KEY=VALUE\]\.\.\.", "", command)
+    command = re.sub(r"\[([^\]]*)\]", r"\1", command)
+    words = shlex.split(command)
+    words = [",".join(PLACEHOLDERS.get(p, p) for p in w.split(",")) if "=" in w and "," in w else PLACEHOLDERS.get(w, w)
+             for w in words]
+    words = [re.sub(r"=([RHF]/)", lambda m: "=" + PLACEHOLDERS[m.group(1)], w) for w in words]
+    choices = [w.split("|") if "|" in w and not w.startswith(("{", "'")) else [w] for w in words]
+    runs = [list(c) for c in itertools.product(*choices)]
+    out = []
+    for i, argv in enumerate(runs):
+        argv = [f"out{i}.txt" if w == "OUT" else w for w in argv]
+        if argv[0] == "peft-apps" and len(argv) > 1 and argv[1] == "train" and "--print-recipe" not in argv:
+            argv = argv + TRAIN_BUDGET
+        if argv[0] == "peft-apps" and len(argv) > 1 and argv[1] == "eval":
+            argv = argv + ["eval.limit=2"]
+        out.append(argv)
+    return out
+
+
+def workspace(tmp: Path) -> None:
+    """The files the README's commands name, made from the bundled samples."""
+    sample = ROOT / "data" / "autore" / "redocred_dev_sample.json"
+    for name in ("dev_revised.json", "train_revised.json", "dev.json"):
+        shutil.copy(sample, tmp / name)
+    # sft's documented format: {"id", "prompt", "completion"}
+    rows = [json.loads(x) for x in (ROOT / "data" / "sft" / "entity_types.jsonl").read_text().splitlines()[:40]]
+    (tmp / "my.jsonl").write_text("".join(
+        json.dumps({"id": r["id"], "prompt": f"Type of {r['entity']!r} in: {r['sentence']}", "completion": r["type"]})
+        + "\n" for r in rows))
+    text = "Marie Curie was born in Warsaw . She worked in Paris with Pierre Curie ."
+    (tmp / "doc.txt").write_text(text)
+    (tmp / "more.txt").write_text("Willi Schneider is a German skeleton racer born in Mediaș .")
+    (tmp / "docs").mkdir()
+    (tmp / "docs" / "a.txt").write_text(text)
+
+
+def before(argv: list[str], tmp: Path) -> None:
+    """Files a command reads that an earlier README command made under another name."""
+    if "pred.jsonl" in argv and not (tmp / "pred.jsonl").exists():
+        # autore's predictions: what `peft-apps eval autore` wrote, the format `predict` and `extract -f jsonl` share
+        shutil.copy(tmp / "runs" / "autore-qlora" / "eval_predictions.jsonl", tmp / "pred.jsonl")
+
+
+def check(argv: list[str], p: subprocess.CompletedProcess, tmp: Path) -> None:
+    """What a command made is what the README says it makes."""
+    if argv[:3] == ["peft-apps", "eval", "sft"]:
+        run = tmp / "runs" / "sft-lora"
+        em = json.loads((run / "eval_metrics.json").read_text())
+        assert em["n"] == 2 and 0.0 <= em["exact_match"] <= 1.0
+        assert (run / "eval_report.md").read_text().startswith("# sft evaluation")
+        assert len((run / "eval_predictions.jsonl").read_text().splitlines()) == 2
+    if argv[:3] == ["peft-apps", "predict", "sft"]:
+        rows = [json.loads(x) for x in p.stdout.splitlines() if x.strip()]
+        assert len(rows) == 1 and set(rows[0]) == {"id", "output", "parsed"}
+    if argv[:3] == ["peft-apps", "score", "sft"]:
+        # what eval wrote, scored without a model, gives eval's numbers
+        scored = json.loads((tmp / "out.json").read_text())
+        em = json.loads((tmp / "runs" / "sft-lora" / "eval_metrics.json").read_text())
+        assert scored["n"] == em["n"] and scored["exact_match"] == em["exact_match"]
+    if argv[:2] == ["autore", "extract"] and "json" in argv:
+        run = json.loads((tmp / "out1.txt").read_text())
+        assert run["counts"]["documents"] == 3 and len(run["documents"]) == 3
+    if argv[:3] == ["peft-apps", "score", "autore"]:
+        assert "f1" in p.stdout and ("ign_f1" in p.stdout) == any(a.startswith("task.train_file=") for a in argv)
+
+
+def test_readme_lists_no_command_this_test_cannot_read():
+    commands = [c for c, _ in readme_commands()]
+    assert any(c.startswith("peft-apps train") for c in commands) and any(c.startswith("autore extract") for c in commands)
+    for c in commands:
+        assert skipped(c) or c.startswith(("peft-apps ", "autore ")), f"README command not covered: {c}"
+
+
+@pytest.mark.slow
+def test_every_readme_command_runs_as_written(tmp_path):
+    workspace(tmp_path)
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
+    ran = []
+    for command, comment in readme_commands():
+        if skipped(command):
+            continue
+        for argv in expand(command):
+            before(argv, tmp_path)
+            exe = bindir / argv[0]
+            full = [str(exe) if exe.exists() else shutil.which(argv[0]), *argv[1:]]
+            t0 = time.perf_counter()
+            p = subprocess.run(full, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+            print(f"{time.perf_counter() - t0:6.1f}s  {' '.join(argv)}")
+            shown = " ".join(argv)
+            if comment.startswith("error:"):
+                message = comment.removeprefix("error:").split(";")[0].strip()
+                assert p.returncode == 2, f"{shown}: expected exit 2, got {p.returncode}\n{p.stderr[-1500:]}"
+                assert message in p.stderr and "Traceback" not in p.stderr, f"{shown}\n{p.stderr[-1500:]}"
+            else:
+                assert p.returncode == 0, f"{shown}: exit {p.returncode}\n{p.stdout[-1500:]}\n{p.stderr[-3000:]}"
+            ran.append(shown)
+            check(argv, p, tmp_path)
+    # what the commands made is what the README says they make
+    assert (tmp_path / "runs" / "sft-lora" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "merged-model" / "config.json").is_file()
+    assert (tmp_path / "records" / "report.json").is_file()
+    assert (tmp_path / "runs" / "autore-demo" / "eval_metrics.json").is_file()
+    assert len(ran) >= 20
+
+    # the Python API blocks, with the adapters they name made by the commands above
+    shutil.copytree(tmp_path / "runs" / "sft-lora", tmp_path / "runs" / "a")
+    shutil.copytree(tmp_path / "runs" / "sft-lora", tmp_path / "runs" / "b")
+    p = subprocess.run([str(bindir / "peft-apps"), "train", "sft", "-r", "demo", *TRAIN_BUDGET],
+                       cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for block in readme_blocks("python"):
+        if "from_pretrained" not in block:
+            continue  # the walk-through app's listing: tests/helpers/toy_app is that code, run by the contract test
+        q = subprocess.run([sys.executable, "-c", block.replace('"..."', '"Marie Curie was born in Warsaw ."')],
+                           cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+        assert q.returncode == 0, f"{block}\n{q.stderr[-3000:]}"
