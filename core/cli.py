@@ -37,10 +37,20 @@ def _app(name: str):
     return get_app(name)
 
 
-def _recipe(app_name: str, recipe: str | None, overrides: list[str] | None, adapter: str | None = None):
+def _recipe(app_name: str, recipe: str | None, overrides: list[str] | None, adapter: str | None = None,
+            subtask: str | None = None, name_run: bool = False):
     from peft_apps.core.config import load_recipe
 
     a = _app(app_name)
+    if subtask is not None:
+        if not a.subtasks:
+            raise UserError(f"app {app_name!r} has no sub-tasks: --task does not apply")
+        if subtask not in a.subtasks:
+            raise UserError(f"--task must be one of {', '.join(a.subtasks)} for {app_name}, got {subtask!r}")
+        overrides = [*(overrides or []), f"task.task={subtask}"]
+        if name_run and not any(o.startswith("train.output_dir=") for o in overrides):
+            r = load_recipe(a.recipe_path(recipe), overrides, app=app_name)
+            overrides.append(f"train.output_dir={r.output_dir()}-{subtask}")
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise UserError(f"{adapter} is not an adapter folder (no adapter_config.json)",
                         hint=f"train one with `peft-apps train {app_name}` and pass its output folder")
@@ -83,7 +93,8 @@ def apps_cmd() -> None:
     table.add_column("what it does")
     for name, a in list_apps().items():
         recipes = ", ".join(f"[bold]{r}[/]" if r == a.default_recipe else r for r in a.recipes())
-        table.add_row(name, recipes, a.summary)
+        tasks = f" (--task {'|'.join(a.subtasks)})" if a.subtasks else ""
+        table.add_row(name, recipes, a.summary + tasks)
     out_console.print(table)
 
 
@@ -94,9 +105,10 @@ def train_cmd(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="recipe name or .yaml path"),
     resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint in the output folder"),
     print_recipe: bool = typer.Option(False, "--print-recipe", help="print the resolved recipe and exit"),
+    subtask: Optional[str] = typer.Option(None, "--task", "-t", help="the app's sub-task (see `peft-apps apps`)"),
 ) -> None:
     """Train an adapter for APP with a recipe."""
-    a, r = _recipe(app_name, recipe, overrides)
+    a, r = _recipe(app_name, recipe, overrides, subtask=subtask, name_run=True)
     if print_recipe:
         typer.echo(r.to_yaml())
         return
@@ -109,8 +121,8 @@ def train_cmd(
     except TrainingInterrupted as stop:
         import shlex
 
-        again = shlex.join(["peft-apps", "train", app_name, *(["-r", recipe] if recipe else []), *(overrides or []),
-                            "--resume"])
+        again = shlex.join(["peft-apps", "train", app_name, *(["-r", recipe] if recipe else []),
+                            *(["--task", subtask] if subtask else []), *(overrides or []), "--resume"])
         where = f"checkpoint saved in {stop.checkpoint}" if stop.checkpoint else "no checkpoint was saved"
         console.print(f"[yellow]interrupted at step {stop.step}[/]: {where}")
         if stop.checkpoint:
@@ -138,7 +150,7 @@ def _train(a, r, resume: bool = False, split: dict | None = None):
     held_out = split["eval"][: r.train.eval_examples]
     task_eval = loop.task_evaluator(a, r, held_out) if r.train.eval_steps and held_out else None
     return train(r, a.train_records(split["train"], r), a.train_records(split["eval"], r), resume=resume,
-                 console=console, task_eval=task_eval, headline=a.headline)
+                 console=console, task_eval=task_eval, headline=a.headline_for(r))
 
 
 @app.command("eval")
@@ -149,9 +161,10 @@ def eval_cmd(
     split: str = typer.Option("eval", "--split", "-s", help="eval or train"),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="default: the adapter's recipe.yaml"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="report folder (default: the adapter folder)"),
+    subtask: Optional[str] = typer.Option(None, "--task", "-t", help="the app's sub-task (see `peft-apps apps`)"),
 ) -> None:
     """Evaluate an adapter: metrics as JSON, a markdown report, charts and the predictions (JSONL)."""
-    a, r = _recipe(app_name, recipe, overrides, adapter)
+    a, r = _recipe(app_name, recipe, overrides, adapter, subtask=subtask)
     if split not in ("eval", "train"):
         raise UserError(f"--split must be eval or train, got {split!r}")
     _prepare()
@@ -162,8 +175,8 @@ def eval_cmd(
     t0 = time.perf_counter()
     metrics = loop.evaluate(a, adapter, r, split, out_dir)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
-    files = write_eval_report(out_dir, f"{a.name} evaluation ({split})", metrics, a.headline)
-    _print_scalars(metrics, a.headline)
+    files = write_eval_report(out_dir, f"{a.name} evaluation ({split})", metrics, a.headline_for(r))
+    _print_scalars(metrics, a.headline_for(r))
     console.print("reports: " + ", ".join(str(p) for p in files.values()) + f", {out_dir / loop.PREDICTIONS}")
 
 
@@ -183,7 +196,7 @@ def _print_scalars(metrics: dict, headline: tuple[str, ...] = (), only_headline:
     out_console.print(t)
 
 
-def _print_learning(a, after: dict, before: dict, majority: dict | None) -> None:
+def _print_learning(a, headline: tuple[str, ...], after: dict, before: dict, majority: dict | None) -> None:
     """The headline metrics on held-out examples: always the majority answer, the base model, the adapter;
     and a plain note when training gained nothing over them."""
     from rich.table import Table
@@ -196,12 +209,12 @@ def _print_learning(a, after: dict, before: dict, majority: dict | None) -> None
     t.add_column("after training", justify="right", style="bold")
     from peft_apps.core.report import format_value as fmt
 
-    for k in a.headline:
+    for k in headline:
         if k in after:
             t.add_row(k, *([fmt(majority.get(k, "-"))] if majority is not None else []), fmt(before.get(k, "-")),
                       fmt(after[k]))
     out_console.print(t)
-    key = a.headline[0] if a.headline else None
+    key = next((k for k in headline if isinstance(after.get(k), (int, float))), None)
     if key and isinstance(after.get(key), (int, float)):
         best_baseline = max(x.get(key, 0) for x in (before, majority or {}))
         if after[key] <= best_baseline:
@@ -266,18 +279,19 @@ def score_cmd(
                                                                        "(default: the app's default recipe)"),
     only_predicted: bool = typer.Option(False, "--only-predicted", help="score only the gold examples that have "
                                         "a prediction (default: a missing one counts as an empty output)"),
+    subtask: Optional[str] = typer.Option(None, "--task", "-t", help="the app's sub-task (see `peft-apps apps`)"),
 ) -> None:
     """Score predictions against gold data without loading a model (model text is parsed as `eval` does)."""
     from peft_apps.core.io import atomic_write, check_output
 
-    a, r = _recipe(app_name, recipe, overrides)
+    a, r = _recipe(app_name, recipe, overrides, subtask=subtask)
     if out:
         check_output(out, True, "--out")
     metrics = a.score(gold, pred, r, only_predicted=only_predicted)
     if out:
         atomic_write(out, json.dumps(metrics, indent=2, ensure_ascii=False))
         console.print(f"metrics -> {out}")
-    _print_scalars(metrics, a.headline)
+    _print_scalars(metrics, a.headline_for(r))
 
 
 @app.command("merge")
@@ -344,8 +358,8 @@ def demo_cmd(
     res = _train(a, r, split=split)
     metrics = loop.evaluate(a, str(res.output_dir), r, "eval", res.output_dir)
     metrics["baselines"] = {"before_training": before, **({"majority_answer": majority} if majority else {})}
-    files = write_eval_report(res.output_dir, f"{name} demo evaluation", metrics, a.headline)
-    _print_learning(a, metrics, before, majority)
+    files = write_eval_report(res.output_dir, f"{name} demo evaluation", metrics, a.headline_for(r))
+    _print_learning(a, a.headline_for(r), metrics, before, majority)
     pred_file = res.output_dir / "demo_predictions.jsonl"
     inputs = a.demo_inputs(r, res.output_dir)
     preds = loop.predict(a, str(res.output_dir), inputs, r) if inputs else []

@@ -48,6 +48,9 @@ class App:
     metric: str | None = None
     # The metrics a report leads with; the first is what `train.select_by: auto` keeps the best adapter by.
     headline: tuple[str, ...] = ()
+    # The app's sub-tasks (e.g. a reviewer's necessity / comment / refine): `--task T` on train, eval and
+    # score sets the recipe's `task.task` to T (and a train run's folder gets a `-T` suffix).
+    subtasks: tuple[str, ...] = ()
     # Extra typer commands mounted as `peft-apps <app> ...` (e.g. `testgen check`).
     cli: Callable[[], Any] | None = None
     # The app `peft-apps demo` runs when none is named (the first such app, else the first with a demo).
@@ -73,6 +76,11 @@ class App:
                 hint=f"choose one of: {', '.join(self.recipes()) or '(none)'}, or pass a path to a .yaml file",
             )
         return found
+
+    def headline_for(self, recipe: Recipe) -> tuple[str, ...]:
+        """The headline metrics of a recipe's run (default: `headline`; an app whose metrics depend on the
+        recipe's task settings, e.g. its sub-task, overrides this)."""
+        return self.headline
 
     def task(self, recipe: Recipe) -> Any:
         """The recipe's `task:` section validated against `task_schema` (a UserError naming the key)."""
