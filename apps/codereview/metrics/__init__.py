@@ -1,0 +1,1 @@
+"""The codereview metric module (loaded by path with `evaluate.load`)."""
