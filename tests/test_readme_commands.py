@@ -99,6 +99,14 @@ def workspace(tmp: Path) -> None:
     (tmp / "my.jsonl").write_text("".join(
         json.dumps({"id": r["id"], "prompt": f"Type of {r['entity']!r} in: {r['sentence']}", "completion": r["type"]})
         + "\n" for r in rows))
+    # codereview: CodeReviewer's files under their own kind of names, and a real diff
+    cr = ROOT / "data" / "codereview"
+    shutil.copy(cr / "cls-test.jsonl", tmp / "cls-train.jsonl")
+    shutil.copy(cr / "msg-test.jsonl", tmp / "msg-test.jsonl")
+    (tmp / "all-train.jsonl").write_text((cr / "cls-test.jsonl").read_text() + (cr / "msg-test.jsonl").read_text())
+    shutil.copy(cr / "itsdangerous-0e255fc.diff", tmp / "change.diff")
+    msg = [json.loads(x) for x in (cr / "msg-test.jsonl").read_text().splitlines()]
+    (tmp / "comments.jsonl").write_text("".join(json.dumps({"id": r["id"], "output": r["msg"]}) + "\n" for r in msg[:5]))
     text = "Marie Curie was born in Warsaw . She worked in Paris with Pierre Curie ."
     (tmp / "doc.txt").write_text(text)
     (tmp / "more.txt").write_text("Willi Schneider is a German skeleton racer born in Mediaș .")
@@ -132,6 +140,11 @@ def check(argv: list[str], p: subprocess.CompletedProcess, tmp: Path) -> None:
     if argv[:2] == ["autore", "extract"] and "json" in argv:
         run = json.loads((tmp / "out1.txt").read_text())
         assert run["counts"]["documents"] == 3 and len(run["documents"]) == 3
+    if argv[:3] == ["peft-apps", "codereview", "review"]:
+        out = tmp / argv[argv.index("-o") + 1]
+        assert out.is_file() and (json.loads(out.read_text())["version"] == "2.1.0" if out.suffix == ".sarif" else True)
+    if argv[:3] == ["peft-apps", "score", "codereview"]:
+        assert "bleu4" in p.stdout
     if argv[:3] == ["peft-apps", "score", "autore"]:
         assert "f1" in p.stdout and ("ign_f1" in p.stdout) == any(a.startswith("task.train_file=") for a in argv)
 
