@@ -376,6 +376,12 @@ def _load_model(recipe: Recipe, plan: _Plan, train_cols: dict[str, list]):
         _check_gpu_memory(recipe, train_cols, plan.config, plan.runtime.dtype.itemsize)
     # With bf16 autocast the frozen base weights are kept in bf16 (no per-step fp32 -> bf16 casts, half
     # the memory); the trainable parameters stay fp32 for the optimizer (see `choose_runtime`).
+    if recipe.peft.method == "prefix_tuning":
+        # peft 0.21 hands its virtual key/values to transformers 5 as `past_key_values` without widening the
+        # attention mask to them: the first forward pass fails deep in attention. Say so before any loading.
+        raise UserError("peft.method=prefix_tuning does not train with this peft/transformers pair yet (the "
+                        "attention mask is not widened to the virtual tokens)",
+                        hint="use peft.method=prompt_tuning (virtual tokens in the input) or lora")
     model = load_base_model(recipe.model, runtime=plan.runtime, config=plan.config)
     model = attach_peft(model, recipe, plan.total_steps, tc.gradient_checkpointing)
     plan.batching = choose_batching(recipe, plan.runtime)
