@@ -47,9 +47,9 @@ def parse_answer(output: str, task: str, stats: Counter | None = None) -> str:
     """necessity -> "yes" / "no" ("" when neither, counted); comment -> the comment's text; refine -> the
     code, without a Markdown fence around it."""
     if task == "necessity":
-        word = re.match(r"\W*(\w+)", output.lower())
-        value = {"yes": "yes", "no": "no", "true": "yes", "false": "no", "1": "yes", "0": "no"}.get(
-            word.group(1) if word else "", "")
+        from .metrics.codereview import yes_no
+
+        value = {True: "yes", False: "no", None: ""}[yes_no(output)]
         if not value and stats is not None:
             stats["necessity: neither yes nor no"] += 1
         return value

@@ -88,8 +88,11 @@ def review_cmd(
     from peft_apps.core.config import load_recipe
 
     first = ad if isinstance(ad, str) else next(iter(ad.values()))
-    limit = max_hunk_lines or (load_recipe(Path(first) / "recipe.yaml").task.get("max_hunk_lines", 120)
-                               if (Path(first) / "recipe.yaml").is_file() else 120)
+    from .app import CodeReviewTask
+
+    trained = Path(first) / "recipe.yaml"
+    limit = max_hunk_lines or CodeReviewTask.model_validate(
+        load_recipe(trained).task if trained.is_file() else {}).max_hunk_lines
     parsed = parse_diff(text, source, limit, read_file)  # before the model loads: a bad diff fails fast
     for key, what in (("skipped_binary", "binary files"), ("skipped_rename_only", "renames without changes"),
                       ("skipped_deleted", "deleted files"), ("truncated", f"hunks cut to {limit} lines")):

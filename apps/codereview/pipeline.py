@@ -92,9 +92,12 @@ class CodeReviewer:
         return self.engine.tokenizer(render_prompt(self.engine.tokenizer, msgs), add_special_tokens=False)["input_ids"]
 
     def _options(self, batch_size: int | None = None) -> GenerationOptions:
-        e = self.recipe.eval
-        return GenerationOptions(max_new_tokens=e.max_new_tokens, do_sample=e.do_sample, temperature=e.temperature,
-                                 top_p=e.top_p, batch_size=batch_size or e.batch_size)
+        from dataclasses import replace
+
+        from peft_apps.core.loop import generation_options
+
+        o = generation_options(self.recipe)
+        return replace(o, batch_size=batch_size) if batch_size else o
 
     def budget(self, task: str) -> int:
         return getattr(self.task_settings.max_new_tokens, task)
