@@ -143,6 +143,9 @@ def test_engine_on_simulated_accelerator_equals_cpu(tmp_path, tiny_path):
                                             max_new_tokens=12, lookahead=4))
         out.append(engine.generate_prefixed(rows, {"r": root, "e": ext[0], "x": ext[1]}, adapter="a",
                                             max_new_tokens=12, lookahead=0, batch_size=2))
+        roots = engine.encode_prefixes([doc, doc[:7], more], adapter="b")  # one batch; single-row roots
+        out.append(engine.generate_prefixed([(k, suffix[k]) for k in range(3)], dict(enumerate(roots)),
+                                            adapter="b", max_new_tokens=10, lookahead=4))
         return out
 
     expected = run(cpu)
@@ -172,6 +175,40 @@ def test_autore_on_simulated_accelerator_equals_cpu(tmp_path):
         sim = pipe.extract(doc, teacher_forced=True)
     assert sim.raw == cpu.raw and sim.triples == cpu.triples
     assert cpu.stats["relation_calls"] == 1 and cpu.stats["head_calls"] > 0 and cpu.stats["facts_calls"] > 0
+
+
+def test_codereview_on_simulated_accelerator_equals_cpu(tmp_path, monkeypatch):
+    """The review pipeline (batched hunk roots, necessity then comments then suggestions) on a real diff."""
+    from helpers.simdevice import SimDevice
+
+    from helpers.autore_fixtures import random_adapter
+    from peft_apps.apps.codereview import CodeReviewer
+    from peft_apps.apps.codereview.diff import parse_diff
+    from peft_apps.core.resources import data_dir
+
+    ad = random_adapter(tmp_path / "ad")
+    (ad / "recipe.yaml").write_text("app: codereview\nmodel:\n  base: builtin:tiny\n  quantization: none\n"
+                                    "  dtype: float32\ntask:\n  max_new_tokens: {necessity: 2, comment: 8, refine: 8}\n")
+    diff = data_dir("codereview", "itsdangerous-0e255fc.diff").read_text(encoding="utf-8")
+    hunks = [h for h in parse_diff(diff, max_lines=30).hunks if not h.truncated][:3]  # sim ops are slow
+
+    from peft_apps.apps.codereview import pipeline
+
+    parse = pipeline.parse_answer  # a random adapter rarely answers "yes": every hunk gets a comment here
+    monkeypatch.setattr(pipeline, "parse_answer", lambda t, task: "yes" if task == "necessity" else parse(t, task))
+
+    def run(reviewer):
+        return reviewer.review_hunks(hunks, suggest=True)
+
+    ref = CodeReviewer.from_pretrained(None, ad)
+    cpu = run(ref)
+    pipe = CodeReviewer.from_pretrained(None, ad)
+    with SimDevice() as dev:
+        pipe.engine.model.to(dev)
+        sim = run(pipe)
+    assert [h.as_dict() for h in sim.hunks] == [h.as_dict() for h in cpu.hunks]
+    assert len(cpu.hunks) == 3 and all(h.comment for h in cpu.hunks)
+    assert any(h.suggestion is not None for h in cpu.hunks)
 
 
 def test_training_loss_and_optimizer_checkpoint_on_simulated_accelerator(tmp_path, tiny_path):

@@ -56,6 +56,32 @@ def test_prefixed_batches_equal_single_generation(engine, lookahead, shared, mon
         assert st["drafted"] == 0
 
 
+def test_batched_root_encoding_and_many_single_row_roots_equal_single_generation(engine):
+    """Roots encoded in one left-padded batch hold the K/V of each encoded alone; a batch whose rows each
+    extend a root of their own (a diff's hunks) reads those roots in one padded call, with the same
+    outputs as generating each prompt alone."""
+    docs = ["the cat sat on the mat and the cat sat", "red green blue", "one two three four five six seven eight nine",
+            "a b c d e f g h i j k l m n o p", "hello"]
+    rows = [_ids(engine, d) for d in docs]
+    batched = engine.encode_prefixes(rows, max_tokens=10_000)
+    alone = [engine.encode_prefix(r) for r in rows]
+    for b, a in zip(batched, alone):
+        assert b.ids == a.ids and b.root is None
+        for lb, la in zip(b.cache.layers, a.cache.layers):
+            assert lb.keys.shape == la.keys.shape
+            torch.testing.assert_close(lb.keys, la.keys, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(lb.values, la.values, rtol=1e-5, atol=1e-5)
+    asks = [" Which animal?", " Next colour:", " Count on:", " Letters:", " Say hi"]
+    prefixes = dict(enumerate(alone))
+    calls = [(k, _ids(engine, d + a)) for k, (d, a) in enumerate(zip(docs, asks))]
+    assert all(full[:len(prefixes[k])] == prefixes[k].ids for k, full in calls)
+    limits = [9, 20, 14, 25, 6]
+    got = engine.generate_prefixed([(k, full[len(prefixes[k]):]) for k, full in calls], prefixes,
+                                   max_new_tokens_per_row=limits, batch_size=8, lookahead=4)
+    want = [engine.generate_ids([full], max_new_tokens=n, batch_size=1)[0] for (_, full), n in zip(calls, limits)]
+    assert got == want
+
+
 def test_prefixed_sampling_is_seeded_and_stop_strings_cut(engine):
     pre = engine.encode_prefix(_ids(engine, "the cat sat on the mat and the cat sat on the mat"))
     rows = [(0, _ids(engine, "the cat sat on the mat and the cat sat on the mat again")[len(pre):])] * 3

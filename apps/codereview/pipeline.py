@@ -102,13 +102,14 @@ class CodeReviewer:
     def budget(self, task: str) -> int:
         return getattr(self.task_settings.max_new_tokens, task)
 
-    def _stage(self, tree: PrefixTree, task: str, items: list[tuple[int, dict[str, Any]]],
+    def _stage(self, tree: PrefixTree, task: str, items: list[tuple[int, dict[str, Any] | list[int]]],
                roots: dict[int, list[int]], batch_size: int | None) -> dict[int, str]:
-        """Generate `task` for each (hunk index, prompt fields), over the hunk's cached root prefix."""
+        """Generate `task` for each (hunk index, prompt fields or their token ids), over the hunk's cached
+        root prefix."""
         adapter = self.adapters[task]
         if not items:
             return {}
-        calls = [(((i, adapter),), self._ids(task, fields)) for i, fields in items]
+        calls = [(((i, adapter),), f if isinstance(f, list) else self._ids(task, f)) for i, f in items]
         tree.roots({(i, adapter): roots[i] for i, _ in items if roots.get(i)}, adapter)
         texts = tree.generate(calls, adapter, self._options(batch_size), budgets=[self.budget(task)] * len(calls))
         return {i: t for (i, _), t in zip(items, texts)}
@@ -125,14 +126,15 @@ class CodeReviewer:
     def review_hunks(self, hunks: Sequence[Hunk], suggest: bool = False, batch_size: int | None = None,
                      counts: dict[str, int] | None = None) -> Review:
         fields = [{"patch": h.patch, "lang": h.lang, "scope": h.scope} for h in hunks]
-        # each hunk's root: the token prefix its necessity and comment prompts share (the hunk itself)
-        roots = {i: os.path.commonprefix([self._ids("necessity", f), self._ids("comment", f)])
-                 for i, f in enumerate(fields)}
+        # each prompt is tokenized once; a hunk's root is the prefix its necessity and comment prompts
+        # share (the hunk itself), encoded once and reused by both stages
+        ids = {t: [self._ids(t, f) for f in fields] for t in ("necessity", "comment")}
+        roots = {i: os.path.commonprefix([ids["necessity"][i], ids["comment"][i]]) for i in range(len(hunks))}
         tree = PrefixTree(self.engine)
-        answers = self._stage(tree, "necessity", list(enumerate(fields)), roots, batch_size)
+        answers = self._stage(tree, "necessity", list(enumerate(ids["necessity"])), roots, batch_size)
         needs = {i: parse_answer(answers[i], "necessity") == "yes" for i in range(len(hunks))}
-        comments = self._stage(tree, "comment", [(i, fields[i]) for i in range(len(hunks)) if needs[i]], roots,
-                               batch_size)
+        comments = self._stage(tree, "comment", [(i, ids["comment"][i]) for i in range(len(hunks)) if needs[i]],
+                               roots, batch_size)
         comments = {i: parse_answer(t, "comment") for i, t in comments.items()}
         suggestions: dict[int, str] = {}
         if suggest:

@@ -93,6 +93,22 @@ class SharedPrefix:
         self.roots = [self.roots[j] for j in keep]
         self._index()
 
+    def stacked(self, layer: int, rows: list[int], dtype: torch.dtype):
+        """Layer `layer`'s K/V of the roots of `rows` (single-row roots), right-padded into one batch, and
+        the additive mask of the padding. Built per forward pass and not kept: it holds one layer's copy
+        of those roots at a time, never the whole cache twice."""
+        ks = [self.roots[j].cache.layers[layer].keys[0] for j in rows]
+        vs = [self.roots[j].cache.layers[layer].values[0] for j in rows]
+        n = max(k.shape[1] for k in ks)
+        pad = torch.nn.functional.pad
+        keys = torch.stack([pad(k, (0, 0, 0, n - k.shape[1])) for k in ks])
+        values = torch.stack([pad(v, (0, 0, 0, n - v.shape[1])) for v in vs])
+        lengths = torch.tensor([k.shape[1] for k in ks], device=keys.device)
+        bias = torch.zeros((len(rows), 1, 1, n), dtype=dtype, device=keys.device)
+        bias.masked_fill_(torch.arange(n, device=keys.device).view(1, 1, 1, n) >= lengths.view(-1, 1, 1, 1),
+                          torch.finfo(dtype).min)
+        return keys, values, bias
+
     def positions(self, mask: torch.Tensor) -> torch.Tensor:
         """Position ids of the private tokens: after the root, counting only unmasked tokens."""
         return (mask.cumsum(-1) - 1).clamp(min=0) + self.offsets.to(mask.device).view(-1, 1)
@@ -145,7 +161,17 @@ def _cascade_attention(module, query, key, value, shared: SharedPrefix, scaling)
     q = query.reshape(b, kvh, rep * w, d)  # query head kv * rep + r reads KV head kv
     out, lse = _attention_lse(q, key, value, shared.bias(w, rep, query.dtype, query.device), scaling)
     li = module.layer_idx
-    for root, a, z in shared.runs:
+    runs = shared.runs
+    singles = [a for _, a, z in runs if z - a == 1]
+    if len(singles) > 1:  # roots of one row each (a diff's hunks): one padded call instead of one per root
+        runs = [r for r in runs if r[2] - r[1] > 1]
+        keys, values, bias = shared.stacked(li, singles, query.dtype)
+        o_s, lse_s = _attention_lse(q[singles], keys, values, bias, scaling)
+        at = torch.tensor(singles, device=q.device)
+        total = torch.logaddexp(lse[at], lse_s)
+        out[at] = out[at] * torch.exp(lse[at] - total).unsqueeze(-1).to(out.dtype) \
+            + o_s * torch.exp(lse_s - total).unsqueeze(-1).to(out.dtype)
+    for root, a, z in runs:
         layer = root.cache.layers[li]
         n = z - a
         qr = q[a:z].transpose(0, 1).reshape(1, kvh, n * rep * w, d)

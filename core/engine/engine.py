@@ -115,6 +115,45 @@ class Engine:
             return Prefix(list(prefix_ids), cache_of(self.model(input_ids=pre, use_cache=True, logits_to_keep=1)))
 
     @torch.inference_mode()
+    def encode_prefixes(self, rows: Sequence[Sequence[int]], adapter: str | None = None,
+                        max_tokens: int = 16384) -> list[Prefix]:
+        """`encode_prefix` for many prefixes: left-padded batches of up to `max_tokens` (rows x width),
+        positions from the mask, each row's K/V then cut out of the batch cache. One at a time where
+        shared-prefix attention is off (sliding windows, soft-capping: the model's own attention)."""
+        rows = [list(r) for r in rows]
+        if not self.shared_attention or len(rows) < 2:
+            return [self.encode_prefix(r, adapter) for r in rows]
+        import copy
+
+        out: list[Prefix | None] = [None] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths: little padding
+        batches, cur = [], []
+        for i in order:
+            if cur and (len(cur) + 1) * len(rows[i]) > max_tokens:
+                batches.append(cur)
+                cur = []
+            cur.append(i)
+        batches.append(cur)
+        with _AdapterScope(self, adapter):
+            for idx in batches:
+                if len(idx) == 1:
+                    out[idx[0]] = self.encode_prefix(rows[idx[0]], adapter)
+                    continue
+                ids, mask = left_pad([rows[i] for i in idx], self.tokenizer.pad_token_id, self.device)
+                pos = (mask.cumsum(1) - 1).clamp(min=0)
+                cache = cache_of(self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                                            logits_to_keep=1))
+                for j, i in enumerate(idx):
+                    keep = mask[j].bool()
+                    one = copy.copy(cache)
+                    one.layers = [copy.copy(layer) for layer in cache.layers]
+                    for layer in one.layers:
+                        layer.keys = layer.keys[j:j + 1, :, keep].contiguous()
+                        layer.values = layer.values[j:j + 1, :, keep].contiguous()
+                    out[i] = Prefix(rows[i], one)
+        return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
     def extend_prefixes(self, items: Sequence[tuple[Prefix, Sequence[int]]], adapter: str | None = None,
                         batch_size: int = 64) -> list[Prefix]:
         """Several prefixes extended by their `more_ids`, in batched forward passes over shared roots."""

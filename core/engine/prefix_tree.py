@@ -35,10 +35,9 @@ class PrefixTree:
         return key in self.prefixes
 
     def roots(self, items: dict[Hashable, Sequence[int]], adapter: str | None = None) -> None:
-        """Encode each root prefix not cached yet (keys should tell adapters apart: a cache is per adapter)."""
-        for key, ids in items.items():
-            if key not in self.prefixes:
-                self.prefixes[key] = self.engine.encode_prefix(list(ids), adapter)
+        """Encode each root prefix not cached yet, in batches (keys should tell adapters apart: a cache is per adapter)."""
+        todo = {key: list(ids) for key, ids in items.items() if key not in self.prefixes}
+        self.prefixes.update(zip(todo, self.engine.encode_prefixes(list(todo.values()), adapter)))
 
     def extend(self, specs: Iterable[tuple[Hashable, Hashable, Sequence[int]]], adapter: str | None = None) -> None:
         """Cache each (key, parent key, ids) as the parent's prefix extended to `ids`, all in batched
