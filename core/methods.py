@@ -123,6 +123,23 @@ def _prefix_tuning(cfg: PeftConfig, model_type: str, total_steps: int):
                                  **cfg.options})
 
 
+@register_method("llama_adapter")
+def _llama_adapter(cfg: PeftConfig, model_type: str, total_steps: int):
+    """LLaMA-Adapter (zero-init attention): `num_virtual_tokens` learned prompt tokens that the top
+    `options.adapter_layers` layers (default: all) attend to through a zero-initialised gate, so training
+    starts from the frozen model's own outputs. LLaMA-Reviewer's "prefix-tuning" setting. Llama-family
+    attention only (peft's `AdaptionPromptConfig`)."""
+    from peft import AdaptionPromptConfig
+
+    if cfg.modules_to_save:
+        from peft_apps.core.errors import warn
+
+        warn(f"peft.modules_to_save ({', '.join(cfg.modules_to_save)}) is not supported by llama_adapter: ignored")
+    # adapter_layers: None = every layer; `attach_peft` fills it in from the model
+    return AdaptionPromptConfig(**{"task_type": "CAUSAL_LM", "adapter_len": cfg.num_virtual_tokens,
+                                   "adapter_layers": None, **cfg.options})
+
+
 @register_method("loha")
 def _loha(cfg: PeftConfig, model_type: str, total_steps: int):
     from peft import LoHaConfig

@@ -277,6 +277,8 @@ def attach_peft(model, recipe, total_steps: int, gradient_checkpointing: bool):
     elif gradient_checkpointing:
         model.enable_input_require_grads()
     peft_cfg = build_peft_config(recipe.peft, model.config.model_type, total_steps)
+    if hasattr(peft_cfg, "adapter_layers") and peft_cfg.adapter_layers is None:  # llama_adapter: all layers
+        peft_cfg.adapter_layers = model.config.num_hidden_layers
     try:
         return get_peft_model(model, peft_cfg)
     except ValueError as e:

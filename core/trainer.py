@@ -381,7 +381,8 @@ def _load_model(recipe: Recipe, plan: _Plan, train_cols: dict[str, list]):
         # attention mask to them: the first forward pass fails deep in attention. Say so before any loading.
         raise UserError("peft.method=prefix_tuning does not train with this peft/transformers pair yet (the "
                         "attention mask is not widened to the virtual tokens)",
-                        hint="use peft.method=prompt_tuning (virtual tokens in the input) or lora")
+                        hint="use peft.method=llama_adapter (learned prompts read by every layer, zero-init gated), "
+                             "prompt_tuning (virtual tokens in the input) or lora")
     model = load_base_model(recipe.model, runtime=plan.runtime, config=plan.config)
     model = attach_peft(model, recipe, plan.total_steps, tc.gradient_checkpointing)
     plan.batching = choose_batching(recipe, plan.runtime)
