@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -117,15 +118,16 @@ class Checker:
     """Runs test files for one project in the sandbox; the existing suite's coverage is measured once."""
 
     def __init__(self, project: Path, limits: Limits | None = None, isolate: bool | None = None,
-                 python: str | None = None):
+                 python: str | None = None, ignore: list[str] = ()):
         self.project = Path(project).resolve()
         self.sandbox = Sandbox(self.project, limits, isolate)
         self.python = python or python_in_sandbox()
         self._baseline: Coverage | None = None
         self._lock = threading.Lock()
         self.baseline_note = ""
+        self.ignore = list(ignore)  # test files the baseline leaves out (the one being judged)
 
-    def _pythonpath(self, work_hint: str = ".") -> str:
+    def _pythonpath(self) -> str:
         return os.pathsep.join(["src", "."] if (self.project / "src").is_dir() else ["."])
 
     def run(self, pytest_args: list[str], files: dict[str, str] | None = None):
@@ -138,7 +140,7 @@ class Checker:
         """Coverage of the project's existing tests (empty when it has none)."""
         with self._lock:
             if self._baseline is None:
-                r, data = self.run([])
+                r, data = self.run([f"--ignore={p}" for p in self.ignore])
                 if data is None:
                     self.baseline_note = f"the existing suite did not run: {(r.stderr or r.stdout)[-300:]}"
                     self._baseline = Coverage()
@@ -177,8 +179,12 @@ class Checker:
             return v
         if v.failed:
             msg = next(t["message"] for t in data["tests"] if t["outcome"] != "passed")
-            v.reason = "resource limit" if ("MemoryError" in msg or "Resource temporarily unavailable" in msg) \
-                else "failed"
+            if "MemoryError" in msg or "Resource temporarily unavailable" in msg:
+                v.reason = "resource limit"
+            elif re.search(r"^E\s+(ImportError|ModuleNotFoundError)\b", msg, re.M):
+                v.reason = "import error"  # an import inside the test, of a name that does not exist
+            else:
+                v.reason = "failed"
             v.message = msg[-800:]
             return v
         covered = Coverage.from_report(data["coverage"])

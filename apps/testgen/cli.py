@@ -1,0 +1,168 @@
+"""`peft-apps testgen generate` and `peft-apps testgen check`: tests for changed or named functions, kept
+only when they pass and add coverage in the sandbox; the sandbox's verdict on one test file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from peft_apps.core.errors import UserError
+
+console = Console(stderr=True)
+cli = typer.Typer(help="Unit-test generation commands.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]})
+
+
+def _task(adapter: Optional[str], overrides: list[str]):
+    from peft_apps.core.config import Recipe, load_recipe
+
+    from .app import TestGenTask
+
+    if adapter:
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise UserError(f"{adapter} is not an adapter folder (no adapter_config.json)")
+        rf = Path(adapter) / "recipe.yaml"
+        recipe = load_recipe(rf, overrides) if rf.is_file() else Recipe(app="testgen")
+    else:
+        from peft_apps.core.registry import get_app
+
+        recipe = load_recipe(get_app("testgen").recipe_path(None), overrides)
+    return recipe, TestGenTask.model_validate(recipe.task)
+
+
+def _warn_isolation(isolated: bool) -> None:
+    if not isolated:
+        from .sandbox import bwrap_works
+
+        console.print(f"[bold red]WARNING: generated tests ran WITHOUT isolation[/] ({bwrap_works()[1]}): network "
+                      f"and filesystem were reachable; only the resource limits and timeout applied.")
+
+
+@cli.command("check")
+def check_cmd(
+    test_file: Path = typer.Argument(..., help="the test file to judge"),
+    project: Path = typer.Option(Path("."), "--project", "-p", help="the project the test belongs to"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="wall-clock limit in seconds"),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="task settings, e.g. sandbox.memory_mb=1024"),
+) -> None:
+    """Run one test file in the sandbox and print the verdict as JSON: status (keep/drop), reason, duration,
+    coverage gain over the project's existing tests (the verdict `testgen generate` applies)."""
+    from .check import Checker
+
+    project = project.resolve()
+    if not project.is_dir():
+        raise UserError(f"--project {project}: not a folder")
+    if not test_file.is_file():
+        raise UserError(f"{test_file}: no such file")
+    _, task = _task(None, [f"task.{o}" for o in overrides or []])
+    limits = task.sandbox.limits()
+    if timeout:
+        limits.timeout_s = timeout
+    src = test_file.read_text(encoding="utf-8", errors="replace")
+    try:
+        rel = test_file.resolve().relative_to(project).as_posix()
+        ignore = [rel]
+    except ValueError:  # a file from elsewhere: checked as a new test in the project's tests folder
+        from .generate import tests_dir
+
+        rel = (tests_dir(project) / test_file.name).relative_to(project).as_posix()
+        ignore = [rel] if (project / rel).exists() else []
+    checker = Checker(project, limits, ignore=ignore)
+    v = checker.check(rel, src)
+    _warn_isolation(v.isolated)
+    out = v.as_dict()
+    out["test_file"] = rel
+    if checker.baseline_note:
+        out["baseline_note"] = checker.baseline_note
+    print(json.dumps(out, indent=2))
+
+
+@cli.command("generate")
+def generate_cmd(
+    paths: Optional[list[str]] = typer.Argument(None, help="files or file.py::function to write tests for"),
+    changed: Optional[str] = typer.Option(None, "--changed", help="functions changed in git range BASE..HEAD"),
+    project: Path = typer.Option(Path("."), "--project", "-p", help="the project (a git work tree for --changed)"),
+    adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="a testgen adapter"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="base model (default: the adapter's)"),
+    n: Optional[int] = typer.Option(None, "--n", min=1, help="candidates per function (default: task.candidates, 4)"),
+    candidates: Optional[Path] = typer.Option(None, "--candidates", help='JSONL of {"target", "test"}: check '
+                                              'these instead of generating'),
+    write: bool = typer.Option(False, "--write", help="write the kept tests into the test tree"),
+    patch_out: Optional[Path] = typer.Option(None, "--patch", help="write the kept tests as a patch file"),
+    check: bool = typer.Option(False, "--check", help="write nothing; exit 1 when a function gets no kept test"),
+    report: Optional[Path] = typer.Option(None, "--report", "-o", help="JSON report: every candidate's verdict"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="sandbox runs in parallel (default: cores)"),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="task settings, e.g. sandbox.timeout_s=10"),
+) -> None:
+    """Write tests for changed or named Python functions: n candidates each, run in the sandbox, keep the
+    ones that pass and add line or branch coverage, say why each other one was dropped."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .generate import patch, write as write_files
+    from .pipeline import TestGenerator, run
+
+    if sum([write, patch_out is not None, check]) > 1:
+        raise UserError("choose one of --write, --patch and --check")
+    if not paths and not changed:
+        raise UserError("nothing to test", hint="name files or file.py::function, or pass --changed BASE..HEAD")
+    if adapter and candidates:
+        raise UserError("give --adapter (generate candidates) or --candidates (check given ones), not both")
+    if not adapter and not candidates:
+        raise UserError("no adapter given", hint="train one (`peft-apps train testgen`, or `peft-apps demo testgen`) "
+                                                 "and pass --adapter DIR, or check hand-written tests with --candidates")
+    if candidates and not candidates.is_file():
+        raise UserError(f"--candidates {candidates}: no such file")
+    for p in (patch_out, report):
+        if p is not None and p.is_dir():
+            raise UserError(f"{p} is a folder; give a file path")
+    recipe, task = _task(adapter, [f"task.{o}" for o in overrides or []])
+    generator = None
+    if adapter:
+        generator = TestGenerator.from_pretrained(model, adapter)
+        generator.task = task
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        state = {"id": None}
+
+        def progress(text: str, total: int) -> None:
+            if total == -1:
+                bar.advance(state["id"])
+            elif total == 0:
+                console.print(text)
+            else:
+                state["id"] = bar.add_task(text, total=total)
+
+        result = run(generator, project, list(paths or []), changed, n, candidates, workers, progress, task)
+    _warn_isolation(result.isolated)
+    for p in result.problems:
+        console.print(f"[yellow]skipped:[/] {p}")
+    if result.baseline_note:
+        console.print(f"[yellow]note:[/] {result.baseline_note}")
+    if not result.functions:
+        console.print("no functions to test" + (f" in {changed}" if changed else ""))
+    for f in result.functions:
+        dropped = [c for c in f.candidates if c.verdict.status != "keep"]
+        why = ", ".join(f"{c.verdict.reason}" for c in dropped)
+        console.print(f"{f.target}: kept {len(f.kept)} of {len(f.candidates)}" + (f" (dropped: {why})" if why else ""))
+    d = result.as_dict()
+    if report:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(d, indent=2))
+        console.print(f"report -> {report}")
+    proj = project.resolve()
+    if write and result.written:
+        write_files(proj, result.written)
+        console.print(f"wrote {', '.join(sorted(result.written))}")
+    elif patch_out is not None:
+        patch_out.write_text(patch(proj, result.written))
+        console.print(f"patch -> {patch_out} ({len(result.written)} file(s))")
+    c = d["counts"]
+    console.print(f"{c['kept']} test(s) kept for {c['functions_with_kept_tests']} of {c['functions']} function(s)")
+    if check and c["functions_with_kept_tests"] < c["functions"]:
+        sys.exit(1)

@@ -1,0 +1,3 @@
+from .codebleu import AVAILABLE_LANGS, calc_codebleu
+
+__all__ = ["calc_codebleu", "AVAILABLE_LANGS"]

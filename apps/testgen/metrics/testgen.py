@@ -1,0 +1,82 @@
+"""Unit-test generation metrics, as the PEFT unit-test study (Storhaug & Li 2024) reports them.
+
+An `evaluate` module kept in the app and loaded by path (a Hub metric cannot load offline):
+
+    import evaluate
+    m = evaluate.load("apps/testgen/metrics/testgen.py")
+    m.compute(predictions=[model text], references=[gold rest of the test], prompts=[code prompt],
+              langs=["java"])
+
+Definitions (per language, then over all records weighted by their count)
+- syntax_validity: the share of generated tests that parse with no ERROR or MISSING node (tree-sitter).
+  The test parsed is the prompt's test class (Java: from its last `class` header) or test signature
+  (Python) followed by the output, cut where the test method ends; an output that never closes its
+  method, or is empty, is invalid.
+- codebleu: CodeBLEU (Ren et al. 2020) of the generated test method (the output cut where the method
+  ends) against the gold one, with the standard weights 0.25 each for n-gram match, keyword-weighted
+  n-gram match, AST subtree match (tree-sitter) and data-flow match; corpus-level, 0-1. The four parts
+  are reported too (`codebleu_ngram`, `codebleu_weighted_ngram`, `codebleu_syntax`, `codebleu_dataflow`).
+  Computed with the CodeBLEU implementation in `metrics/codebleu/` (see its SOURCE.txt).
+- exact_match: output method equal to the gold method after joining whitespace runs.
+
+Execution metrics (pass rate, line and branch coverage of the focal function) need the project the test
+belongs to and run in the sandbox: the app adds them for records that carry one (`apps/testgen/app.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import datasets
+import evaluate
+
+
+def compute(predictions: Sequence[str], references: Sequence[str], prompts: Sequence[str],
+            langs: Sequence[str]) -> dict[str, Any]:
+    from peft_apps.apps.testgen.metrics.codebleu import calc_codebleu
+    from peft_apps.apps.testgen.units import method_text, syntax_valid
+
+    n = len(predictions)
+    if not (len(references) == len(prompts) == len(langs) == n):
+        raise ValueError("predictions, references, prompts and langs must have one entry per record")
+    out: dict[str, Any] = {"n": n}
+    if n == 0:
+        return out
+    valid = [syntax_valid(lang, p, o) for lang, p, o in zip(langs, prompts, predictions)]
+    out["syntax_validity"] = sum(valid) / n
+    hyp = [method_text(lang, p, o) for lang, p, o in zip(langs, prompts, predictions)]
+    ref = [method_text(lang, p, r) for lang, p, r in zip(langs, prompts, references)]
+    out["exact_match"] = sum(" ".join(h.split()) == " ".join(r.split()) for h, r in zip(hyp, ref)) / n
+    parts = {"codebleu": "codebleu", "ngram_match_score": "codebleu_ngram",
+             "weighted_ngram_match_score": "codebleu_weighted_ngram", "syntax_match_score": "codebleu_syntax",
+             "dataflow_match_score": "codebleu_dataflow"}
+    totals = {v: 0.0 for v in parts.values()}
+    logging.getLogger("codebleu").setLevel(logging.ERROR)
+    for lang in sorted(set(langs)):
+        idx = [i for i in range(n) if langs[i] == lang]
+        scores = calc_codebleu([ref[i] for i in idx], [hyp[i] for i in idx], lang=lang)
+        for k, name in parts.items():
+            totals[name] += (scores[k] or 0.0) * len(idx)
+            if len(set(langs)) > 1:
+                out[f"{lang}_{name}"] = scores[k]
+    out.update({k: v / n for k, v in totals.items()})
+    return out
+
+
+class TestGen(evaluate.Metric):
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description=__doc__,
+            citation="Storhaug & Li, Parameter-Efficient Fine-Tuning of LLMs for Unit Test Generation, 2024; "
+                     "Ren et al., CodeBLEU, 2020",
+            inputs_description="predictions: model texts; references: gold test rests; prompts: the code prompts; "
+                               "langs: java or python",
+            features=datasets.Features({"predictions": datasets.Value("string"),
+                                        "references": datasets.Value("string")}),
+        )
+
+    def _compute(self, predictions: list[str], references: list[str], prompts: list[str] | None = None,
+                 langs: list[str] | None = None) -> dict[str, Any]:
+        prompts = prompts if prompts is not None else [""] * len(predictions)
+        return compute(predictions, references, prompts, langs or ["java"] * len(predictions))

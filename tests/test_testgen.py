@@ -1,0 +1,306 @@
+"""testgen: the miner on a real small project, the sandbox's limits against hostile generated tests, the
+keep/drop verdicts on hand-written candidates, syntactic validity and CodeBLEU on the real samples, the
+execution metrics, `testgen generate --changed` on a git range, and a tiny train -> generate run."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from peft_apps.apps.testgen import pysource
+from peft_apps.apps.testgen.check import Checker
+from peft_apps.apps.testgen.miner import mine
+from peft_apps.apps.testgen.sandbox import Limits, Sandbox, bwrap_works
+from peft_apps.apps.testgen.units import java_unit, python_body, syntax_valid
+from peft_apps.core.resources import data_dir
+
+TEXTKIT = data_dir("testgen", "textkit")
+SAMPLES = data_dir("testgen", "methods2test-sample.jsonl")
+isolated = pytest.mark.skipif(not bwrap_works()[0], reason=f"bwrap cannot run here: {bwrap_works()[1]}")
+
+
+def _rows(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+# ---- miner -------------------------------------------------------------------------------------------
+def test_miner_pairs_tests_with_their_focal_functions(tmp_path):
+    m = mine(TEXTKIT)
+    got = {r["meta"]["test_function"]: (r["meta"]["focal_file"], r["meta"]["focal_function"]) for r in m.records}
+    assert got == {  # by name (test_slugify_*), through a module import (stats.word_counts) and a re-export
+        "test_slugify_joins_lower_case_words": ("textkit/slug.py", "slugify"),
+        "test_slugify_drops_accents": ("textkit/slug.py", "slugify"),
+        "test_truncate_short_text_is_unchanged": ("textkit/slug.py", "truncate"),
+        "test_truncate_rejects_tiny_width": ("textkit/slug.py", "truncate"),
+        "test_word_counts_ignores_case": ("textkit/stats.py", "word_counts")}
+    r = next(r for r in m.records if r["meta"]["test_function"] == "test_truncate_rejects_tiny_width")
+    assert r["prompt"].startswith("# module textkit.slug\ndef truncate(text, width, ellipsis=\"...\"):")
+    assert r["prompt"].endswith("from textkit.slug import slugify, truncate\n\n\ndef test_truncate_rejects_tiny_width():\n")
+    assert r["reference"] == "    with pytest.raises(ValueError):\n        truncate(\"anything\", 2)"
+    assert r["meta"]["focal_lines"] == [15, 24]
+    # a file that does not parse is reported and skipped; the rest is still mined
+    copy = tmp_path / "proj"
+    shutil.copytree(TEXTKIT, copy)
+    (copy / "textkit" / "broken.py").write_text("def f(:\n    pass\n")
+    m2 = mine(copy)
+    assert m2.counts["pairs"] == 5 and m2.counts["files that do not parse"] == 1
+    assert any("textkit/broken.py" in p for p in m2.problems)
+
+
+def test_miner_resolves_module_attribute_calls_and_counts_unresolved(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "mathx.py").write_text("def double(x):\n    return 2 * x\n\ndef half(x):\n    return x / 2\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_m.py").write_text(
+        "import pkg.mathx as mx\nfrom pkg import mathx\n\n"
+        "def test_double():\n    assert mx.double(2) == 4\n\n"
+        "def test_values():\n    assert mathx.half(4) == 2\n\n"
+        "def test_two():\n    assert mx.half(mx.double(3)) == 3\n\n"
+        "def test_nothing():\n    assert len('ab') == 2\n")
+    m = mine(tmp_path)
+    got = {r["meta"]["test_function"]: r["meta"]["focal_function"] for r in m.records}
+    assert got == {"test_double": "double", "test_values": "half"}
+    assert m.counts["ambiguous focal function"] == 1 and m.counts["no candidate"] == 1
+
+
+# ---- units, syntax validity, CodeBLEU -----------------------------------------------------------------------
+def test_java_unit_cuts_at_the_method_end_and_python_body_at_dedent():
+    prompt = "class A {\n  int f() { return 1; }\n}\n\nclass ATest {\n\n\t@Test\n\tpublic void testF()\n\t{\n"
+    unit = java_unit(prompt, "\t\tassertEquals(1, new A().f()); // }\n\t}\n\n\t@Test void more() {}\n}")
+    assert unit.endswith("assertEquals(1, new A().f()); // }\n\t}\n}\n") and "more" not in unit
+    assert syntax_valid("java", prompt, "\t\tassertEquals(1, x);\n\t}")
+    assert not syntax_valid("java", prompt, "\t\tassertEquals(1, x);\n")  # the method never closes
+    assert not syntax_valid("java", prompt, "\t\tassertEquals(1, x;\n\t}")
+    assert not syntax_valid("java", prompt, "   ")
+    assert python_body("    assert f(1) == 2\n\n    assert f(0) == 1\ndef other():\n    pass") == \
+        "    assert f(1) == 2\n\n    assert f(0) == 1\n"
+    assert syntax_valid("python", "from m import f\n\n\ndef test_f():\n", "    assert f(1) == 2\n")
+    assert not syntax_valid("python", "def test_f():\n", "    assert f(1 == 2\n")
+
+
+def test_syntax_validity_and_codebleu_on_the_real_samples():
+    from peft_apps.apps.testgen.metrics.testgen import compute
+
+    rows = _rows(SAMPLES)
+    refs = [r["reference"] for r in rows]
+    prompts = [r["prompt"] for r in rows]
+    gold = compute(refs, refs, prompts, ["java"] * len(rows))
+    assert gold["syntax_validity"] == 1.0 and gold["exact_match"] == 1.0
+    assert gold["codebleu"] == pytest.approx(1.0, abs=1e-3) and gold["codebleu_syntax"] == pytest.approx(1.0)
+    study = compute([r["prediction"] for r in rows], refs, prompts, ["java"] * len(rows))
+    # the study's fully fine-tuned codegen-350M: most of its tests parse, few match the gold text
+    invalid = sum(not syntax_valid("java", r["prompt"], r["prediction"]) for r in rows)
+    assert study["syntax_validity"] == pytest.approx(1 - invalid / len(rows)) and 0 < invalid < len(rows) // 4
+    assert 0.05 < study["codebleu"] < 0.5 and study["exact_match"] < 0.1
+    he = _rows(data_dir("testgen", "humaneval-x-java-sample.jsonl"))
+    m = compute([r["prediction"] for r in he], [r["reference"] for r in he], [r["prompt"] for r in he], ["java"] * len(he))
+    assert m["syntax_validity"] > 0.85 and m["codebleu"] > study["codebleu"]
+
+
+def test_codebleu_by_hand_renaming_keeps_syntax_and_dataflow():
+    from peft_apps.apps.testgen.metrics.codebleu import calc_codebleu
+
+    s = calc_codebleu(["def f(a):\n    return a + 1\n"], ["def f(b):\n    return b + 1\n"], "python")
+    assert s["syntax_match_score"] == 1.0 and s["dataflow_match_score"] == 1.0  # same tree, same flow
+    assert s["ngram_match_score"] < 0.5  # the renamed tokens break most n-grams
+    assert s["codebleu"] == pytest.approx(0.25 * (s["ngram_match_score"] + s["weighted_ngram_match_score"] + 2))
+
+
+# ---- sandbox limits ------------------------------------------------------------------------------------
+def _hostile(checker, cases):
+    items = [(f"tests/test_hostile_{name}.py", src) for name, src in cases.items()]
+    return dict(zip(cases, checker.check_many(items, workers=2)))
+
+
+@isolated
+def test_sandbox_stops_hostile_generated_tests(tmp_path):
+    """An infinite loop, a fork loop, a 10 GB allocation, a connect to a server on the host's 127.0.0.1 and a
+    write into the user's home directory: each is stopped, and nothing reaches the host."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    accepted = []
+
+    def serve():
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                pass
+
+    stop = threading.Event()
+    threading.Thread(target=serve, daemon=True).start()
+    probe = Path.home() / f"peft-apps-sandbox-probe-{uuid.uuid4().hex}"
+    cases = {
+        "loop": "def test_loop():\n    while True:\n        pass\n",
+        "fork": "import os, time\n\ndef test_fork():\n    for _ in range(5000):\n        if os.fork() == 0:\n"
+                "            time.sleep(30)\n            os._exit(0)\n",
+        "memory": "def test_memory():\n    block = bytearray(10 * 2**30)\n    assert len(block)\n",
+        "network": f"import socket\n\ndef test_network():\n    socket.create_connection(('127.0.0.1', {port}), timeout=3)\n",
+        "home": f"def test_home():\n    open({str(probe)!r}, 'w').write('x')\n",
+        "pid": "import os\n\ndef test_pid():\n    assert os.getpid() < 10 and 'CI_SECRET_TOKEN' not in os.environ\n",
+    }
+    os.environ["CI_SECRET_TOKEN"] = "do-not-leak"
+    try:
+        checker = Checker(TEXTKIT, Limits(timeout_s=8, cpu_s=20, memory_mb=1024, processes=48))
+        v = _hostile(checker, cases)
+    finally:
+        os.environ.pop("CI_SECRET_TOKEN")
+        stop.set()
+    assert v["loop"].reason == "timeout" and v["loop"].duration < 12
+    assert v["fork"].reason == "resource limit" and "Resource temporarily unavailable" in v["fork"].message
+    assert v["memory"].reason == "resource limit" and "MemoryError" in v["memory"].message
+    assert v["network"].reason == "failed" and not accepted  # refused in the sandbox's own network namespace
+    assert v["home"].reason == "failed" and "Read-only file system" in v["home"].message and not probe.exists()
+    assert v["pid"].status == "drop" and v["pid"].reason == "no coverage gain"  # it passed: PID < 10, no secret
+    leftovers = subprocess.run(["pgrep", "-f", "test_hostile_fork"], capture_output=True, text=True).stdout.split()
+    assert not leftovers  # the fork loop's sleepers died with the sandbox
+
+
+def test_fallback_without_isolation_keeps_the_limits_and_says_so(tmp_path):
+    box = Sandbox(TEXTKIT, Limits(timeout_s=3, memory_mb=512), isolate=False)
+    assert not box.isolated
+    r = box.run([sys.executable, "-c", "while True: pass"])
+    assert r.timed_out and not r.isolated and r.duration < 6
+    r = box.run([sys.executable, "-c", "b = bytearray(4 * 2**30)"])
+    assert r.returncode != 0 and "MemoryError" in r.stderr
+
+
+# ---- keep / drop -------------------------------------------------------------------------------------------
+CANDIDATES = [
+    ("textkit/stats.py::reading_time", "    assert reading_time('a b c', wpm=2) == 2\n    assert reading_time('') == 0\n"
+                                       "    with pytest.raises(ValueError):\n        reading_time('a', wpm=0)\n"),
+    ("textkit/stats.py::reading_time", "    assert reading_time('a b c') == 9\n"),  # wrong: fails
+    ("textkit/stats.py::reading_time", "    assert reading_time('a b c', wpm=2) == 2\n"),  # covered by the first
+    ("textkit/stats.py::reading_time", "    assert reading_time('a b c' == 9\n"),  # syntax error
+    ("textkit/stats.py::reading_time", "    from textkit.stats import read_minutes\n    assert read_minutes('a')\n"),
+    ("textkit/slug.py::slugify", "    assert slugify('A b') == 'a-b'\n"),  # passes, existing tests cover it
+    ("textkit/slug.py::is_slug", "    while True:\n        pass\n"),  # hangs
+    ("textkit/slug.py::is_slug", "def test_is_slug_cases():\n    assert is_slug('a-b')\n    assert not is_slug('')\n"),
+]
+
+
+def test_generate_keeps_passing_covering_tests_and_says_why_others_were_dropped(tmp_path):
+    from peft_apps.apps.testgen.app import TestGenTask
+    from peft_apps.apps.testgen.generate import patch, write
+    from peft_apps.apps.testgen.pipeline import run
+
+    project = tmp_path / "textkit"
+    shutil.copytree(TEXTKIT, project)
+    cands = tmp_path / "c.jsonl"
+    cands.write_text("".join(json.dumps({"target": t, "test": s}) + "\n" for t, s in CANDIDATES))
+    task = TestGenTask.model_validate({"sandbox": {"timeout_s": 8}})
+    targets = sorted({t for t, _ in CANDIDATES})
+    res = run(None, project, targets, None, None, cands, 2, None, task)
+    reasons = {f.target: [c.verdict.reason for c in f.candidates] for f in res.functions}
+    assert reasons == {
+        "textkit/slug.py::is_slug": ["timeout", "passes and adds coverage"],
+        "textkit/slug.py::slugify": ["no coverage gain"],
+        "textkit/stats.py::reading_time": ["passes and adds coverage", "failed", "no coverage gain", "syntax error",
+                                           "import error"]}
+    gain = res.functions[2].candidates[0].verdict.coverage_gain
+    assert gain["new_lines"]["textkit/stats.py"] == list(range(14, 21)) and gain["branches"] == 4  # its whole body
+    assert set(res.written) == {"tests/test_slug_generated.py", "tests/test_stats_generated.py"}
+    diff = patch(project, res.written)
+    assert "+def test_reading_time_gen0():" in diff and "+def test_is_slug_cases_gen1():" in diff
+    write(project, res.written)
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project,
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(project)})
+    assert p.returncode == 0 and "7 passed" in p.stdout, p.stdout[-2000:]
+    d = res.as_dict()
+    assert d["counts"]["kept"] == 2 and d["counts"]["functions_with_kept_tests"] == 2
+    assert d["counts"]["reasons"]["timeout"] == 1
+
+
+def test_generate_changed_functions_in_a_git_range_and_a_project_without_tests(tmp_path):
+    from peft_apps.apps.testgen.generate import changed_targets
+
+    project = tmp_path / "p"
+    shutil.copytree(TEXTKIT / "textkit", project / "textkit")
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=project, check=True)
+    subprocess.run(git + ["add", "-A"], cwd=project, check=True)
+    subprocess.run(git + ["commit", "-qm", "one"], cwd=project, check=True)
+    stats = project / "textkit" / "stats.py"
+    stats.write_text(stats.read_text().replace("return [w for w, _ in counts.most_common(n)]",
+                                               "return [w for w, _ in counts.most_common(max(n, 0))]"))
+    (project / "textkit" / "broken.py").write_text("def f(:\n")
+    subprocess.run(git + ["add", "-A"], cwd=project, check=True)
+    subprocess.run(git + ["commit", "-qm", "two"], cwd=project, check=True)
+    problems = []
+    ts = changed_targets(project, "HEAD~1..HEAD", problems)
+    assert [t.id for t in ts] == ["textkit/stats.py::top_words"]
+    assert problems == ["textkit/broken.py: does not parse; skipped"]
+    cands = tmp_path / "c.jsonl"
+    cands.write_text(json.dumps({"target": "textkit/stats.py::top_words",
+                                 "test": "    assert top_words('b a b', n=1) == ['b']\n"}) + "\n")
+    out = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "testgen", "generate", "--changed",
+                          "HEAD~1..HEAD", "--project", str(project), "--candidates", str(cands), "--write"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "kept 1 of 1" in out.stderr and "skipped: textkit/broken.py" in out.stderr
+    written = project / "tests" / "test_stats_generated.py"  # no tests folder before: created
+    assert "def test_top_words_gen0():" in written.read_text()
+
+
+def test_check_command_prints_the_verdict_json(tmp_path):
+    t = tmp_path / "test_new.py"
+    t.write_text("from textkit.slug import is_slug\n\ndef test_is_slug():\n    assert is_slug('a-b')\n")
+    p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "testgen", "check", "--project", str(TEXTKIT),
+                        str(t)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    v = json.loads(p.stdout)
+    assert v["status"] == "keep" and v["reason"] == "passes and adds coverage" and v["duration"] > 0
+    assert v["coverage_gain"]["new_lines"] == {"textkit/slug.py": [29, 31, 32]}  # not 30: `return False`
+    bad = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "testgen", "check", "--project", str(TEXTKIT),
+                          str(tmp_path / "missing.py")], capture_output=True, text=True)
+    assert bad.returncode != 0 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ---- execution metrics, tiny end to end --------------------------------------------------------------------
+def test_execution_metrics_on_mined_pairs(tmp_path):
+    from peft_apps.apps.testgen.app import execution_metrics
+    from peft_apps.core.config import load_recipe
+    from peft_apps.core.registry import get_app
+
+    app = get_app("testgen")
+    pairs = tmp_path / "pairs.jsonl"
+    report = app.convert(TEXTKIT, pairs)
+    assert report["counts"]["pairs"] == 5
+    recipe = load_recipe(app.recipe_path("demo"))
+    exs = app.read(pairs, recipe)
+    gold = execution_metrics(exs, [ex.completion for ex in exs], app.task(recipe))
+    assert gold["pass_rate"] == 1.0 and gold["execution_outcomes"] == {"passed": 5}
+    assert 0 < gold["focal_line_coverage"] <= 1 and gold["focal_branch_coverage"] is not None
+    wrong = [ex.completion.replace("==", "!=") if "==" in ex.completion else "    assert False" for ex in exs]
+    bad = execution_metrics(exs, wrong, app.task(recipe))
+    assert bad["pass_rate"] == 0.0 and bad["focal_line_coverage"] == 0.0
+
+
+@pytest.mark.slow
+def test_tiny_train_then_generate(tmp_path):
+    run_dir = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "train", "testgen", "-r", "demo",
+                        "train.max_steps=2", "data.limit_train=8", "data.limit_eval=2", f"train.output_dir={run_dir}"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    project = tmp_path / "textkit"
+    shutil.copytree(TEXTKIT, project)
+    rep = tmp_path / "report.json"
+    p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "testgen", "generate", "textkit/slug.py::is_slug",
+                        "--project", str(project), "--adapter", str(run_dir), "--n", "2", "--report", str(rep),
+                        "--set", "max_new_tokens=16", "--set", "sandbox.timeout_s=10"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    d = json.loads(rep.read_text())
+    assert d["counts"]["functions"] == 1 and d["counts"]["candidates"] == 2
+    assert all(c["verdict"]["reason"] for c in d["functions"][0]["candidates"])
