@@ -114,6 +114,19 @@ def test_codebleu_by_hand_renaming_keeps_syntax_and_dataflow():
     assert s["codebleu"] == pytest.approx(0.25 * (s["ngram_match_score"] + s["weighted_ngram_match_score"] + 2))
 
 
+def test_codebleu_without_reference_dataflow_leaves_that_part_out():
+    """Assert-only tests have no data flow: the part is undefined, and an empty output scores 0, not 0.25."""
+    from peft_apps.apps.testgen.metrics.testgen import compute
+
+    prompts = ["class T {\n  void t() {\n"] * 2
+    refs = ["    assertTrue(a.b());\n    assertNull(c);\n    assertFalse(d);\n  }",
+            "    assertEquals(1, f());\n    assertEquals(2, g());\n  }"]
+    empty = compute(["   ", ""], refs, prompts, ["java"] * 2)
+    assert empty["codebleu"] == 0.0 and empty["codebleu_dataflow"] is None and empty["syntax_validity"] == 0.0
+    same = compute(refs, refs, prompts, ["java"] * 2)
+    assert same["codebleu"] == pytest.approx(1.0) and same["codebleu_dataflow"] is None
+
+
 # ---- sandbox limits ------------------------------------------------------------------------------------
 def _hostile(checker, cases):
     items = [(f"tests/test_hostile_{name}.py", src) for name, src in cases.items()]

@@ -16,6 +16,10 @@ Definitions (per language, then over all records weighted by their count)
   ends) against the gold one, with the standard weights 0.25 each for n-gram match, keyword-weighted
   n-gram match, AST subtree match (tree-sitter) and data-flow match; corpus-level, 0-1. The four parts
   are reported too (`codebleu_ngram`, `codebleu_weighted_ngram`, `codebleu_syntax`, `codebleu_dataflow`).
+  Where no reference has a data flow (short assert-only tests often have none) the data-flow part is
+  undefined: it is reported as null and the other three parts share its weight (CodeXGLUE's script
+  scores it 0 with a warning to ignore it; the PyPI implementation scores it 1, so that even an empty
+  output would get 0.25).
   Computed with the CodeBLEU implementation in `metrics/codebleu/` (see its SOURCE.txt).
 - exact_match: output method equal to the gold method after joining whitespace runs.
 
@@ -34,7 +38,6 @@ import evaluate
 
 def compute(predictions: Sequence[str], references: Sequence[str], prompts: Sequence[str],
             langs: Sequence[str]) -> dict[str, Any]:
-    from peft_apps.apps.testgen.metrics.codebleu import calc_codebleu
     from peft_apps.apps.testgen.units import method_text, syntax_valid
 
     n = len(predictions)
@@ -51,17 +54,39 @@ def compute(predictions: Sequence[str], references: Sequence[str], prompts: Sequ
     parts = {"codebleu": "codebleu", "ngram_match_score": "codebleu_ngram",
              "weighted_ngram_match_score": "codebleu_weighted_ngram", "syntax_match_score": "codebleu_syntax",
              "dataflow_match_score": "codebleu_dataflow"}
-    totals = {v: 0.0 for v in parts.values()}
-    logging.getLogger("codebleu").setLevel(logging.ERROR)
-    for lang in sorted(set(langs)):
+    totals: dict[str, float | None] = {v: 0.0 for v in parts.values()}
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # the implementation warns through the root logger; handled in _codebleu
+    try:
+        per_lang = {lang: _codebleu(lang, [ref[i] for i in range(n) if langs[i] == lang],
+                                    [hyp[i] for i in range(n) if langs[i] == lang]) for lang in sorted(set(langs))}
+    finally:
+        logging.disable(previous)
+    for lang, scores in per_lang.items():
         idx = [i for i in range(n) if langs[i] == lang]
-        scores = calc_codebleu([ref[i] for i in idx], [hyp[i] for i in idx], lang=lang)
         for k, name in parts.items():
-            totals[name] += (scores[k] or 0.0) * len(idx)
+            if scores[k] is None or totals[name] is None:
+                totals[name] = None  # undefined for one language: not averaged
+            else:
+                totals[name] += scores[k] * len(idx)
             if len(set(langs)) > 1:
                 out[f"{lang}_{name}"] = scores[k]
-    out.update({k: v / n for k, v in totals.items()})
+    out.update({k: (v / n if v is not None else None) for k, v in totals.items()})
     return out
+
+
+def _codebleu(lang: str, refs: list[str], hyps: list[str]) -> dict[str, Any]:
+    from peft_apps.apps.testgen.metrics.codebleu import calc_codebleu
+    from peft_apps.apps.testgen.metrics.codebleu.dataflow_match import corpus_dataflow_match
+
+    scores = calc_codebleu(refs, hyps, lang=lang)
+    if not scores["dataflow_match_score"] and not corpus_dataflow_match([[r] for r in refs], refs, lang):
+        # no data flow in any reference: the part is undefined (the implementation would count it as a
+        # full match, so that even empty outputs score 0.25); the other three parts share its weight
+        scores["dataflow_match_score"] = None
+        scores["codebleu"] = (scores["ngram_match_score"] + scores["weighted_ngram_match_score"]
+                              + scores["syntax_match_score"]) / 3
+    return scores
 
 
 class TestGen(evaluate.Metric):
