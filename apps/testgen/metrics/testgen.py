@@ -18,8 +18,8 @@ Definitions (per language, then over all records weighted by their count)
   are reported too (`codebleu_ngram`, `codebleu_weighted_ngram`, `codebleu_syntax`, `codebleu_dataflow`).
   Where no reference has a data flow (short assert-only tests often have none) the data-flow part is
   undefined: it is reported as null and the other three parts share its weight (CodeXGLUE's script
-  scores it 0 with a warning to ignore it; the PyPI implementation scores it 1, so that even an empty
-  output would get 0.25).
+  scores it 0 with a warning to ignore it). A data-flow score of 0 stays 0 (the PyPI implementation
+  counts it as 1, so that even an empty output gets 0.25).
   Computed with the CodeBLEU implementation in `metrics/codebleu/` (see its SOURCE.txt).
 - exact_match: output method equal to the gold method after joining whitespace runs.
 
@@ -80,12 +80,15 @@ def _codebleu(lang: str, refs: list[str], hyps: list[str]) -> dict[str, Any]:
     from peft_apps.apps.testgen.metrics.codebleu.dataflow_match import corpus_dataflow_match
 
     scores = calc_codebleu(refs, hyps, lang=lang)
+    # The implementation combines the parts as 0.25 * (... + (dataflow or 1)): a data-flow score of 0 counts
+    # as a full match, so even empty outputs get 0.25. Here: a real 0 stays 0, and where no reference has a
+    # data flow the part is undefined (None) and the other three parts share its weight.
+    parts = [scores["ngram_match_score"], scores["weighted_ngram_match_score"], scores["syntax_match_score"]]
     if not scores["dataflow_match_score"] and not corpus_dataflow_match([[r] for r in refs], refs, lang):
-        # no data flow in any reference: the part is undefined (the implementation would count it as a
-        # full match, so that even empty outputs score 0.25); the other three parts share its weight
         scores["dataflow_match_score"] = None
-        scores["codebleu"] = (scores["ngram_match_score"] + scores["weighted_ngram_match_score"]
-                              + scores["syntax_match_score"]) / 3
+        scores["codebleu"] = sum(parts) / 3
+    else:
+        scores["codebleu"] = (sum(parts) + scores["dataflow_match_score"]) / 4
     return scores
 
 
