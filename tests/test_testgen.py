@@ -114,17 +114,21 @@ def test_codebleu_by_hand_renaming_keeps_syntax_and_dataflow():
     assert s["codebleu"] == pytest.approx(0.25 * (s["ngram_match_score"] + s["weighted_ngram_match_score"] + 2))
 
 
-def test_codebleu_without_reference_dataflow_leaves_that_part_out():
-    """Assert-only tests have no data flow: the part is undefined, and an empty output scores 0, not 0.25."""
+def test_codebleu_zero_data_flow_stays_zero_and_missing_data_flow_is_left_out():
+    """An empty output scores 0 (the PyPI implementation would give it 0.25 for data flow); where no
+    reference has a data flow the part is undefined and the other three carry the score."""
     from peft_apps.apps.testgen.metrics.testgen import compute
 
     prompts = ["class T {\n  void t() {\n"] * 2
-    refs = ["    assertTrue(a.b());\n    assertNull(c);\n    assertFalse(d);\n  }",
+    flow = ["    assertTrue(a.b());\n    assertNull(c);\n    assertFalse(d);\n  }",
             "    assertEquals(1, f());\n    assertEquals(2, g());\n  }"]
-    empty = compute(["   ", ""], refs, prompts, ["java"] * 2)
-    assert empty["codebleu"] == 0.0 and empty["codebleu_dataflow"] is None and empty["syntax_validity"] == 0.0
-    same = compute(refs, refs, prompts, ["java"] * 2)
-    assert same["codebleu"] == pytest.approx(1.0) and same["codebleu_dataflow"] is None
+    empty = compute(["   ", ""], flow, prompts, ["java"] * 2)
+    assert empty["codebleu"] == 0.0 and empty["codebleu_dataflow"] == 0.0 and empty["syntax_validity"] == 0.0
+    no_flow = ["    assertTrue(true);\n    assertFalse(false);\n    assertTrue(true);\n  }"] * 2
+    same = compute(no_flow, no_flow, prompts, ["java"] * 2)
+    assert same["codebleu_dataflow"] is None and same["codebleu"] == pytest.approx(
+        (same["codebleu_ngram"] + same["codebleu_weighted_ngram"] + same["codebleu_syntax"]) / 3)
+    assert same["codebleu"] > 0.9
 
 
 # ---- sandbox limits ------------------------------------------------------------------------------------
