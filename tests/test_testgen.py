@@ -124,11 +124,10 @@ def test_codebleu_zero_data_flow_stays_zero_and_missing_data_flow_is_left_out():
             "    assertEquals(1, f());\n    assertEquals(2, g());\n  }"]
     empty = compute(["   ", ""], flow, prompts, ["java"] * 2)
     assert empty["codebleu"] == 0.0 and empty["codebleu_dataflow"] == 0.0 and empty["syntax_validity"] == 0.0
-    no_flow = ["    assertTrue(true);\n    assertFalse(false);\n    assertTrue(true);\n  }"] * 2
+    no_flow = ["    fail();\n  }", "    assertTrue(true);\n  }"]
     same = compute(no_flow, no_flow, prompts, ["java"] * 2)
-    assert same["codebleu_dataflow"] is None and same["codebleu"] == pytest.approx(
+    assert same["codebleu_dataflow"] is None and same["codebleu_syntax"] == 1.0 and same["codebleu"] == pytest.approx(
         (same["codebleu_ngram"] + same["codebleu_weighted_ngram"] + same["codebleu_syntax"]) / 3)
-    assert same["codebleu"] > 0.9
 
 
 # ---- sandbox limits ------------------------------------------------------------------------------------
