@@ -211,6 +211,28 @@ def test_codereview_on_simulated_accelerator_equals_cpu(tmp_path, monkeypatch):
     assert any(h.suggestion is not None for h in cpu.hunks)
 
 
+def test_testgen_candidates_on_simulated_accelerator_equal_cpu(tmp_path):
+    """TestGenerator's candidates: greedy and seeded samples over each function's prompt encoded once."""
+    from helpers.simdevice import SimDevice
+
+    from helpers.autore_fixtures import random_adapter
+    from peft_apps.apps.testgen import TestGenerator
+    from peft_apps.apps.testgen.generate import targets_in_files
+    from peft_apps.core.resources import data_dir
+
+    ad = random_adapter(tmp_path / "ad")
+    (ad / "recipe.yaml").write_text("app: testgen\nmodel:\n  base: builtin:tiny\n  quantization: none\n"
+                                    "  dtype: float32\ntask:\n  max_new_tokens: 8\n")
+    targets = targets_in_files(["textkit/slug.py::is_slug", "textkit/stats.py::top_words"],
+                               data_dir("testgen", "textkit"))
+    cpu = TestGenerator.from_pretrained(None, ad).candidates(targets, n=3, seed=1)
+    gen = TestGenerator.from_pretrained(None, ad)
+    with SimDevice() as dev:
+        gen.engine.model.to(dev)
+        sim = gen.candidates(targets, n=3, seed=1)
+    assert sim == cpu and len(cpu) == 2 and all(len(c) == 3 for c in cpu)
+
+
 def test_training_loss_and_optimizer_checkpoint_on_simulated_accelerator(tmp_path, tiny_path):
     """The trainer's completion-only loss and gradients, then an optimizer state saved pickle-free and
     loaded back onto the device, equal the CPU run."""

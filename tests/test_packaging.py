@@ -28,7 +28,11 @@ def test_wheel_has_one_namespace_and_package_data(wheel):
                    "peft_apps/data/sft/entity_types.jsonl", "peft_apps/core/cli.py",
                    "peft_apps/apps/autore/metrics/docred.py", "peft_apps/apps/sft/metrics/classification.py",
                    "peft_apps/apps/codereview/metrics/codereview.py", "peft_apps/prompts/codereview/comment.j2",
-                   "peft_apps/data/codereview/itsdangerous-0e255fc.diff", "peft_apps/data/codereview/cls-test.jsonl"):
+                   "peft_apps/data/codereview/itsdangerous-0e255fc.diff", "peft_apps/data/codereview/cls-test.jsonl",
+                   "peft_apps/apps/testgen/_runner.py", "peft_apps/apps/testgen/metrics/codebleu/keywords/java.txt",
+                   "peft_apps/apps/testgen/metrics/codebleu/parser/DFG.py", "peft_apps/prompts/testgen/python.j2",
+                   "peft_apps/data/testgen/textkit/textkit/slug.py", "peft_apps/data/testgen/textkit/tests/test_slug.py",
+                   "peft_apps/data/testgen/textkit/pyproject.toml"):
         assert needed in names, needed
     assert not any(n.startswith("peft_apps/tests/") or n.endswith("setup.py") for n in names)
 

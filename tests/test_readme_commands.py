@@ -107,6 +107,23 @@ def workspace(tmp: Path) -> None:
     shutil.copy(cr / "itsdangerous-0e255fc.diff", tmp / "change.diff")
     msg = [json.loads(x) for x in (cr / "msg-test.jsonl").read_text().splitlines()]
     (tmp / "comments.jsonl").write_text("".join(json.dumps({"id": r["id"], "output": r["msg"]}) + "\n" for r in msg[:5]))
+    # testgen: the sample project as a git repository whose last commit changes a function, the study's
+    # outputs as predictions, and hand-written candidates
+    tg = ROOT / "data" / "testgen"
+    shutil.copytree(tg / "textkit", tmp / "textkit")
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp / "textkit", check=True)
+    subprocess.run(git + ["add", "-A"], cwd=tmp / "textkit", check=True)
+    subprocess.run(git + ["commit", "-qm", "one"], cwd=tmp / "textkit", check=True)
+    stats = tmp / "textkit" / "textkit" / "stats.py"
+    stats.write_text(stats.read_text().replace("most_common(n)", "most_common(max(n, 0))"))
+    subprocess.run(git + ["commit", "-qam", "two"], cwd=tmp / "textkit", check=True)
+    shutil.copy(tg / "methods2test-sample.jsonl", tmp / "methods2test-sample.jsonl")
+    m2t = [json.loads(x) for x in (tg / "methods2test-sample.jsonl").read_text().splitlines()]
+    (tmp / "predictions.jsonl").write_text("".join(json.dumps({"id": r["id"], "output": r["prediction"]}) + "\n"
+                                                   for r in m2t))
+    (tmp / "candidates.jsonl").write_text(json.dumps({"target": "textkit/stats.py::reading_time", "test":
+                                                      "    assert reading_time('a b c', wpm=2) == 2\n"}) + "\n")
     text = "Marie Curie was born in Warsaw . She worked in Paris with Pierre Curie ."
     (tmp / "doc.txt").write_text(text)
     (tmp / "more.txt").write_text("Willi Schneider is a German skeleton racer born in Mediaș .")
@@ -145,6 +162,16 @@ def check(argv: list[str], p: subprocess.CompletedProcess, tmp: Path) -> None:
         assert out.is_file() and (json.loads(out.read_text())["version"] == "2.1.0" if out.suffix == ".sarif" else True)
     if argv[:3] == ["peft-apps", "score", "codereview"]:
         assert "bleu4" in p.stdout
+    if argv[:3] == ["peft-apps", "score", "testgen"]:
+        assert "codebleu" in p.stdout and "syntax_validity" in p.stdout
+    if argv[:3] == ["peft-apps", "testgen", "check"]:
+        v = json.loads(p.stdout)
+        assert v["status"] == "keep" and v["coverage_gain"]["lines"] > 0
+    if argv[:3] == ["peft-apps", "testgen", "generate"] and "--patch" in argv:
+        assert "+def test_reading_time_gen0():" in (tmp / "tests.patch").read_text()
+    if argv[:3] == ["peft-apps", "eval", "testgen"]:
+        em = json.loads((tmp / "runs" / "testgen-lora" / "eval_metrics.json").read_text())
+        assert em["n"] == 2 and em["executed"] == 2 and 0 <= em["pass_rate"] <= 1
     if argv[:3] == ["peft-apps", "score", "autore"]:
         assert "f1" in p.stdout and ("ign_f1" in p.stdout) == any(a.startswith("task.train_file=") for a in argv)
 

@@ -32,7 +32,9 @@ def _task(adapter: Optional[str], overrides: list[str]):
         from peft_apps.core.registry import get_app
 
         recipe = load_recipe(get_app("testgen").recipe_path(None), overrides)
-    return recipe, TestGenTask.model_validate(recipe.task)
+    from peft_apps.core.config import validate_task
+
+    return recipe, validate_task(recipe, TestGenTask)
 
 
 def _warn_isolation(isolated: bool) -> None:
@@ -85,7 +87,7 @@ def check_cmd(
 @cli.command("generate")
 def generate_cmd(
     paths: Optional[list[str]] = typer.Argument(None, help="files or file.py::function to write tests for"),
-    changed: Optional[str] = typer.Option(None, "--changed", help="functions changed in git range BASE..HEAD"),
+    changed: Optional[str] = typer.Option(None, "--changed", help="functions changed in git range BASE..HEAD, or 'staged'"),
     project: Path = typer.Option(Path("."), "--project", "-p", help="the project (a git work tree for --changed)"),
     adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="a testgen adapter"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="base model (default: the adapter's)"),

@@ -138,17 +138,20 @@ def targets_in_files(items: list[str], project: Path, problems: list[str] | None
 
 
 def changed_targets(project: Path, rng: str, problems: list[str] | None = None) -> list[Target]:
-    """Functions of non-test Python files whose lines `git diff BASE..HEAD` adds or changes (as of HEAD's
-    files in the work tree)."""
+    """Functions of non-test Python files whose lines `git diff BASE..HEAD` (or, for "staged", the staged
+    changes) adds or changes, as the files stand in the work tree."""
     from unidiff import PatchSet
 
     project = Path(project).resolve()
     problems = problems if problems is not None else []
-    if ".." not in rng:
-        raise UserError(f"--changed {rng!r}: expected BASE..HEAD (e.g. origin/main..HEAD)")
+    if rng == "staged":  # what `git commit` is about to record (the pre-commit hook)
+        cmd = ["git", "diff", "--cached", "-U0", "--no-color", "--", "*.py"]
+    elif ".." in rng:
+        cmd = ["git", "diff", "-U0", "--no-color", rng, "--", "*.py"]
+    else:
+        raise UserError(f"--changed {rng!r}: expected BASE..HEAD (e.g. origin/main..HEAD) or 'staged'")
     try:
-        p = subprocess.run(["git", "diff", "-U0", "--no-color", rng, "--", "*.py"], cwd=project, capture_output=True,
-                           text=True, timeout=120)
+        p = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=120)
     except FileNotFoundError:
         raise UserError("git is not installed") from None
     if p.returncode != 0:

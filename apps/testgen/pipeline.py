@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from peft_apps.core.config import Recipe, load_recipe
+from peft_apps.core.config import Recipe, load_recipe, validate_task
 from peft_apps.core.data import Record, render_prompt
 from peft_apps.core.engine import Engine, PrefixTree
 from peft_apps.core.prompts import render
@@ -33,7 +33,7 @@ class TestGenerator:
     def __init__(self, engine: Engine | None, recipe: Recipe):
         self.engine = engine
         self.recipe = recipe
-        self.task: TestGenTask = TestGenTask.model_validate(recipe.task)
+        self.task: TestGenTask = validate_task(recipe, TestGenTask)
 
     @classmethod
     def from_pretrained(cls, base: str | None, adapter: str | Path) -> "TestGenerator":
