@@ -84,6 +84,7 @@ def test_java_unit_cuts_at_the_method_end_and_python_body_at_dedent():
         "    assert f(1) == 2\n\n    assert f(0) == 1\n"
     assert syntax_valid("python", "from m import f\n\n\ndef test_f():\n", "    assert f(1) == 2\n")
     assert not syntax_valid("python", "def test_f():\n", "    assert f(1 == 2\n")
+    assert not syntax_valid("python", "def test_f():\n", "x = 1\n")  # not indented: the body is empty
 
 
 def test_syntax_validity_and_codebleu_on_the_real_samples():

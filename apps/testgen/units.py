@@ -116,6 +116,6 @@ def method_text(lang: str, prompt: str, output: str) -> str:
 
 def syntax_valid(lang: str, prompt: str, output: str) -> bool:
     """Whether the completed test parses with no ERROR or MISSING node (tree-sitter), and is not empty."""
-    if not clean(output).strip():
-        return False
+    if not method_text(lang, prompt, output).strip():
+        return False  # nothing of the test's own (a Python body cut to nothing parses as `def f():` alone)
     return pysource.syntax_errors(unit(lang, prompt, output), lang) == 0
