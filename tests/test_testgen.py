@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from peft_apps.apps.testgen import pysource
 from peft_apps.apps.testgen.check import Checker
 from peft_apps.apps.testgen.miner import mine
 from peft_apps.apps.testgen.sandbox import Limits, Sandbox, bwrap_works

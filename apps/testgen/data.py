@@ -18,7 +18,6 @@ A `prediction` field (a model's output from the study) is kept in meta, never us
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -41,25 +40,16 @@ def guess_lang(row: dict[str, Any]) -> str:
 
 def read_rows(path: Path) -> tuple[list[dict[str, Any]], Counter]:
     """The usable rows of a JSONL file; each unusable one is reported (file, line, field) and counted."""
-    from peft_apps.core.io import read_user_text
+    from peft_apps.core.data import read_jsonl
 
-    text, _ = read_user_text(path)
     rows, skipped = [], Counter()
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}, line {n}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}, line {n}: expected a JSON object, got {type(row).__name__}")
+    for pos, (n, row) in enumerate(read_jsonl(path)):
         bad = [k for k in ("prompt",) if not isinstance(row.get(k), str) or not row[k].strip()]
         if bad:
             warn(f"{path}, line {n} (id {row.get('id', '?')}): field '{bad[0]}' is missing or empty; skipped")
             skipped["no prompt"] += 1
             continue
-        row.setdefault("id", str(len(rows)))
+        row.setdefault("id", str(pos))  # no id: the record's 0-based position in the file
         rows.append(row)
     if not rows:
         raise UserError(f"{path}: no usable records", hint='one JSON object per line: {"id", "prompt", "reference"}')

@@ -5,7 +5,6 @@ ones into the test tree (or a patch). No model here: candidates come from `TestG
 from __future__ import annotations
 
 import difflib
-import json
 import re
 import subprocess
 from dataclasses import dataclass, field
@@ -209,18 +208,10 @@ def check_candidates(checker: Checker, targets: list[Target], texts: list[list[s
 
 def load_candidates(path: Path, targets: list[Target]) -> list[list[str]]:
     """Hand-written (or externally generated) candidates: JSONL of {"target": "file.py::name", "test": text}."""
-    from .data import read_rows  # noqa: F401  (same reading rules)
-    from peft_apps.core.io import read_user_text
+    from peft_apps.core.data import read_jsonl
 
-    text, _ = read_user_text(path)
     by_id: dict[str, list[str]] = {t.id: [] for t in targets}
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}, line {n}: not JSON ({e.msg})") from None
+    for n, row in read_jsonl(path):
         tid, test = row.get("target"), row.get("test")
         if not isinstance(tid, str) or not isinstance(test, str):
             raise UserError(f"{path}, line {n}: needs string fields 'target' (file.py::name) and 'test'")
