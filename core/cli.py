@@ -51,7 +51,9 @@ def _recipe(app_name: str, recipe: str | None, overrides: list[str] | None, adap
         if name_run and not any(o.startswith("train.output_dir=") for o in overrides):
             r = load_recipe(a.recipe_path(recipe), overrides, app=app_name)
             overrides.append(f"train.output_dir={r.output_dir()}-{subtask}")
-    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+    from peft_apps.core.engine.loading import is_full_model
+
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file() and not is_full_model(adapter):
         raise UserError(f"{adapter} is not an adapter folder (no adapter_config.json)",
                         hint=f"train one with `peft-apps train {app_name}` and pass its output folder")
     if adapter is not None and (Path(adapter) / "recipe.yaml").is_file():
@@ -136,7 +138,8 @@ def train_cmd(
     if m.get("selected"):
         sel = m["selected"]
         console.print(f"kept the adapter of step {sel['step']} ({sel['metric']} = {sel['value']:.4f})")
-    console.print(f"adapter: {res.output_dir}  (metrics.json, loss.png, recipe.yaml, tensorboard/)")
+    kind = "model" if r.peft.method == "full" else "adapter"  # a full fine-tune's folder holds the whole model
+    console.print(f"{kind}: {res.output_dir}  (metrics.json, loss.png, recipe.yaml, tensorboard/)")
 
 
 def _train(a, r, resume: bool = False, split: dict | None = None):

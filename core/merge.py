@@ -53,7 +53,12 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None)
     from peft_apps.core.engine import adapter_base_config
     from peft_apps.core.modeling import compute_dtype, load_base_model, load_tokenizer
 
+    from peft_apps.core.engine.loading import is_full_model
+
     adapter, out = Path(adapter), Path(out)
+    if is_full_model(adapter):
+        raise UserError(f"{adapter} is a fully fine-tuned model (peft.method=full): there is no adapter to merge",
+                        hint="load the folder itself as the model (AutoModelForCausalLM.from_pretrained)")
     mcfg = adapter_base_config(adapter)
     if base:
         mcfg = mcfg.model_copy(update={"base": base})

@@ -170,6 +170,15 @@ def _vera(cfg: PeftConfig, model_type: str, total_steps: int):
     return VeraConfig(**{**kw, **cfg.options})
 
 
+@register_method("full")
+def _full(cfg: PeftConfig, model_type: str, total_steps: int):
+    """Full fine-tuning: every weight trains and the run folder holds the whole model (safetensors), not
+    an adapter. No peft config; `attach_peft` makes all parameters trainable. For small models: it needs
+    the weights, their gradients and the optimizer's two moments in memory (about 16 bytes a parameter
+    in fp32), and refuses a quantized base."""
+    return None
+
+
 def build_peft_config(cfg: PeftConfig, model_type: str, total_steps: int = 1000):
     from peft_apps.core.errors import UserError
 

@@ -272,6 +272,15 @@ def attach_peft(model, recipe, total_steps: int, gradient_checkpointing: bool):
 
     from peft_apps.core.methods import build_peft_config
 
+    if recipe.peft.method == "full":
+        if is_quantized(model):
+            raise UserError("peft.method=full trains the weights themselves: a quantized base cannot be fully "
+                            "fine-tuned", hint="set model.quantization=none, or use lora / qlora")
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if gradient_checkpointing:
+            model.enable_input_require_grads()
+        return model
     if is_quantized(model):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:

@@ -311,7 +311,7 @@ def _output_folder(recipe: Recipe, resume: bool, console) -> tuple[Path, str | N
     last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
     if resume and last is None:
         raise UserError(f"--resume: no checkpoint found under {ckpt_dir}")
-    if not resume and (out / "adapter_config.json").exists():
+    if not resume and ((out / "adapter_config.json").exists() or (out / "model.safetensors").exists()):
         console.print(f"[yellow]note:[/] {out} already holds an adapter; it will be overwritten")
     return out, last
 
@@ -388,7 +388,7 @@ def _load_model(recipe: Recipe, plan: _Plan, train_cols: dict[str, list]):
     plan.batching = choose_batching(recipe, plan.runtime)
     if recipe.peft.method in ("prompt_tuning", "prefix_tuning") and plan.batching == "packing":
         plan.batching = "group_by_length"  # virtual tokens are per sequence: packing would share them
-    plan.quantized = is_quantized(model.get_base_model())
+    plan.quantized = is_quantized(model.get_base_model() if hasattr(model, "get_base_model") else model)
     _trainable_in_fp32(model)
     if plan.runtime.precision in ("bf16", "fp16") and not plan.quantized:
         # Under autocast the adapter matmuls run in half precision anyway; peft's cast of every adapter
@@ -544,7 +544,7 @@ def _write_artefacts(out: Path, recipe: Recipe, trainer, tokenizer, metrics: dic
     best = trainer.best_dir / "best.json" if trainer.best_dir is not None else None
     if best is not None and best.is_file():
         for f in trainer.best_dir.iterdir():
-            if f.name.startswith("adapter_") or f.name == "README.md":
+            if f.name.startswith(("adapter_", "model", "config.json", "generation_config")) or f.name == "README.md":
                 shutil.copy2(f, out / f.name)
         metrics["selected"] = json.loads(best.read_text())
     else:
@@ -552,9 +552,10 @@ def _write_artefacts(out: Path, recipe: Recipe, trainer, tokenizer, metrics: dic
     tokenizer.save_pretrained(str(out))
     # the base model as the recipe names it (hub id or builtin name), not this machine's cache path
     config_file = out / "adapter_config.json"
-    adapter_config = json.loads(config_file.read_text())
-    adapter_config["base_model_name_or_path"] = recipe.model.base
-    atomic_write(config_file, json.dumps(adapter_config, indent=2))
+    if config_file.is_file():  # a full fine-tune's folder holds the model itself (config.json), no adapter
+        adapter_config = json.loads(config_file.read_text())
+        adapter_config["base_model_name_or_path"] = recipe.model.base
+        atomic_write(config_file, json.dumps(adapter_config, indent=2))
     atomic_write(out / "recipe.yaml", recipe.to_yaml())
     metrics["total_seconds"] = round(time.perf_counter() - t_start, 2)
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=2))
@@ -587,6 +588,10 @@ def model_card(recipe: Recipe, metrics: dict[str, Any]) -> str:
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     front = yaml.safe_dump({"base_model": recipe.model.base, "library_name": "peft",
                             "tags": ["peft-apps", recipe.app, recipe.peft.method]}, sort_keys=False)
+    load_code = ('from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained("THIS_FOLDER")'
+                 if recipe.peft.method == "full" else
+                 'from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\nmodel = PeftModel.from_pretrained('
+                 f'AutoModelForCausalLM.from_pretrained("{recipe.model.base}"), "THIS_FOLDER")')
     return f"""---
 {front}---
 
@@ -606,9 +611,7 @@ peft-apps eval {recipe.app} --adapter THIS_FOLDER
 ```
 
 ```python
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
-model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{recipe.model.base}"), "THIS_FOLDER")
+{load_code}
 ```
 
 `recipe.yaml` is the full resolved recipe; `metrics.json` has every figure above and the eval history.

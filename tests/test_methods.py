@@ -193,3 +193,42 @@ def test_llama_adapter_trains_saves_safetensors_and_serves_through_the_prefix_ca
         with engine.model.disable_adapter():
             base = engine.model(input_ids=ids).logits
     assert (tuned - base).abs().max() > 1e-4, "the adapter had no effect: the test would prove nothing"
+
+
+def test_full_fine_tuning_trains_every_weight_and_its_folder_loads_as_the_model(sft_app, tmp_path):
+    """peft.method=full: every weight changes, the folder holds the whole model as safetensors, the engine
+    loads it as the base (no adapter), merge says there is nothing to merge, a quantized base is refused."""
+    from helpers import synthetic
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from peft_apps.core.config import load_recipe
+    from peft_apps.core.engine import Engine
+    from peft_apps.core.errors import UserError
+    from peft_apps.core.merge import merge_adapter
+    from peft_apps.core.tiny import builtin_model_path
+    from peft_apps.core.trainer import train
+
+    tr = synthetic.write(tmp_path / "t.jsonl", synthetic.make(32, 4))
+    common = [f"data.train={tr}", "data.template=default", "task.completion_field=completion", "peft.method=full",
+              "peft.modules_to_save=[]", "train.max_steps=3", "train.batch_size=8", "train.lr=1e-3",
+              "train.report_to=[]"]
+    r = load_recipe(sft_app.recipe_path("demo"), [*common, f"train.output_dir={tmp_path / 'full'}"])
+    res = train(r, sft_app.training_records(r, "train"))
+    out = res.output_dir
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+    assert not list(out.glob("*.bin"))
+    trained = load_file(out / "model.safetensors")
+    base = AutoModelForCausalLM.from_pretrained(builtin_model_path("tiny")).state_dict()
+    changed = [k for k, v in trained.items() if k in base and not torch.equal(v, base[k].to(v.dtype))]
+    assert len(changed) >= len(trained) - 2, "not every weight trained"  # (tied weights are saved once)
+    engine = Engine.from_pretrained(None, out)
+    assert engine.adapters == [] and not hasattr(engine.model, "peft_config")
+    assert torch.equal(engine.model.state_dict()["model.norm.weight"].float(), trained["model.norm.weight"].float())
+    assert engine.generate(["hello"], max_new_tokens=3) is not None
+    with pytest.raises(UserError, match="nothing to merge|no adapter to merge"):
+        merge_adapter(out, tmp_path / "m")
+    r4 = load_recipe(sft_app.recipe_path("demo"), [*common, "model.quantization=nf4",
+                                                    f"train.output_dir={tmp_path / 'q'}"])
+    with pytest.raises(UserError, match="quantized base cannot be fully fine-tuned"):
+        train(r4, sft_app.training_records(r4, "train"))

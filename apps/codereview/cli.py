@@ -17,6 +17,8 @@ cli = typer.Typer(help="Code review commands.", no_args_is_help=True, add_comple
 
 
 def _adapters(adapter: str | None, adapters: str | None) -> str | dict[str, str]:
+    from peft_apps.core.engine.loading import check_run_folder
+
     from .data import TASKS
 
     if adapter and adapters:
@@ -35,8 +37,7 @@ def _adapters(adapter: str | None, adapters: str | None) -> str | dict[str, str]
         raise UserError("no adapter given", hint="train one (`peft-apps train codereview`, or `peft-apps demo "
                                                   "codereview`) and pass --adapter DIR")
     for d in ([found] if isinstance(found, str) else found.values()):
-        if not (Path(d) / "adapter_config.json").is_file():
-            raise UserError(f"{d} is not an adapter folder (no adapter_config.json)")
+        check_run_folder(d)
     return found
 
 

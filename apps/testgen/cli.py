@@ -24,8 +24,9 @@ def _task(adapter: Optional[str], overrides: list[str]):
     from .app import TestGenTask
 
     if adapter:
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise UserError(f"{adapter} is not an adapter folder (no adapter_config.json)")
+        from peft_apps.core.engine.loading import check_run_folder
+
+        check_run_folder(adapter)
         rf = Path(adapter) / "recipe.yaml"
         recipe = load_recipe(rf, overrides) if rf.is_file() else Recipe(app="testgen")
     else:

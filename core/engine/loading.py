@@ -12,15 +12,31 @@ from peft_apps.core.config import ModelConfig
 from peft_apps.core.errors import UserError
 
 
+def is_full_model(d: str | Path) -> bool:
+    """A run folder of `peft.method=full`: the whole model (config.json + safetensors weights), no adapter."""
+    d = Path(d)
+    return (not (d / "adapter_config.json").is_file() and (d / "config.json").is_file()
+            and any(d.glob("model*.safetensors")))
+
+
+def check_run_folder(d: str | Path) -> None:
+    """A UserError unless `d` is what `peft-apps train` writes: an adapter folder or a full model's."""
+    d = Path(d)
+    if not (d / "adapter_config.json").is_file() and not is_full_model(d):
+        raise UserError(f"{d} is not an adapter folder (no adapter_config.json)",
+                        hint="train one with `peft-apps train APP` or point --adapter at its output folder")
+
+
 def adapter_base_config(adapter_dir: str | Path) -> ModelConfig:
     """The model section of the recipe an adapter was trained with (recipe.yaml beside it)."""
     import yaml
 
     d = Path(adapter_dir)
-    if not (d / "adapter_config.json").is_file():
-        raise UserError(f"{d} is not an adapter folder (no adapter_config.json)",
-                        hint="train one with `peft-apps train APP` or point --adapter at its output folder")
+    check_run_folder(d)
     recipe = d / "recipe.yaml"
+    if is_full_model(d):  # the folder is the model; its recipe says how it was loaded for training
+        data = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}) if recipe.is_file() else {}
+        return ModelConfig.model_validate({**data.get("model", {}), "base": str(d), "revision": None})
     if recipe.is_file():
         data = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
         return ModelConfig.model_validate(data.get("model", {}))
@@ -75,6 +91,14 @@ def _load(base, adapters, quantize, dtype) -> tuple[Any, Any, list[str]]:
     if isinstance(adapters, (str, Path)):
         adapters = {"default": adapters}
     adapters = dict(adapters or {})
+    full = [p for p in adapters.values() if is_full_model(p)]
+    if full:  # a fully fine-tuned model is the base itself: it takes no adapters beside it
+        if len(adapters) > 1:
+            raise UserError(f"{full[0]} is a fully fine-tuned model, not an adapter: it cannot share a base with "
+                            f"other adapters", hint="load it alone (--adapter DIR)")
+        if base is not None and not isinstance(base, ModelConfig):
+            raise UserError(f"{full[0]} is a fully fine-tuned model: it is its own base, so --model does not apply")
+        base, adapters = adapter_base_config(full[0]), {}
     if isinstance(base, ModelConfig):
         mcfg = base
     elif base is None:
@@ -101,8 +125,7 @@ def _load(base, adapters, quantize, dtype) -> tuple[Any, Any, list[str]]:
     tokenizer = load_tokenizer(mcfg, tok_dir)
     if adapters:
         for name, path in adapters.items():
-            if not (Path(path) / "adapter_config.json").is_file():
-                raise UserError(f"{path} is not an adapter folder (no adapter_config.json)")
+            check_run_folder(path)
             try:
                 if isinstance(model, PeftModel):
                     model.load_adapter(str(path), adapter_name=name)
