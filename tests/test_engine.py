@@ -124,3 +124,21 @@ def test_attention_lse_math_path_matches_cpu_kernel():
     assert torch.allclose(l1.transpose(1, 2)[seen], l2.float().transpose(1, 2)[seen], atol=1e-4)
     for lse, out in ((l1, o1), (l2, o2)):
         assert lse[0, :, 1].max() < -1e30 and torch.isfinite(out).all()
+
+
+def test_row_seeded_samples_do_not_depend_on_the_batch(engine):
+    """With one seed per row, k samples of one prompt drawn as one batch over its cached prefix equal the
+    same samples drawn one call at a time (what self-consistency's benchmark compares)."""
+    from peft_apps.core.engine import GenerationOptions, PrefixTree
+
+    prompts = [_ids(engine, "the cat sat on the mat and"), _ids(engine, "one two three four")]
+    o = GenerationOptions(max_new_tokens=12, do_sample=True, temperature=1.5, top_p=0.95, batch_size=16)
+    tree = PrefixTree(engine)
+    tree.roots({i: p[:-1] for i, p in enumerate(prompts)})
+    calls = [(((i,),), p) for i, p in enumerate(prompts) for _ in range(4)]
+    seeds = [1000 + j for j in range(len(calls))]
+    batched = tree.generate(calls, options=GenerationOptions(**{**o.__dict__, "row_seeds": seeds}))
+    alone = [tree.generate([c], options=GenerationOptions(**{**o.__dict__, "row_seeds": [s]}))[0]
+             for c, s in zip(calls, seeds)]
+    assert batched == alone
+    assert len(set(batched[:4])) > 1  # different seeds, different samples

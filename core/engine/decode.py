@@ -74,6 +74,11 @@ class PrefixDecoder:
         self.generator = torch.Generator(device="cpu")
         if options.seed is not None:
             self.generator.manual_seed(options.seed)
+        self.row_generators = None  # per-row seeds: a row's samples do not depend on its batch
+        if options.do_sample and options.row_seeds is not None:
+            if len(options.row_seeds) != len(rows):
+                raise ValueError(f"{len(options.row_seeds)} row seeds for {len(rows)} rows")
+            self.row_generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in options.row_seeds]
 
     def run(self) -> list[str]:
         logits = self._start()
@@ -128,7 +133,10 @@ class PrefixDecoder:
         string or its limit); the rejected drafts' cache slots are masked out. Returns each row's next
         input token."""
         o, stats = self.options, self.stats
-        if o.do_sample:
+        if o.do_sample and self.row_generators is not None:
+            predicted = [[int(pick_tokens(logits[j:j + 1, 0, :], o, self.row_generators[row])[0])] if not self.done[j]
+                         else [self.pad] for j, row in enumerate(self.rows)]
+        elif o.do_sample:
             predicted = [[t] for t in pick_tokens(logits[:, 0, :], o, self.generator).tolist()]
         else:
             predicted = logits.argmax(-1).tolist()

@@ -19,6 +19,9 @@ class GenerationOptions:
     stop: list[str] = field(default_factory=list)
     batch_size: int = 8
     seed: int | None = None
+    # Sampling in the prefix-cache path: one seed per row (per call of `PrefixTree.generate`), each row
+    # drawing from its own generator, so a row's sample does not depend on the batch it shares.
+    row_seeds: list[int] | None = None
     # Prompt-lookup speculation (greedy decoding in the prefix-cache path): up to `lookahead` draft tokens
     # per row, copied from where the row's latest n-gram last occurred in its prompt or output, are
     # verified in one forward pass. Rows x (1 + drafts) stays within `step_tokens`, so full batches
