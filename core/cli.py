@@ -47,7 +47,7 @@ def _recipe(app_name: str, recipe: str | None, overrides: list[str] | None, adap
             raise UserError(f"app {app_name!r} has no sub-tasks: --task does not apply")
         if subtask not in a.subtasks:
             raise UserError(f"--task must be one of {', '.join(a.subtasks)} for {app_name}, got {subtask!r}")
-        overrides = [*(overrides or []), f"task.task={subtask}"]
+        overrides = [*(overrides or []), f"task.{a.subtask_key}={subtask}"]
         if name_run and not any(o.startswith("train.output_dir=") for o in overrides):
             r = load_recipe(a.recipe_path(recipe), overrides, app=app_name)
             overrides.append(f"train.output_dir={r.output_dir()}-{subtask}")
@@ -107,7 +107,8 @@ def train_cmd(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="recipe name or .yaml path"),
     resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint in the output folder"),
     print_recipe: bool = typer.Option(False, "--print-recipe", help="print the resolved recipe and exit"),
-    subtask: Optional[str] = typer.Option(None, "--task", "-t", help="the app's sub-task (see `peft-apps apps`)"),
+    subtask: Optional[str] = typer.Option(None, "--task", "--target", "-t",
+                                          help="the app's sub-task or target variant (see `peft-apps apps`)"),
 ) -> None:
     """Train an adapter for APP with a recipe."""
     a, r = _recipe(app_name, recipe, overrides, subtask=subtask, name_run=True)
@@ -164,10 +165,14 @@ def eval_cmd(
     split: str = typer.Option("eval", "--split", "-s", help="eval or train"),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="default: the adapter's recipe.yaml"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="report folder (default: the adapter folder)"),
-    subtask: Optional[str] = typer.Option(None, "--task", "-t", help="the app's sub-task (see `peft-apps apps`)"),
+    samples: Optional[int] = typer.Option(None, "--samples", min=1, help="self-consistency: k sampled answers "
+                                          "per example, majority vote (apps that vote)"),
+    subtask: Optional[str] = typer.Option(None, "--task", "--target", "-t",
+                                          help="the app's sub-task or target variant (see `peft-apps apps`)"),
 ) -> None:
     """Evaluate an adapter: metrics as JSON, a markdown report, charts and the predictions (JSONL)."""
-    a, r = _recipe(app_name, recipe, overrides, adapter, subtask=subtask)
+    a, r = _recipe(app_name, recipe, [*(overrides or []), *([f"eval.samples={samples}"] if samples else [])],
+                   adapter, subtask=subtask)
     if split not in ("eval", "train"):
         raise UserError(f"--split must be eval or train, got {split!r}")
     _prepare()
@@ -234,11 +239,13 @@ def predict_cmd(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="base model (default: the adapter's)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write JSONL here instead of stdout"),
     force: bool = typer.Option(False, "--force", help="overwrite --out if it exists"),
+    samples: Optional[int] = typer.Option(None, "--samples", min=1, help="self-consistency: k sampled answers "
+                                          "per input, majority vote (apps that vote)"),
 ) -> None:
     """Run an adapter on inputs; prints JSONL ({"id", "output", "parsed"}), which `score` reads."""
     from peft_apps.core.io import atomic_write, check_output
 
-    a, r = _recipe(app_name, None, None, adapter)
+    a, r = _recipe(app_name, None, [f"eval.samples={samples}"] if samples else None, adapter)
     if out:
         check_output(out, force, "--out")  # before the model loads
     _prepare()
@@ -282,7 +289,8 @@ def score_cmd(
                                                                        "(default: the app's default recipe)"),
     only_predicted: bool = typer.Option(False, "--only-predicted", help="score only the gold examples that have "
                                         "a prediction (default: a missing one counts as an empty output)"),
-    subtask: Optional[str] = typer.Option(None, "--task", "-t", help="the app's sub-task (see `peft-apps apps`)"),
+    subtask: Optional[str] = typer.Option(None, "--task", "--target", "-t",
+                                          help="the app's sub-task or target variant (see `peft-apps apps`)"),
 ) -> None:
     """Score predictions against gold data without loading a model (model text is parsed as `eval` does)."""
     from peft_apps.core.io import atomic_write, check_output

@@ -117,6 +117,9 @@ class EvalConfig(_Section):
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
     limit: int | None = Field(None, ge=1)
+    # self-consistency: k sampled answers per example, the majority of the parsed answers kept (apps that
+    # vote read it; `--samples K` on eval and predict)
+    samples: int = Field(1, ge=1)
 
 
 class Recipe(_Section):

@@ -25,9 +25,12 @@ def set_strict(on: bool) -> None:
 
 def warn(message: str, hint: str | None = None) -> None:
     """Something the user should know that does not stop the work (an empty input, a skipped record, an
-    adapter trained for another app): one line on stderr, or a UserError under `--strict`."""
+    adapter trained for another app): one line on stderr, or a UserError under `--strict`. The same
+    message is given once per process (a file read twice, for its split and again for scoring, warns once)."""
     if _STRICT:
         raise UserError(f"{message} (a warning; --strict makes it an error)", hint=hint)
+    if message in _ISSUED:
+        return
     _ISSUED.append(message)
     from rich.console import Console
 

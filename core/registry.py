@@ -51,6 +51,8 @@ class App:
     # The app's sub-tasks (e.g. a reviewer's necessity / comment / refine): `--task T` on train, eval and
     # score sets the recipe's `task.task` to T (and a train run's folder gets a `-T` suffix).
     subtasks: tuple[str, ...] = ()
+    # The `task:` key `--task` / `--target` sets (e.g. an exam app's target variant: `task.target`).
+    subtask_key: str = "task"
     # Extra typer commands mounted as `peft-apps <app> ...` (e.g. `testgen check`).
     cli: Callable[[], Any] | None = None
     # The app `peft-apps demo` runs when none is named (the first such app, else the first with a demo).

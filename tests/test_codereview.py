@@ -69,10 +69,9 @@ def test_comment_records_and_what_gives_none_is_counted():
     msg = app().read(DATA / "msg-test.jsonl", recipe(task="comment"))
     rows = [json.loads(x) for x in (DATA / "msg-test.jsonl").read_text().splitlines()]
     assert len(msg) == 40 and [r.completion for r in msg] == [x["msg"].strip() for x in rows]
-    before = len(issued_warnings())
     cls = app().read(DATA / "cls-test.jsonl", recipe(task="comment"))
     assert len(cls) == 68  # the y=1 rows: the others have no comment, and say so
-    assert "52 of 120 rows give no comment example" in issued_warnings()[before]
+    assert any("52 of 120 rows give no comment example" in w for w in issued_warnings())
     both = app().read(DATA / "cls-test.jsonl", recipe(task="all"))
     assert len(both) == 120 + 68 and {r.id.split(":")[0] for r in both} == {"necessity", "comment"}
 

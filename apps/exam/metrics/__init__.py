@@ -1,0 +1,1 @@
+"""The exam metric module (loaded by path with `evaluate.load`)."""
