@@ -25,7 +25,11 @@ PAIR = re.compile(rf"(?<![0-9])([1-9])\s*(?:[-–—:.)=→>]|\s)\s*([{L}])(?![{
 
 def normalize_letter(s: str) -> str:
     s = s.strip().strip(".)(")
-    return "".join(LOOKALIKE.get(ch, ch.upper()) for ch in s)
+    out = []
+    for ch in s:
+        u = LOOKALIKE.get(ch) or ch.upper()
+        out.append(LOOKALIKE.get(u, u))  # "b" -> "B" -> "В"
+    return "".join(out)
 
 
 def _segment(text: str) -> str:
@@ -38,8 +42,8 @@ def _segment(text: str) -> str:
 
 
 def extract(text: str, kind: str, letters: list[str], n_rows: int = 0) -> list[str] | None:
-    seg = _segment(text or "")
-    if not seg.strip():
+    seg = re.sub(r"[*_`#]", "", _segment(text or "")).strip()  # Markdown emphasis around the answer
+    if not seg:
         return None
     if kind == "single":
         found = [normalize_letter(m.group(1)) for m in LETTER.finditer(seg)]

@@ -1,0 +1,166 @@
+"""exam: converters on the real ZNO-Eval and UNLP files (counts by question type, nulls, skips), answer
+extraction on realistic model outputs, exam points with partial credit by hand, seeded self-consistency,
+and a tiny train -> eval -> predict -> score run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from peft_apps.apps.exam.data import load
+from peft_apps.apps.exam.parse import extract, normalize_letter, points, vote
+from peft_apps.core.resources import data_dir
+
+MATH = data_dir("exam", "zno-math.json")
+GEO = data_dir("exam", "zno-geography.json")
+UNLP = data_dir("exam", "unlp-sample.jsonl")
+L5 = ["А", "Б", "В", "Г", "Д"]
+
+
+def test_zno_eval_files_load_with_counts_by_type_and_skips_named():
+    math = load(MATH)
+    kinds = [q.kind for q in math.questions]
+    assert (kinds.count("single"), kinds.count("matching")) == (107, 20)
+    assert dict(math.skipped) == {"needs a picture": 52, "no options (open answer)": 51}
+    assert math.examples["no options (open answer)"][0] == "zno-math.json: exam 455, task 20"
+    assert len(math.questions) + sum(math.skipped.values()) == 230  # every task accounted for
+    q = next(q for q in math.questions if q.kind == "matching")
+    assert q.rows[0] == ("1", "Графік функції y=−x^3") and q.letters == L5 and q.correct == ["Г", "Б", "В"]
+    assert q.max_points == 3 and q.topic.startswith("Алгебра і початки аналізу")
+    with_photo = load(MATH, include_photo=True)
+    assert "needs a picture" not in with_photo.skipped and len(with_photo.questions) > len(math.questions)
+    geo = load(GEO)
+    assert sum(q.kind == "matching" for q in geo.questions) == 21 and all(q.max_points == 4 for q in geo.questions
+                                                                          if q.kind == "matching")
+    assert geo.skipped["no correct answer"] == 20  # real nulls: options given, correct_answer empty
+    # ids: the 0-based position among all tasks of all exams, skipped ones included
+    assert [q.id for q in math.questions][:2] == ["0", "2"]
+
+
+def test_unlp_file_and_bad_questions_are_reported_and_skipped(tmp_path):
+    unlp = load(UNLP)
+    assert len(unlp.questions) == 40 and all(q.kind == "single" and len(q.options) in (4, 5) for q in unlp.questions)
+    bad = tmp_path / "bad.jsonl"
+    rows = [{"question": "Q1", "answers": [{"marker": "А", "text": "x"}, {"marker": "Б", "text": "y"}],
+             "correct_answers": ["Б"], "subject": "history"},
+            {"question": "Q2", "answers": [], "correct_answers": ["А"]},
+            {"question": "Q3", "answers": [{"marker": "А", "text": "x"}, {"marker": "А", "text": "y"}],
+             "correct_answers": ["А"]},
+            {"question": "Q4", "choices": [{"marker": "A", "text": "x"}, {"marker": "B", "text": "y"}],
+             "correct_answers": ["Д"]},
+            {"question": "Q5", "choices": [{"marker": "A", "text": "x"}, {"marker": "b", "text": "y"}],
+             "correct_answers": ["B"]}]
+    bad.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    got = load(bad)
+    assert [q.id for q in got.questions] == ["0", "4"]
+    assert got.questions[1].letters == ["А", "В"] and got.questions[1].correct == ["В"]  # Latin A, b, B
+    assert dict(got.skipped) == {"no options (open answer)": 1, "duplicated option markers": 1,
+                                 "correct answer not among the options": 1}
+    assert got.examples["duplicated option markers"] == ["bad.jsonl, line 3"]
+
+
+@pytest.mark.parametrize("text,kind,rows,want", [
+    ("Розглянемо кожен варіант. ... Отже, правильна відповідь В.\nВідповідь: В", "single", 0, ["В"]),
+    ("Відповідь: B", "single", 0, ["В"]),  # Latin B read as Cyrillic В
+    ("Відповідь: Б) «Інститутка»", "single", 0, ["Б"]),
+    ("**Відповідь:** г", "single", 0, ["Г"]),
+    ("Спочатку А здається правильним, але ні.\nВідповідь: Д", "single", 0, ["Д"]),  # the last key word counts
+    ("Answer: A", "single", 0, ["А"]),  # the English prompt's key word
+    ("Відповідь: 1-Б, 2-Д, 3-А, 4-В", "matching", 4, ["Б", "Д", "А", "В"]),
+    ("Відповідь: 1 – Б, 2 – Д, 3 – А, 4 – В", "matching", 4, ["Б", "Д", "А", "В"]),
+    ("Відповідь:\n1 — Б\n2 — Д\n3 — A\n4 — B", "matching", 4, ["Б", "Д", "А", "В"]),
+    ("Відповідь: В;Д;А;Б", "matching", 4, ["В", "Д", "А", "Б"]),
+    ("Відповідь: 1)Г 2)Б 3)В", "matching", 3, ["Г", "Б", "В"]),
+    ("Я не знаю.", "single", 0, None),
+    ("Відповідь: Е", "single", 0, None),  # not among the options
+    ("Відповідь: 1-Б, 2-Д", "matching", 4, None),  # two rows of four
+    ("", "single", 0, None),
+])
+def test_answer_extraction(text, kind, rows, want):
+    assert extract(text, kind, L5, rows) == want
+
+
+def test_points_with_partial_credit_and_the_metric_by_hand():
+    from peft_apps.apps.exam.metrics.exam import compute
+
+    assert points("single", ["Б"], ["Б"]) == 1 and points("single", None, ["Б"]) == 0
+    assert points("matching", ["Б", "Д", "А", "А"], ["Б", "Д", "В", "А"]) == 3
+    m = compute(["Б", "Г", "", "Б,Д,А,А", "Г,Б,В"], ["Б", "А", "В", "Б,Д,В,А", "Г,Б,В"],
+                kinds=["single", "single", "single", "matching", "matching"],
+                subjects=["history", "history", "geo", "geo", "geo"], exams=["1", "1", "1", "2", "2"])
+    # single: 1 of 3 right; matching: 3 of 4 rows + 3 of 3 rows: points 1 + 3 + 3 = 7 of 3 + 4 + 3 = 10
+    assert m["accuracy"] == pytest.approx(1 / 3) and m["points"] == 7 and m["max_points"] == 10
+    assert m["points_share"] == pytest.approx(0.7) and m["matching_row_accuracy"] == pytest.approx(6 / 7)
+    assert m["unparsed"] == 1
+    assert m["by_subject"]["geo"]["points"] == 6 and m["by_subject"]["history"]["accuracy"] == 0.5
+    assert m["by_exam"]["2"]["max_points"] == 7
+
+
+def test_vote_and_look_alikes():
+    assert normalize_letter("a") == "А" and normalize_letter("І") == "І" and normalize_letter("i") == "І"
+    best, counts = vote([["Б"], None, ["В"], ["Б"], ["В"], ["В"]])
+    assert best == ["В"] and counts[("В",)] == 3
+    assert vote([None, None])[0] is None
+    assert vote([["А"], ["Б"]])[0] == ["А"]  # a tie goes to the first seen
+
+
+def test_targets_letters_cot_and_topic_with_a_rationale_file(tmp_path):
+    from peft_apps.core.config import load_recipe
+    from peft_apps.core.registry import get_app
+
+    app = get_app("exam")
+    rat = tmp_path / "r.jsonl"
+    rat.write_text(json.dumps({"id": "0", "rationale": "Школярі: 15 · 20 = 300 грн. Разом 1250 грн."},
+                              ensure_ascii=False) + "\n")
+    recs = {t: app.read(MATH, load_recipe(app.recipe_path("demo"), [f"task.target={t}", f"task.rationales={rat}"]))
+            for t in ("letters", "cot", "cot_topic")}
+    assert recs["letters"][0].completion == "Відповідь: В"
+    assert recs["cot"][0].completion == "Школярі: 15 · 20 = 300 грн. Разом 1250 грн.\nВідповідь: В"
+    assert recs["cot_topic"][0].completion.startswith("ТЕМА: Алгебра і початки аналізу. Числа і вирази.")
+    assert recs["cot_topic"][0].completion.endswith("Разом 1250 грн.\nВідповідь: В")
+    matching = next(r for r in recs["letters"] if r.meta["kind"] == "matching")
+    assert matching.completion == "Відповідь: 1-Г, 2-Б, 3-В"
+    en = app.read(UNLP, load_recipe(app.recipe_path("demo"), ["task.language=en"]))
+    assert en[0].completion == "Answer: А" and "Answer:" in en[0].prompt[-1]["content"]
+
+
+@pytest.mark.slow
+def test_tiny_train_eval_with_samples_predict_and_score(tmp_path):
+    run = tmp_path / "run"
+    cli = [sys.executable, "-m", "peft_apps.core.cli"]
+    p = subprocess.run(cli + ["train", "exam", "-r", "demo", "--target", "letters", "train.max_steps=2",
+                              "data.limit_train=16", f"train.output_dir={run}"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = subprocess.run(cli + ["eval", "exam", "--adapter", str(run), "--samples", "3", "eval.limit=4",
+                              "eval.max_new_tokens=6"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = json.loads((run / "eval_metrics.json").read_text())
+    assert m["n"] == 4 and m["max_points"] >= 4 and 0 <= m["points"] <= m["max_points"]
+    rows = [json.loads(x) for x in (run / "eval_predictions.jsonl").read_text().splitlines()]
+    assert all(len(r["samples"]) == 3 and sum(r["votes"].values()) <= 3 for r in rows)
+    p = subprocess.run(cli + ["score", "exam", "--gold", str(GEO), "--pred", str(run / "eval_predictions.jsonl"),
+                              "--only-predicted", "-o", str(tmp_path / "s.json")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["points"] == m["points"] and s["max_points"] == m["max_points"]
+    q = "Столиця України\nА) Київ\nБ) Львів\nВ) Одеса"
+    p = subprocess.run(cli + ["predict", "exam", "--adapter", str(run), q], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert set(json.loads(p.stdout.splitlines()[0])) >= {"id", "output", "parsed"}
+
+
+def test_seeded_samples_equal_batched_or_one_call_at_a_time(tmp_path):
+    from helpers.autore_fixtures import random_adapter
+    from peft_apps.apps.exam import ExamSolver
+    from peft_apps.core.registry import get_app
+
+    ad = random_adapter(tmp_path / "ad")
+    (ad / "recipe.yaml").write_text("app: exam\nmodel:\n  base: builtin:tiny\n  quantization: none\n"
+                                    "  dtype: float32\neval:\n  max_new_tokens: 8\n  temperature: 1.0\n")
+    solver = ExamSolver.from_pretrained(None, ad)
+    recs = get_app("exam").read(UNLP, solver.recipe, labelled=False)[:2]
+    together = solver.sample(recs, 4, seed=7)
+    alone = solver.sample(recs, 4, seed=7, together=False)
+    assert together == alone and len(set(together[0])) > 1
