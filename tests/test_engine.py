@@ -135,9 +135,10 @@ def test_row_seeded_samples_do_not_depend_on_the_batch(engine):
     o = GenerationOptions(max_new_tokens=12, do_sample=True, temperature=1.5, top_p=0.95, batch_size=16)
     tree = PrefixTree(engine)
     tree.roots({i: p[:-1] for i, p in enumerate(prompts)})
-    calls = [(((i,),), p) for i, p in enumerate(prompts) for _ in range(4)]
+    calls = [(((i,)), p) for i, p in enumerate(prompts) for _ in range(4)]
     seeds = [1000 + j for j in range(len(calls))]
     batched = tree.generate(calls, options=GenerationOptions(**{**o.__dict__, "row_seeds": seeds}))
+    assert tree.whole_calls == []  # every call decoded over its cached prompt
     alone = [tree.generate([c], options=GenerationOptions(**{**o.__dict__, "row_seeds": [s]}))[0]
              for c, s in zip(calls, seeds)]
     assert batched == alone

@@ -55,7 +55,7 @@ class ExamSolver:
         ids = [self._ids(r) for r in records]
         tree = PrefixTree(self.engine)
         tree.roots({i: x[:-1] for i, x in enumerate(ids)})
-        calls = [(((i,),), x) for i, x in enumerate(ids) for _ in range(k)]
+        calls = [(((i,)), x) for i, x in enumerate(ids) for _ in range(k)]
         seeds = [seed * 1000 + i * k + j for i in range(len(ids)) for j in range(k)]
         if together:
             texts = tree.generate(calls, options=replace(base, row_seeds=seeds))

@@ -56,10 +56,10 @@ class TestGenerator:
         tree = PrefixTree(self.engine)
         tree.roots({i: x[:-1] for i, x in enumerate(ids)})
         base = replace(generation_options(self.recipe), max_new_tokens=self.task.max_new_tokens)
-        greedy = tree.generate([(((i,),), x) for i, x in enumerate(ids)], options=replace(base, do_sample=False))
+        greedy = tree.generate([(((i,)), x) for i, x in enumerate(ids)], options=replace(base, do_sample=False))
         out = [[g] for g in greedy]
         if n > 1:
-            calls = [(((i,),), x) for i, x in enumerate(ids) for _ in range(n - 1)]
+            calls = [(((i,)), x) for i, x in enumerate(ids) for _ in range(n - 1)]
             sampled = tree.generate(calls, options=replace(base, do_sample=True, temperature=self.task.temperature,
                                                            seed=seed))
             for j, text in enumerate(sampled):
