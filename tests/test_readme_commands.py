@@ -5,8 +5,9 @@ its Python API blocks, so a command added to the README is run here or the test 
 clone on a CPU machine cannot have is stood in for, and only that:
 - the files a command names (`my.jsonl`, `dev_revised.json`, `doc.txt`, ...) are made from the bundled
   samples under those names, in the format the README documents;
-- hub models become `builtin:tiny` and training gets a budget (`train.max_steps=1`, `data.limit_train=2`, `data.limit_eval=2`),
-  evaluation a limit (`eval.limit=2`): the same code paths, seconds instead of hours;
+- hub models become `builtin:tiny` and training gets a budget (`train.max_steps=1`, `data.limit_train=2`, `data.limit_eval=2`,
+  and `eval.max_new_tokens=16` saved with the adapter for the commands that use it), evaluation a limit
+  (`eval.limit=2`): the same code paths, seconds instead of hours;
 - a synopsis's placeholders (APP, RUN, GOLD, PRED, INPUT..., OUT) get values, `a|b|c` runs once per
   choice, `[...]` options are given and `[KEY=VALUE]...` is left out;
 - a line whose comment says `error: MESSAGE` must fail with exit code 2 and that message.
@@ -45,7 +46,8 @@ PLACEHOLDERS = {
     "INPUT...": "hello", "OUT.json": "out.json", "R/": "runs/autore-qlora", "H/": "runs/autore-qlora",
     "F/": "runs/autore-qlora",
 }
-TRAIN_BUDGET = ["model.base=builtin:tiny", "train.max_steps=1", "data.limit_train=2", "data.limit_eval=2"]
+TRAIN_BUDGET = ["model.base=builtin:tiny", "train.max_steps=1", "data.limit_train=2", "data.limit_eval=2",
+                "eval.max_new_tokens=16"]
 
 
 def readme_blocks(lang: str) -> list[str]:
@@ -124,6 +126,18 @@ def workspace(tmp: Path) -> None:
                                                    for r in m2t))
     (tmp / "candidates.jsonl").write_text(json.dumps({"target": "textkit/stats.py::reading_time", "test":
                                                       "    assert reading_time('a b c', wpm=2) == 2\n"}) + "\n")
+    # exam: the bundled ZNO-Eval and UNLP files, a rationale file as a teacher model would write it, and
+    # predictions in the {"id", "output"} form
+    ex = ROOT / "data" / "exam"
+    shutil.copy(ex / "zno-math.json", tmp / "zno-math.json")
+    shutil.copy(ex / "unlp-sample.jsonl", tmp / "unlp-sample.jsonl")
+    (tmp / "rationales.jsonl").write_text(json.dumps({"id": "0", "rationale": "15 · 20 + 3 · 50 + 800 = 1250 грн."},
+                                                     ensure_ascii=False) + "\n")
+    unlp = [json.loads(x) for x in (ex / "unlp-sample.jsonl").read_text().splitlines()]
+    (tmp / "questions.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in unlp[:2]))
+    (tmp / "exam-pred.jsonl").write_text("".join(
+        json.dumps({"id": i, "output": f"Міркування ...\nВідповідь: {r['correct_answers'][0] if i % 2 else 'Я'}"},
+                   ensure_ascii=False) + "\n" for i, r in enumerate(unlp)))
     text = "Marie Curie was born in Warsaw . She worked in Paris with Pierre Curie ."
     (tmp / "doc.txt").write_text(text)
     (tmp / "more.txt").write_text("Willi Schneider is a German skeleton racer born in Mediaș .")
@@ -172,6 +186,12 @@ def check(argv: list[str], p: subprocess.CompletedProcess, tmp: Path) -> None:
     if argv[:3] == ["peft-apps", "eval", "testgen"]:
         em = json.loads((tmp / "runs" / "testgen-lora" / "eval_metrics.json").read_text())
         assert em["n"] == 2 and em["executed"] == 2 and 0 <= em["pass_rate"] <= 1
+    if argv[:3] == ["peft-apps", "score", "exam"]:
+        scores = json.loads((tmp / "exam-scores.json").read_text())
+        assert scores["n"] == 40 and scores["points"] == 20 and scores["unparsed"] == 20  # every other answer right
+    if argv[:3] == ["peft-apps", "eval", "exam"]:
+        rows = [json.loads(x) for x in (tmp / "runs" / "exam-qlora-cot" / "eval_predictions.jsonl").read_text().splitlines()]
+        assert rows and all(len(r["samples"]) == 3 for r in rows)
     if argv[:3] == ["peft-apps", "score", "autore"]:
         assert "f1" in p.stdout and ("ign_f1" in p.stdout) == any(a.startswith("task.train_file=") for a in argv)
 

@@ -94,7 +94,7 @@ class ExamApp(App):
 
     def inputs(self, items: list[str], recipe: Recipe) -> list[Record]:
         """`predict` takes question files (ZNO-Eval .json, UNLP .jsonl) or a question typed as text, its
-        options one per line as "А) ..." / "А. ..."."""
+        options one per line as "А) ..." / "А. ...", or on the question's line as "... А) one Б) two"."""
         out: list[Record] = []
         for item in items:
             p = Path(item)
@@ -111,6 +111,8 @@ class ExamApp(App):
 
         from .parse import normalize_letter
 
+        if "\n" not in text.strip():  # one line: "Question? А) one Б) two В) three"
+            text = re.sub(r"\s+(?=[A-ZА-ЯҐЄІЇ]\)\s)", "\n", text)
         lines = [ln.strip() for ln in text.strip().split("\n") if ln.strip()]
         opt = re.compile(r"^([A-Za-zА-ЯҐЄІЇ])\s*[).:]\s*(.+)$")
         options = [(normalize_letter(m.group(1)), m.group(2)) for ln in lines if (m := opt.match(ln))]
