@@ -233,6 +233,29 @@ def test_testgen_candidates_on_simulated_accelerator_equal_cpu(tmp_path):
     assert sim == cpu and len(cpu) == 2 and all(len(c) == 3 for c in cpu)
 
 
+def test_exam_self_consistency_on_simulated_accelerator_equals_cpu(tmp_path):
+    """ExamSolver's seeded samples (k per question over its prompt encoded once) and the vote."""
+    from helpers.simdevice import SimDevice
+
+    from helpers.autore_fixtures import random_adapter
+    from peft_apps.apps.exam import ExamSolver
+    from peft_apps.core.registry import get_app
+    from peft_apps.core.resources import data_dir
+
+    ad = random_adapter(tmp_path / "ad")
+    (ad / "recipe.yaml").write_text("app: exam\nmodel:\n  base: builtin:tiny\n  quantization: none\n"
+                                    "  dtype: float32\neval:\n  max_new_tokens: 6\n  temperature: 1.0\n")
+    ref = ExamSolver.from_pretrained(None, ad)
+    q = "Столиця України? А) Київ Б) Львів В) Одеса"
+    recs = [get_app("exam").from_text(q, "0", ref.recipe)]
+    cpu = ref.solve_records(recs, 3, seed=5)
+    solver = ExamSolver.from_pretrained(None, ad)
+    with SimDevice() as dev:
+        solver.engine.model.to(dev)
+        sim = solver.solve_records(recs, 3, seed=5)
+    assert [(s.samples, s.answer) for s in sim] == [(s.samples, s.answer) for s in cpu] and len(cpu[0].samples) == 3
+
+
 def test_training_loss_and_optimizer_checkpoint_on_simulated_accelerator(tmp_path, tiny_path):
     """The trainer's completion-only loss and gradients, then an optimizer state saved pickle-free and
     loaded back onto the device, equal the CPU run."""
