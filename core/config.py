@@ -279,3 +279,10 @@ def validate_task(recipe: Recipe, schema: type[BaseModel]) -> BaseModel:
             else:
                 lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
         raise UserError("\n".join(lines)) from None
+
+
+def run_recipe(run_dir: str | Path, app: str) -> Recipe:
+    """The recipe a run folder was trained with (its recipe.yaml), or `app`'s defaults when it has none
+    (an adapter from elsewhere)."""
+    f = Path(run_dir) / "recipe.yaml"
+    return load_recipe(f) if f.is_file() else Recipe(app=app)

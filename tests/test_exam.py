@@ -5,7 +5,6 @@ and a tiny train -> eval -> predict -> score run."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -114,7 +113,8 @@ def test_targets_letters_cot_and_topic_with_a_rationale_file(tmp_path):
     rat = tmp_path / "r.jsonl"
     rat.write_text(json.dumps({"id": "0", "rationale": "Школярі: 15 · 20 = 300 грн. Разом 1250 грн."},
                               ensure_ascii=False) + "\n")
-    recs = {t: app.read(MATH, load_recipe(app.recipe_path("demo"), [f"task.target={t}", f"task.rationales={rat}"]))
+    recs = {t: app.read(MATH, load_recipe(app.recipe_path("demo"), [f"task.target={t}", f"task.rationales={rat}",
+                                                                  "task.language=uk"]))
             for t in ("letters", "cot", "cot_topic")}
     assert recs["letters"][0].completion == "Відповідь: В"
     assert recs["cot"][0].completion == "Школярі: 15 · 20 = 300 грн. Разом 1250 грн.\nВідповідь: В"

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from peft_apps.core.config import Recipe, load_recipe
+from peft_apps.core.config import Recipe, run_recipe
 from peft_apps.core.data import Record, render_prompt
 from peft_apps.core.engine import Engine, GenerationOptions, PrefixTree
 from peft_apps.core.prompts import render
@@ -81,8 +81,7 @@ class CodeReviewer:
                                 f"{', '.join(TASKS)}")
         engine = Engine.from_pretrained(base, adapters)
         first = next(iter(adapters.values())) if isinstance(adapters, dict) else adapters
-        recipe_file = Path(first) / "recipe.yaml"
-        recipe = load_recipe(recipe_file) if recipe_file.is_file() else Recipe(app="codereview")
+        recipe = run_recipe(first, "codereview")
         names = {t: t for t in adapters} if isinstance(adapters, dict) else None
         return cls(engine, recipe, names)
 

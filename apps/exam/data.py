@@ -61,6 +61,14 @@ class Loaded:
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> a few "exam X task Y"
 
+    def add(self, q: Question, where: str) -> None:
+        """Keep `q`, or skip it (counted, with `where` as an example) when `check` finds it unusable."""
+        problem = check(q)
+        if problem:
+            self.skip(problem, where)
+        else:
+            self.questions.append(q)
+
     def skip(self, reason: str, where: str) -> None:
         self.skipped[reason] += 1
         self.examples.setdefault(reason, [])
@@ -111,11 +119,7 @@ def read_zno(path: Path, data: Any, include_photo: bool) -> Loaded:
             correct = [normalize_letter(str(c)) for c in (t.get("correct_answer") or [])]
             q = Question(qid, exam_id, task_id, subject, "matching" if rows_h else "single", t["question"].strip(),
                          options, rows, correct, *_split_comment(t.get("comment")))
-            problem = check(q)
-            if problem:
-                out.skip(problem, where)
-                continue
-            out.questions.append(q)
+            out.add(q, where)
     return out
 
 
@@ -136,11 +140,7 @@ def read_unlp(path: Path, include_photo: bool) -> Loaded:
                                                     str(row.get("source") or "")) or "unknown")
         q = Question(str(pos), str(row.get("source") or "unlp"), str(row.get("id", pos)), subject, "single",
                      row["question"].strip(), options, [], correct)
-        problem = check(q)
-        if problem:
-            out.skip(problem, where)
-            continue
-        out.questions.append(q)
+        out.add(q, where)
     return out
 
 

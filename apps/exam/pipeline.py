@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from peft_apps.core.config import Recipe, load_recipe
+from peft_apps.core.config import Recipe, run_recipe
 from peft_apps.core.data import Record, render_prompt
 from peft_apps.core.engine import Engine, PrefixTree
 
@@ -40,8 +40,7 @@ class ExamSolver:
     @classmethod
     def from_pretrained(cls, base: str | None, adapter: str | Path) -> "ExamSolver":
         engine = Engine.from_pretrained(base, adapter)
-        rf = Path(adapter) / "recipe.yaml"
-        return cls(engine, load_recipe(rf) if rf.is_file() else Recipe(app="exam"))
+        return cls(engine, run_recipe(adapter, "exam"))
 
     def _ids(self, r: Record) -> list[int]:
         return self.engine.tokenizer(render_prompt(self.engine.tokenizer, r.prompt), add_special_tokens=False)["input_ids"]

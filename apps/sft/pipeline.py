@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from peft_apps.core.config import Recipe, load_recipe
+from peft_apps.core.config import Recipe, run_recipe
 from peft_apps.core.data import Record
 from peft_apps.core.engine import Engine
 
@@ -20,9 +20,7 @@ class SFTPipeline:
     @classmethod
     def from_pretrained(cls, base: str | None, adapters: str | Path) -> "SFTPipeline":
         engine = Engine.from_pretrained(base, adapters)
-        recipe_file = Path(adapters) / "recipe.yaml"
-        recipe = load_recipe(recipe_file) if recipe_file.is_file() else Recipe(app="sft")
-        return cls(engine, recipe)
+        return cls(engine, run_recipe(adapters, "sft"))
 
     def complete_records(self, records: Sequence[Record], recipe: Recipe | None = None) -> list[str]:
         from peft_apps.core.loop import generation_options

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from peft_apps.core.config import Recipe, load_recipe, validate_task
+from peft_apps.core.config import Recipe, run_recipe, validate_task
 from peft_apps.core.data import Record, render_prompt
 from peft_apps.core.engine import Engine, PrefixTree
 from peft_apps.core.prompts import render
@@ -38,9 +38,7 @@ class TestGenerator:
     @classmethod
     def from_pretrained(cls, base: str | None, adapter: str | Path) -> "TestGenerator":
         engine = Engine.from_pretrained(base, adapter)
-        recipe_file = Path(adapter) / "recipe.yaml"
-        recipe = load_recipe(recipe_file) if recipe_file.is_file() else Recipe(app="testgen")
-        return cls(engine, recipe)
+        return cls(engine, run_recipe(adapter, "testgen"))
 
     def _ids(self, lang: str, code_prompt: str) -> list[int]:
         msgs = Record.simple("", render("testgen", lang, prompt=code_prompt, lang=lang), "",
