@@ -320,3 +320,23 @@ def test_tiny_train_then_generate(tmp_path):
     d = json.loads(rep.read_text())
     assert d["counts"]["functions"] == 1 and d["counts"]["candidates"] == 2
     assert all(c["verdict"]["reason"] for c in d["functions"][0]["candidates"])
+
+
+def test_an_interpreter_under_tmp_stays_visible_in_the_sandbox(monkeypatch, tmp_path):
+    """A CI checkout or virtual environment under /tmp is hidden by the sandbox's private /tmp unless
+    bound back: the interpreter's prefix and import paths under /tmp are bound read-only."""
+    from peft_apps.apps.testgen import sandbox
+
+    venv = Path("/tmp") / f"peft-apps-venv-{uuid.uuid4().hex[:8]}"
+    (venv / "lib" / "site-packages").mkdir(parents=True)
+    try:
+        monkeypatch.setattr(sys, "prefix", str(venv))
+        monkeypatch.setattr(sys, "path", [*sys.path, str(venv / "lib" / "site-packages")])
+        assert str(venv) in sandbox.visible_under_tmp()
+        assert str(venv / "lib" / "site-packages") not in sandbox.visible_under_tmp()  # inside one already bound
+        cmd = Sandbox(TEXTKIT)._command(tmp_path, ["true"])
+        if cmd[0] != "true":  # isolated: bound after the tmpfs that would hide it
+            i = cmd.index("--tmpfs")
+            assert cmd[i + 2:i + 5] == ["--ro-bind", str(venv), str(venv)] or str(venv) in cmd[i:]
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)

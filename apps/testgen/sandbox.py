@@ -132,7 +132,8 @@ class Sandbox:
             return argv
         b = bwrap_binary()
         home = "/tmp/home"
-        return [b, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+        keep = [x for p in visible_under_tmp() for x in ("--ro-bind", p, p)]
+        return [b, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", *keep,
                 "--dir", home, "--bind", str(work), str(work), "--unshare-all", "--die-with-parent",
                 "--new-session", "--chdir", str(work), "--setenv", "HOME", home, *argv]
 
@@ -221,6 +222,21 @@ def _remove_cgroup(cg: Path) -> None:
             return
         except OSError:
             time.sleep(0.02)
+
+
+def visible_under_tmp() -> list[str]:
+    """What the sandbox's private /tmp would hide but a run needs, bound back read-only: the interpreter,
+    its environment and import paths, and peft-apps itself, when they live under /tmp (a CI checkout or a
+    virtual environment made there)."""
+    here = Path(__file__).resolve().parents[2]  # the peft_apps package root (the runner lives in it)
+    wanted = [sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)), str(here),
+              *[p for p in sys.path if p]]
+    out: list[str] = []
+    for p in sorted({os.path.realpath(p) for p in wanted}):
+        if (p == "/tmp" or p.startswith("/tmp/")) and os.path.isdir(p) and not any(
+                p == q or p.startswith(q + "/") for q in out):
+            out.append(p)
+    return out
 
 
 def python_in_sandbox() -> str:
