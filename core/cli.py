@@ -44,9 +44,9 @@ def _recipe(app_name: str, recipe: str | None, overrides: list[str] | None, adap
     a = _app(app_name)
     if subtask is not None:
         if not a.subtasks:
-            raise UserError(f"app {app_name!r} has no sub-tasks: --task does not apply")
+            raise UserError(f"app {app_name!r} has no sub-tasks: --task/--target does not apply")
         if subtask not in a.subtasks:
-            raise UserError(f"--task must be one of {', '.join(a.subtasks)} for {app_name}, got {subtask!r}")
+            raise UserError(f"--task/--target must be one of {', '.join(a.subtasks)} for {app_name}, got {subtask!r}")
         overrides = [*(overrides or []), f"task.{a.subtask_key}={subtask}"]
         if name_run and not any(o.startswith("train.output_dir=") for o in overrides):
             r = load_recipe(a.recipe_path(recipe), overrides, app=app_name)
@@ -95,7 +95,8 @@ def apps_cmd() -> None:
     table.add_column("what it does")
     for name, a in list_apps().items():
         recipes = ", ".join(f"[bold]{r}[/]" if r == a.default_recipe else r for r in a.recipes())
-        tasks = f" (--task {'|'.join(a.subtasks)})" if a.subtasks else ""
+        flag = "--target" if a.subtask_key == "target" else "--task"  # both work; name the one that reads right
+        tasks = f" ({flag} {'|'.join(a.subtasks)})" if a.subtasks else ""
         table.add_row(name, recipes, a.summary + tasks)
     out_console.print(table)
 

@@ -145,7 +145,7 @@ def test_metric_module_loads_by_path_and_score_parses_model_text(tmp_path):
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["precision"] == 1.0 and m["recall"] == pytest.approx(10 / 68) and m["n"] == 120
     p = cli("score", "codereview", "--task", "nope", "--gold", str(gold), "--pred", str(pred))
-    assert p.returncode == 2 and "--task must be one of necessity, comment, refine" in p.stderr
+    assert p.returncode == 2 and "--task/--target must be one of necessity, comment, refine" in p.stderr
 
 
 # ---- diffs ---------------------------------------------------------------------------------------------
