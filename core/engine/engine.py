@@ -220,15 +220,12 @@ class Engine:
                      > window]
             for i in whole:
                 ids = prefixes[rows[i][0]].ids + list(rows[i][1])
-                out_text[i] = self.generate_ids([ids], adapter, GenerationOptions(**{
-                    **o.__dict__, "max_new_tokens": limit[i], "batch_size": 1, "row_seeds": None,
-                    **({"seed": o.row_seeds[i]} if o.row_seeds else {})}))[0]
+                out_text[i] = self.generate_ids([ids], adapter, o.for_row_alone(i, max_new_tokens=limit[i],
+                                                                                 batch_size=1))[0]
             skip = set(whole)
             keep = [i for i in range(n) if i not in skip]
             if len(keep) < n:
-                ok = o if o.row_seeds is None else GenerationOptions(**{
-                    **o.__dict__, "row_seeds": [o.row_seeds[i] for i in keep]})
-                got = self.generate_prefixed([rows[i] for i in keep], prefixes, adapter, ok,
+                got = self.generate_prefixed([rows[i] for i in keep], prefixes, adapter, o.for_rows(keep),
                                              [limit[i] for i in keep]) if keep else []
                 for i, t in zip(keep, got):
                     out_text[i] = t
@@ -246,9 +243,7 @@ class Engine:
                     (cache, pmask), shared = stack_prefix_caches(pre), None
                 limits = [max_new_tokens_per_row[i] for i in idx] if max_new_tokens_per_row else None
                 suffixes = [list(rows[i][1]) for i in idx]
-                ob = o if o.row_seeds is None else GenerationOptions(**{**o.__dict__,
-                                                                        "row_seeds": [o.row_seeds[i] for i in idx]})
-                gen = PrefixDecoder(self.model, self.tokenizer, cache, pmask, suffixes, ob, limits,
+                gen = PrefixDecoder(self.model, self.tokenizer, cache, pmask, suffixes, o.for_rows(idx), limits,
                                     contexts=[p.ids + s for p, s in zip(pre, suffixes)], shared=shared,
                                     stats=self.decode_stats).run()
                 for i, t in zip(idx, gen):

@@ -22,6 +22,17 @@ class GenerationOptions:
     # Sampling in the prefix-cache path: one seed per row (per call of `PrefixTree.generate`), each row
     # drawing from its own generator, so a row's sample does not depend on the batch it shares.
     row_seeds: list[int] | None = None
+
+    def for_rows(self, rows: list[int]) -> "GenerationOptions":
+        """These options for a subset of the rows (their seeds, in that order); itself without row seeds."""
+        if self.row_seeds is None:
+            return self
+        return GenerationOptions(**{**self.__dict__, "row_seeds": [self.row_seeds[i] for i in rows]})
+
+    def for_row_alone(self, row: int, **changes: Any) -> "GenerationOptions":
+        """These options for one row generated on its own (HF generate): its seed as the seed."""
+        seed = {"seed": self.row_seeds[row]} if self.row_seeds else {}
+        return GenerationOptions(**{**self.__dict__, "row_seeds": None, **seed, **changes})
     # Prompt-lookup speculation (greedy decoding in the prefix-cache path): up to `lookahead` draft tokens
     # per row, copied from where the row's latest n-gram last occurred in its prompt or output, are
     # verified in one forward pass. Rows x (1 + drafts) stays within `step_tokens`, so full batches

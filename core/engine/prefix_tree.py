@@ -80,16 +80,12 @@ class PrefixTree:
                     where.append(i)
                     break
         if rows:
-            ro = o if o.row_seeds is None else GenerationOptions(**{**o.__dict__,
-                                                                   "row_seeds": [o.row_seeds[i] for i in where]})
-            texts = self.engine.generate_prefixed(rows, self.prefixes, adapter, options=ro,
+            texts = self.engine.generate_prefixed(rows, self.prefixes, adapter, options=o.for_rows(where),
                                                   max_new_tokens_per_row=[budgets[i] for i in where] if budgets else None)
             for i, t in zip(where, texts):
                 outs[i] = t
         self.whole_calls = sorted(set(range(len(calls))) - set(where))
         for i in self.whole_calls:
-            budget = GenerationOptions(**{**o.__dict__, "row_seeds": None,
-                                          **({"max_new_tokens": budgets[i]} if budgets else {}),
-                                          **({"seed": o.row_seeds[i]} if o.row_seeds else {})})
+            budget = o.for_row_alone(i, **({"max_new_tokens": budgets[i]} if budgets else {}))
             outs[i] = self.engine.generate_ids([list(calls[i][1])], adapter=adapter, options=budget)[0]
         return outs
