@@ -143,3 +143,14 @@ def test_row_seeded_samples_do_not_depend_on_the_batch(engine):
              for c, s in zip(calls, seeds)]
     assert batched == alone
     assert len(set(batched[:4])) > 1  # different seeds, different samples
+
+
+def test_rows_grouped_by_root_in_order_of_first_use():
+    """A batch's rows are ordered by their roots' first use, not by where the caches lie in memory, so a
+    sampler shared by the batch draws the same tokens for the same rows on every run."""
+    from peft_apps.core.engine.caches import grouped_by_root
+    from peft_apps.core.engine.options import Prefix
+
+    a, b, c = Prefix([1]), Prefix([2]), Prefix([3])
+    rows = [Prefix([2, 5], root=b), a, Prefix([3, 4], root=c), Prefix([1, 7], root=a), b, Prefix([2, 9], root=b)]
+    assert grouped_by_root(rows) == [0, 4, 5, 1, 3, 2]

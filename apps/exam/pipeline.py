@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from peft_apps.core.config import Recipe, run_recipe
 from peft_apps.core.data import Record, render_prompt
-from peft_apps.core.engine import Engine, PrefixTree
+from peft_apps.core.engine import Engine, GenerationOptions, PrefixTree
 
 from .parse import extract, vote
 
@@ -55,7 +55,7 @@ class ExamSolver:
         tree = PrefixTree(self.engine)
         tree.roots({i: x[:-1] for i, x in enumerate(ids)})
         calls = [(((i,)), x) for i, x in enumerate(ids) for _ in range(k)]
-        seeds = [seed * 1000 + i * k + j for i in range(len(ids)) for j in range(k)]
+        seeds = GenerationOptions.spread_seeds(seed, len(calls))
         if together:
             texts = tree.generate(calls, options=replace(base, row_seeds=seeds))
         else:

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 from peft_apps.core.config import Recipe, run_recipe, validate_task
 from peft_apps.core.data import Record, render_prompt
-from peft_apps.core.engine import Engine, PrefixTree
+from peft_apps.core.engine import Engine, GenerationOptions, PrefixTree
 from peft_apps.core.prompts import render
 
 from .app import TestGenTask
@@ -59,7 +59,7 @@ class TestGenerator:
         if n > 1:
             calls = [(((i,)), x) for i, x in enumerate(ids) for _ in range(n - 1)]
             sampled = tree.generate(calls, options=replace(base, do_sample=True, temperature=self.task.temperature,
-                                                           seed=seed))
+                                                           row_seeds=GenerationOptions.spread_seeds(seed, len(calls))))
             for j, text in enumerate(sampled):
                 out[j // (n - 1)].append(text)
         return out

@@ -22,6 +22,15 @@ def root_of(p: Prefix) -> Prefix:
     return p.root if p.root is not None else p
 
 
+def grouped_by_root(prefixes: list[Prefix]) -> list[int]:
+    """Indices of `prefixes`, those of one root side by side, roots in order of first use (stable, so a
+    batch's row order, and a shared sampler's draws, do not depend on where the caches lie in memory)."""
+    first: dict[int, int] = {}
+    for p in prefixes:
+        first.setdefault(id(root_of(p)), len(first))
+    return sorted(range(len(prefixes)), key=lambda i: first[id(root_of(prefixes[i]))])
+
+
 def private_batch(prefixes: list[Prefix]):
     """The batch cache of the rows' private tokens (their prefixes' extensions, left-padded), the
     `SharedPrefix` of their roots, and the private mask."""

@@ -13,7 +13,7 @@ from peft_apps.core.data import render_prompt
 from peft_apps.core.errors import UserError
 
 from .attention import install_attention
-from .caches import cache_of, left_pad, private_batch, root_of, sliding_window, stack_prefix_caches
+from .caches import cache_of, grouped_by_root, left_pad, private_batch, root_of, sliding_window, stack_prefix_caches
 from .decode import PrefixDecoder, cut_at_stop
 from .loading import load
 from .options import BASE, GenerationOptions, Prefix
@@ -174,7 +174,7 @@ class Engine:
             for start in range(0, len(todo), batch_size):
                 at = todo[start:start + batch_size]
                 chunk = [(items[i][0], list(items[i][1])) for i in at]
-                order = sorted(range(len(chunk)), key=lambda i: id(root_of(chunk[i][0])))  # rows of a root together
+                order = grouped_by_root([p for p, _ in chunk])
                 chunk = [chunk[i] for i in order]
                 cache, shared, mask = private_batch([p for p, _ in chunk])
                 ids, new_mask = left_pad([m for _, m in chunk], self.tokenizer.pad_token_id, self.device)
@@ -235,7 +235,7 @@ class Engine:
             for start in range(0, n, o.batch_size):
                 idx = order[start:start + o.batch_size]
                 if self.shared_attention:  # rows of one root side by side
-                    idx.sort(key=lambda i: id(root_of(prefixes[rows[i][0]])))
+                    idx = [idx[j] for j in grouped_by_root([prefixes[rows[i][0]] for i in idx])]
                 pre = [prefixes[rows[i][0]] for i in idx]
                 if self.shared_attention:
                     cache, shared, pmask = private_batch(pre)

@@ -23,6 +23,14 @@ class GenerationOptions:
     # drawing from its own generator, so a row's sample does not depend on the batch it shares.
     row_seeds: list[int] | None = None
 
+    @staticmethod
+    def spread_seeds(seed: int, count: int) -> list[int]:
+        """`count` independent row seeds drawn from one seed (numpy's SeedSequence: no two runs' seeds
+        overlap the way `seed * k + i` would)."""
+        import numpy as np
+
+        return [int(s) for s in np.random.SeedSequence(seed).generate_state(count)] if count else []
+
     def for_rows(self, rows: list[int]) -> "GenerationOptions":
         """These options for a subset of the rows (their seeds, in that order); itself without row seeds."""
         if self.row_seeds is None:
