@@ -110,23 +110,31 @@ def test_mixed_adapter_batch_equals_per_adapter(trained, tmp_path):
     assert len({single[0], single[1], single[2]}) > 1 or single[0] != single[1]
 
 
-@pytest.mark.parametrize("optim", ["auto", "paged_adamw_8bit"])  # the core's pick on CUDA with QLoRA
-def test_resume_after_interrupt_reaches_same_adapter(optim, sft_app, tmp_path):
+@pytest.mark.parametrize("optim,method", [("auto", "lora"), ("paged_adamw_8bit", "lora"),  # the core's pick on CUDA with QLoRA
+                                          ("auto", "full")])
+def test_resume_after_interrupt_reaches_same_adapter(optim, method, sft_app, tmp_path):
+    """An interrupted run resumed from its last checkpoint ends with the weights of an uninterrupted one:
+    a LoRA adapter, or with peft.method=full the whole model."""
     from peft_apps.core.trainer import train
 
     common = ["train.max_steps=12", "train.save_steps=4", "train.batch_size=8", "peft.dropout=0.1",
-              "train.report_to=[]", f"train.optim={optim}"]
+              "train.report_to=[]", f"train.optim={optim}", f"peft.method={method}"]
+    if method == "full":
+        common += ["peft.modules_to_save=[]", "train.lr=1e-3"]
+    weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
     ra = _recipe(sft_app, tmp_path, "straight", *common)
     rb = _recipe(sft_app, tmp_path, "interrupted", *common)
     recs = sft_app.training_records(ra, "train")
     train(ra, recs)
     part = train(rb, recs, stop_after_steps=6)
     assert part.metrics == {"interrupted_at_step": 6}
-    assert not (tmp_path / "interrupted" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "interrupted" / weights).exists()
     resumed = train(rb, recs, resume=True)
     assert resumed.metrics["resumed_from"].endswith("checkpoint-6")
-    a = load_file(str(tmp_path / "straight" / "adapter_model.safetensors"))
-    b = load_file(str(tmp_path / "interrupted" / "adapter_model.safetensors"))
+    run_files = [p for p in (tmp_path / "interrupted").rglob("*") if p.is_file()]
+    assert not [p for p in run_files if p.suffix in (".pt", ".pth", ".bin", ".pkl")], "pickle file in the run"
+    a = load_file(str(tmp_path / "straight" / weights))
+    b = load_file(str(tmp_path / "interrupted" / weights))
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
