@@ -51,11 +51,10 @@ def _recipe(app_name: str, recipe: str | None, overrides: list[str] | None, adap
         if name_run and not any(o.startswith("train.output_dir=") for o in overrides):
             r = load_recipe(a.recipe_path(recipe), overrides, app=app_name)
             overrides.append(f"train.output_dir={r.output_dir()}-{subtask}")
-    from peft_apps.core.engine.loading import is_full_model
+    if adapter is not None:
+        from peft_apps.core.engine.loading import check_run_folder  # (imports torch: only where a model is used)
 
-    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file() and not is_full_model(adapter):
-        raise UserError(f"{adapter} is not an adapter folder (no adapter_config.json)",
-                        hint=f"train one with `peft-apps train {app_name}` and pass its output folder")
+        check_run_folder(adapter, app_name)
     if adapter is not None and (Path(adapter) / "recipe.yaml").is_file():
         trained = load_recipe(Path(adapter) / "recipe.yaml")
         if trained.app != app_name:

@@ -13,6 +13,7 @@ from peft_apps.apps.autore.docred import load_docs, mention_names, relation_tabl
 from peft_apps.apps.autore.parse import Passage, parse_facts, parse_heads, parse_relations, parse_triple_lines
 from peft_apps.core import UserError, get_app
 from peft_apps.core.resources import data_dir
+from helpers.preloaded import run_cli
 
 SHARED_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "redocred" / "dev_revised.json"
 SAMPLE = data_dir("autore", "redocred_dev_sample.json")
@@ -161,9 +162,6 @@ def test_official_submission_format_and_ign_f1(tmp_path):
 
 
 def test_score_cli_raw_model_text(tmp_path):
-    import subprocess
-    import sys
-
     docs = json.loads(SAMPLE.read_text())
     rel = relation_table()
     rows = []
@@ -174,23 +172,23 @@ def test_score_cli_raw_model_text(tmp_path):
     pred = tmp_path / "pred.jsonl"
     pred.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "m.json"
-    p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "score", "autore", "--gold", str(SAMPLE),
-                        "--pred", str(pred), "-o", str(out), "task.inverse=false"], capture_output=True, text=True)
+    p = run_cli(["peft-apps", "score", "autore", "--gold", str(SAMPLE),
+                 "--pred", str(pred), "-o", str(out), "task.inverse=false"])
     assert p.returncode == 0, p.stderr
     m = json.loads(out.read_text())
     assert m["f1"] == pytest.approx(1.0) and m["parse_counts"]["malformed_fact"] == len(docs)
     # by default text is parsed as `eval` parses it: inverse triples added, so recall stays whole
-    p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "score", "autore", "--gold", str(SAMPLE),
-                        "--pred", str(pred), "-o", str(out)], capture_output=True, text=True)
+    p = run_cli(["peft-apps", "score", "autore", "--gold", str(SAMPLE),
+                 "--pred", str(pred), "-o", str(out)])
     m = json.loads(out.read_text())
     assert m["recall"] == pytest.approx(1.0) and m["predicted"] > m["tp"] == m["gold"]
-    p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "score", "autore", "--gold", str(SAMPLE),
-                        "--pred", str(pred), f"task.train_file={SAMPLE}", "-o", str(out)], capture_output=True, text=True)
+    p = run_cli(["peft-apps", "score", "autore", "--gold", str(SAMPLE),
+                 "--pred", str(pred), f"task.train_file={SAMPLE}", "-o", str(out)])
     assert p.returncode == 0, p.stderr
     assert json.loads(out.read_text())["docred_ign_f1"] < 0.05  # every fact is "seen in train" here
     pred.write_text('{"id": 999, "output": ""}\n')
-    p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "score", "autore", "--gold", str(SAMPLE),
-                        "--pred", str(pred)], capture_output=True, text=True)
+    p = run_cli(["peft-apps", "score", "autore", "--gold", str(SAMPLE),
+                 "--pred", str(pred)])
     assert p.returncode == 2 and "pred.jsonl:1: id 999" in p.stderr and "Traceback" not in p.stderr
 
 

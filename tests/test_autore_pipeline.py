@@ -3,14 +3,13 @@ windows, the spaCy component, and the CLI end to end."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from helpers.autore_fixtures import random_adapter
 from peft_apps.apps.autore.docred import load_docs
 from peft_apps.core.resources import data_dir
+from helpers.preloaded import run_cli
 
 SAMPLE = data_dir("autore", "redocred_dev_sample.json")
 
@@ -114,19 +113,16 @@ def test_spacy_component_sets_relations(pipe, tmp_path):
 
 @pytest.mark.slow
 def test_train_briefly_then_extract_through_cli(tmp_path):
-    env = {**os.environ, "COLUMNS": "200"}
     out = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "train", "autore", "-r", "demo",
-                        "train.max_steps=6", "data.limit_train=3", f"train.output_dir={out}"],
-                       capture_output=True, text=True, env=env)
+    p = run_cli(["peft-apps", "train", "autore", "-r", "demo",
+                 "train.max_steps=6", "data.limit_train=3", f"train.output_dir={out}"])
     assert p.returncode == 0, p.stderr[-2000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["steps"] == 6 and m["data"]["train"]["kept"] > 3
     doc = tmp_path / "doc.txt"
     doc.write_text("Willi Schneider was born in Mediaș , Transylvania . He is a German skeleton racer .")
-    p = subprocess.run([sys.executable, "-m", "peft_apps.apps.autore.cli", "extract", str(doc), str(SAMPLE),
-                        "--adapter", str(out), "--format", "jsonl", "-o", str(tmp_path / "out.jsonl")],
-                       capture_output=True, text=True, env=env)
+    p = run_cli(["autore", "extract", str(doc), str(SAMPLE),
+                 "--adapter", str(out), "--format", "jsonl", "-o", str(tmp_path / "out.jsonl")])
     assert p.returncode == 0, p.stderr[-2000:]
     rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(rows) == 1 + 24 and rows[0]["id"] == str(doc)
@@ -135,8 +131,8 @@ def test_train_briefly_then_extract_through_cli(tmp_path):
     # -f json: one object for the run, with the documents and what happened on the way counted
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n")
-    p = subprocess.run([sys.executable, "-m", "peft_apps.apps.autore.cli", "extract", str(doc), str(empty),
-                        "--adapter", str(out), "-f", "json"], capture_output=True, text=True, env=env)
+    p = run_cli(["autore", "extract", str(doc), str(empty),
+                 "--adapter", str(out), "-f", "json"])
     assert p.returncode == 0, p.stderr[-2000:]
     run = json.loads(p.stdout)
     assert run["counts"]["documents"] == 2 and run["counts"]["empty_documents"] == 1
@@ -144,6 +140,6 @@ def test_train_briefly_then_extract_through_cli(tmp_path):
     assert run["warnings"] == 1 and "empty input" in run["warning_messages"][0]
     assert "1 warning" in p.stderr
     # user errors: one line, exit 2
-    p = subprocess.run([sys.executable, "-m", "peft_apps.apps.autore.cli", "extract", str(tmp_path / "missing.txt"),
-                        "--adapter", str(out)], capture_output=True, text=True, env=env)
+    p = run_cli(["autore", "extract", str(tmp_path / "missing.txt"),
+                 "--adapter", str(out)])
     assert p.returncode == 2 and "input not found" in p.stderr and "Traceback" not in p.stderr

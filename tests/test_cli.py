@@ -9,11 +9,16 @@ import sys
 import pytest
 
 from helpers import synthetic
+from helpers.preloaded import run_cli
 
 
 def run(*args, check=True, env=None):
-    p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", *args], capture_output=True, text=True,
-                       env={**os.environ, **(env or {}), "COLUMNS": "200"}, timeout=600)
+    """`peft-apps ARGS`; with `env` (read at import time by the hub libraries) in a fresh interpreter."""
+    if env is None:
+        p = run_cli(["peft-apps", *args])
+    else:
+        p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", *args], capture_output=True, text=True,
+                           env={**os.environ, **env, "COLUMNS": "200"}, timeout=600)
     if check and p.returncode != 0:
         raise AssertionError(p.stdout + p.stderr)
     return p

@@ -8,11 +8,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers.preloaded import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "codereview"
@@ -40,9 +40,7 @@ def metric(preds, refs, task):
 
 
 def cli(*args, cwd=None, input=None):
-    return subprocess.run([sys.executable, "-m", "peft_apps.core.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, input=input, env={**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1"},
-                          timeout=600)
+    return run_cli(["peft-apps", *args], cwd=cwd, input=input)
 
 
 # ---- converters ---------------------------------------------------------------------------------------

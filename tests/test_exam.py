@@ -3,14 +3,13 @@ extraction on realistic model outputs, exam points with partial credit by hand, 
 and a tiny train -> eval -> predict -> score run."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from peft_apps.apps.exam.data import load
 from peft_apps.apps.exam.parse import extract, normalize_letter, points, vote
 from peft_apps.core.resources import data_dir
+from helpers.preloaded import run_cli
 
 MATH = data_dir("exam", "zno-math.json")
 GEO = data_dir("exam", "zno-geography.json")
@@ -129,24 +128,24 @@ def test_targets_letters_cot_and_topic_with_a_rationale_file(tmp_path):
 @pytest.mark.slow
 def test_tiny_train_eval_with_samples_predict_and_score(tmp_path):
     run = tmp_path / "run"
-    cli = [sys.executable, "-m", "peft_apps.core.cli"]
-    p = subprocess.run(cli + ["train", "exam", "-r", "demo", "--target", "letters", "train.max_steps=2",
-                              "data.limit_train=16", f"train.output_dir={run}"], capture_output=True, text=True)
+    cli = ["peft-apps"]
+    p = run_cli(cli + ["train", "exam", "-r", "demo", "--target", "letters", "train.max_steps=2",
+                       "data.limit_train=16", f"train.output_dir={run}"])
     assert p.returncode == 0, p.stderr[-2000:]
-    p = subprocess.run(cli + ["eval", "exam", "--adapter", str(run), "--samples", "3", "eval.limit=4",
-                              "eval.max_new_tokens=6"], capture_output=True, text=True)
+    p = run_cli(cli + ["eval", "exam", "--adapter", str(run), "--samples", "3", "eval.limit=4",
+                       "eval.max_new_tokens=6"])
     assert p.returncode == 0, p.stderr[-2000:]
     m = json.loads((run / "eval_metrics.json").read_text())
     assert m["n"] == 4 and m["max_points"] >= 4 and 0 <= m["points"] <= m["max_points"]
     rows = [json.loads(x) for x in (run / "eval_predictions.jsonl").read_text().splitlines()]
     assert all(len(r["samples"]) == 3 and sum(r["votes"].values()) <= 3 for r in rows)
-    p = subprocess.run(cli + ["score", "exam", "--gold", str(GEO), "--pred", str(run / "eval_predictions.jsonl"),
-                              "--only-predicted", "-o", str(tmp_path / "s.json")], capture_output=True, text=True)
+    p = run_cli(cli + ["score", "exam", "--gold", str(GEO), "--pred", str(run / "eval_predictions.jsonl"),
+                       "--only-predicted", "-o", str(tmp_path / "s.json")])
     assert p.returncode == 0, p.stderr[-2000:]
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["points"] == m["points"] and s["max_points"] == m["max_points"]
     q = "Столиця України\nА) Київ\nБ) Львів\nВ) Одеса"
-    p = subprocess.run(cli + ["predict", "exam", "--adapter", str(run), q], capture_output=True, text=True)
+    p = run_cli(cli + ["predict", "exam", "--adapter", str(run), q])
     assert p.returncode == 0, p.stderr[-2000:]
     assert set(json.loads(p.stdout.splitlines()[0])) >= {"id", "output", "parsed"}
 

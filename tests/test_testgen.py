@@ -19,6 +19,7 @@ from peft_apps.apps.testgen.miner import mine
 from peft_apps.apps.testgen.sandbox import Limits, Sandbox, bwrap_works
 from peft_apps.apps.testgen.units import java_unit, python_body, syntax_valid
 from peft_apps.core.resources import data_dir
+from helpers.preloaded import run_cli
 
 TEXTKIT = data_dir("testgen", "textkit")
 SAMPLES = data_dir("testgen", "methods2test-sample.jsonl")
@@ -260,9 +261,8 @@ def test_generate_changed_functions_in_a_git_range_and_a_project_without_tests(t
     cands = tmp_path / "c.jsonl"
     cands.write_text(json.dumps({"target": "textkit/stats.py::top_words",
                                  "test": "    assert top_words('b a b', n=1) == ['b']\n"}) + "\n")
-    out = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "testgen", "generate", "--changed",
-                          "HEAD~1..HEAD", "--project", str(project), "--candidates", str(cands), "--write"],
-                         capture_output=True, text=True)
+    out = run_cli(["peft-apps", "testgen", "generate", "--changed",
+                   "HEAD~1..HEAD", "--project", str(project), "--candidates", str(cands), "--write"])
     assert out.returncode == 0, out.stderr
     assert "kept 1 of 1" in out.stderr and "skipped: textkit/broken.py" in out.stderr
     written = project / "tests" / "test_stats_generated.py"  # no tests folder before: created
@@ -272,14 +272,14 @@ def test_generate_changed_functions_in_a_git_range_and_a_project_without_tests(t
 def test_check_command_prints_the_verdict_json(tmp_path):
     t = tmp_path / "test_new.py"
     t.write_text("from textkit.slug import is_slug\n\ndef test_is_slug():\n    assert is_slug('a-b')\n")
-    p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "testgen", "check", "--project", str(TEXTKIT),
-                        str(t)], capture_output=True, text=True)
+    p = run_cli(["peft-apps", "testgen", "check", "--project", str(TEXTKIT),
+                 str(t)])
     assert p.returncode == 0, p.stderr
     v = json.loads(p.stdout)
     assert v["status"] == "keep" and v["reason"] == "passes and adds coverage" and v["duration"] > 0
     assert v["coverage_gain"]["new_lines"] == {"textkit/slug.py": [29, 31, 32]}  # not 30: `return False`
-    bad = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "testgen", "check", "--project", str(TEXTKIT),
-                          str(tmp_path / "missing.py")], capture_output=True, text=True)
+    bad = run_cli(["peft-apps", "testgen", "check", "--project", str(TEXTKIT),
+                   str(tmp_path / "missing.py")])
     assert bad.returncode != 0 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -306,16 +306,15 @@ def test_execution_metrics_on_mined_pairs(tmp_path):
 @pytest.mark.slow
 def test_tiny_train_then_generate(tmp_path):
     run_dir = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "train", "testgen", "-r", "demo",
-                        "train.max_steps=2", "data.limit_train=8", "data.limit_eval=2", f"train.output_dir={run_dir}"],
-                       capture_output=True, text=True)
+    p = run_cli(["peft-apps", "train", "testgen", "-r", "demo",
+                 "train.max_steps=2", "data.limit_train=8", "data.limit_eval=2", f"train.output_dir={run_dir}"])
     assert p.returncode == 0, p.stderr[-3000:]
     project = tmp_path / "textkit"
     shutil.copytree(TEXTKIT, project)
     rep = tmp_path / "report.json"
-    p = subprocess.run([sys.executable, "-m", "peft_apps.core.cli", "testgen", "generate", "textkit/slug.py::is_slug",
-                        "--project", str(project), "--adapter", str(run_dir), "--n", "2", "--report", str(rep),
-                        "--set", "max_new_tokens=16", "--set", "sandbox.timeout_s=10"], capture_output=True, text=True)
+    p = run_cli(["peft-apps", "testgen", "generate", "textkit/slug.py::is_slug",
+                 "--project", str(project), "--adapter", str(run_dir), "--n", "2", "--report", str(rep),
+                 "--set", "max_new_tokens=16", "--set", "sandbox.timeout_s=10"])
     assert p.returncode == 0, p.stderr[-3000:]
     d = json.loads(rep.read_text())
     assert d["counts"]["functions"] == 1 and d["counts"]["candidates"] == 2

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from helpers import synthetic
+from helpers.preloaded import run_cli
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "autore" / "redocred_dev_sample.json"
 
 
-def cli(*args, module="peft_apps.core.cli", env=None, stdin=None):
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, input=stdin,
-                          env={**os.environ, "COLUMNS": "200", **(env or {})}, timeout=600)
+def cli(*args, module="peft_apps.core.cli", stdin=None):
+    return run_cli([{"peft_apps.core.cli": "peft-apps", "peft_apps.apps.autore.cli": "autore"}[module], *args],
+                   input=stdin)
 
 
 def one_clear_error(p, *needles):
@@ -187,8 +188,7 @@ def test_warnings_are_counted_in_the_output(tmp_path):
     adapter = random_adapter(tmp_path / "adapter")
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n")
-    p = cli("predict", "autore", "--adapter", str(adapter), str(empty), "Marie Curie was born in Warsaw .",
-            env={"PEFT_APPS_CACHE": os.environ["PEFT_APPS_CACHE"]})
+    p = cli("predict", "autore", "--adapter", str(adapter), str(empty), "Marie Curie was born in Warsaw .")
     assert p.returncode == 0, p.stderr[-2000:]
     rows = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
     assert [r["id"] for r in rows] == [str(empty), "text1"] and rows[0]["parsed"] == []

@@ -19,12 +19,12 @@ def is_full_model(d: str | Path) -> bool:
             and any(d.glob("model*.safetensors")))
 
 
-def check_run_folder(d: str | Path) -> None:
+def check_run_folder(d: str | Path, app: str = "APP") -> None:
     """A UserError unless `d` is what `peft-apps train` writes: an adapter folder or a full model's."""
     d = Path(d)
     if not (d / "adapter_config.json").is_file() and not is_full_model(d):
         raise UserError(f"{d} is not an adapter folder (no adapter_config.json)",
-                        hint="train one with `peft-apps train APP` or point --adapter at its output folder")
+                        hint=f"train one with `peft-apps train {app}` and pass its output folder")
 
 
 def adapter_base_config(adapter_dir: str | Path) -> ModelConfig:
