@@ -283,6 +283,9 @@ def validate_task(recipe: Recipe, schema: type[BaseModel]) -> BaseModel:
 
 def run_recipe(run_dir: str | Path, app: str) -> Recipe:
     """The recipe a run folder was trained with (its recipe.yaml), or `app`'s defaults when it has none
-    (an adapter from elsewhere)."""
+    (an adapter from elsewhere). A folder that is not a run's is a UserError whose hint names `app`."""
+    from peft_apps.core.engine.loading import check_run_folder
+
+    check_run_folder(run_dir, app)
     f = Path(run_dir) / "recipe.yaml"
     return load_recipe(f) if f.is_file() else Recipe(app=app)

@@ -48,6 +48,10 @@ def read_user_text(path: str | Path) -> tuple[str, str | None]:
     """A plain-text input and a warning, if any: UTF-8 (BOM allowed), else Latin-1 with a warning saying
     so. A binary file (NUL bytes) is a UserError."""
     p = Path(path)
+    if not p.exists():
+        raise UserError(f"file not found: {p}")
+    if p.is_dir():
+        raise UserError(f"{p} is a folder; expected a file")
     data = p.read_bytes()
     if b"\x00" in data[:8192]:
         raise UserError(f"{p}: a binary file, not text")

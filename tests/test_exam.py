@@ -59,6 +59,17 @@ def test_unlp_file_and_bad_questions_are_reported_and_skipped(tmp_path):
     assert got.examples["duplicated option markers"] == ["bad.jsonl, line 3"]
 
 
+def test_missing_and_broken_gold_files_are_one_clear_error(tmp_path):
+    broken = tmp_path / "zno.json"
+    broken.write_text('{"tasks": [{"question": "Q"')
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text('{"id": 0, "output": "Відповідь: А"}\n')
+    for gold, needle in ((tmp_path / "missing.json", "file not found"), (broken, "not valid JSON"),
+                         (tmp_path, "is a folder")):
+        p = run_cli(["peft-apps", "score", "exam", "--gold", str(gold), "--pred", str(pred)])
+        assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+
+
 @pytest.mark.parametrize("text,kind,rows,want", [
     ("Розглянемо кожен варіант. ... Отже, правильна відповідь В.\nВідповідь: В", "single", 0, ["В"]),
     ("Відповідь: B", "single", 0, ["В"]),  # Latin B read as Cyrillic В

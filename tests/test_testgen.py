@@ -281,6 +281,14 @@ def test_check_command_prints_the_verdict_json(tmp_path):
     bad = run_cli(["peft-apps", "testgen", "check", "--project", str(TEXTKIT),
                    str(tmp_path / "missing.py")])
     assert bad.returncode != 0 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
+    failing = tmp_path / "test_failing.py"
+    failing.write_text("from textkit.slug import is_slug\n\ndef test_is_slug():\n    assert is_slug('A B')\n")
+    p = run_cli(["peft-apps", "testgen", "check", "--project", str(TEXTKIT), str(failing)])
+    assert p.returncode == 1 and json.loads(p.stdout)["status"] == "drop", p.stderr
+    notpy = tmp_path / "hosts"
+    notpy.write_text("127.0.0.1 localhost\n")
+    p = run_cli(["peft-apps", "testgen", "check", "--project", str(TEXTKIT), str(notpy)])
+    assert p.returncode == 2 and "not a Python file" in p.stderr and "Traceback" not in p.stderr
 
 
 # ---- execution metrics, tiny end to end --------------------------------------------------------------------

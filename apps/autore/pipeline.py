@@ -83,6 +83,10 @@ class AutoRE:
                         **kw: Any) -> "AutoRE":
         if adapters is None:
             raise UserError("AutoRE needs an adapter folder (one for all stages) or {relation, head, facts}")
+        from peft_apps.core.engine.loading import check_run_folder
+
+        for d in [adapters] if isinstance(adapters, (str, Path)) else adapters.values():
+            check_run_folder(d, "autore")
         if isinstance(adapters, (str, Path)):
             engine = Engine.from_pretrained(base, {"rhf": adapters})
             return cls(engine, {s: "rhf" for s in STAGES}, **kw)

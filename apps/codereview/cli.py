@@ -37,7 +37,7 @@ def _adapters(adapter: str | None, adapters: str | None) -> str | dict[str, str]
         raise UserError("no adapter given", hint="train one (`peft-apps train codereview`, or `peft-apps demo "
                                                   "codereview`) and pass --adapter DIR")
     for d in ([found] if isinstance(found, str) else found.values()):
-        check_run_folder(d)
+        check_run_folder(d, "codereview")
     return found
 
 

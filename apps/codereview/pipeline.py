@@ -79,9 +79,9 @@ class CodeReviewer:
 
                 raise UserError(f"unknown review task(s) {', '.join(sorted(unknown))}; adapters are per task: "
                                 f"{', '.join(TASKS)}")
+        folders = list(adapters.values()) if isinstance(adapters, dict) else [adapters]
+        recipe = [run_recipe(d, "codereview") for d in folders][0]  # (each folder checked before loading)
         engine = Engine.from_pretrained(base, adapters)
-        first = next(iter(adapters.values())) if isinstance(adapters, dict) else adapters
-        recipe = run_recipe(first, "codereview")
         names = {t: t for t in adapters} if isinstance(adapters, dict) else None
         return cls(engine, recipe, names)
 

@@ -170,14 +170,13 @@ def load(path: Path, include_photo: bool = False, report: bool = True) -> Loaded
     path = Path(path)
     text, _ = read_user_text(path)
     stripped = text.lstrip()
-    if stripped.startswith("["):
+    if stripped.startswith("[") or (stripped.startswith("{") and '"tasks"' in stripped[:200000]
+                                    and "\n{" not in stripped):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
         loaded = read_zno(path, data, include_photo)
-    elif stripped.startswith("{") and '"tasks"' in stripped[:200000] and "\n{" not in stripped:
-        loaded = read_zno(path, json.loads(text), include_photo)
     else:
         loaded = read_unlp(path, include_photo)
     if report and loaded.skipped:

@@ -39,8 +39,8 @@ class ExamSolver:
 
     @classmethod
     def from_pretrained(cls, base: str | None, adapter: str | Path) -> "ExamSolver":
-        engine = Engine.from_pretrained(base, adapter)
-        return cls(engine, run_recipe(adapter, "exam"))
+        recipe = run_recipe(adapter, "exam")  # (first: a folder that is no run's is named before loading)
+        return cls(Engine.from_pretrained(base, adapter), recipe)
 
     def _ids(self, r: Record) -> list[int]:
         return self.engine.tokenizer(render_prompt(self.engine.tokenizer, r.prompt), add_special_tokens=False)["input_ids"]

@@ -19,8 +19,8 @@ class SFTPipeline:
 
     @classmethod
     def from_pretrained(cls, base: str | None, adapters: str | Path) -> "SFTPipeline":
-        engine = Engine.from_pretrained(base, adapters)
-        return cls(engine, run_recipe(adapters, "sft"))
+        recipe = run_recipe(adapters, "sft")  # (first: a folder that is no run's is named before loading)
+        return cls(Engine.from_pretrained(base, adapters), recipe)
 
     def complete_records(self, records: Sequence[Record], recipe: Recipe | None = None) -> list[str]:
         from peft_apps.core.loop import generation_options

@@ -26,7 +26,7 @@ def _task(adapter: Optional[str], overrides: list[str]):
     if adapter:
         from peft_apps.core.engine.loading import check_run_folder
 
-        check_run_folder(adapter)
+        check_run_folder(adapter, "testgen")
         rf = Path(adapter) / "recipe.yaml"
         recipe = load_recipe(rf, overrides) if rf.is_file() else Recipe(app="testgen")
     else:
@@ -54,7 +54,8 @@ def check_cmd(
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="task settings, e.g. sandbox.memory_mb=1024"),
 ) -> None:
     """Run one test file in the sandbox and print the verdict as JSON: status (keep/drop), reason, duration,
-    coverage gain over the project's existing tests (the verdict `testgen generate` applies)."""
+    coverage gain over the project's existing tests (the verdict `testgen generate` applies). Exit code 0
+    for keep, 1 for drop."""
     from .check import Checker
 
     project = project.resolve()
@@ -62,6 +63,8 @@ def check_cmd(
         raise UserError(f"--project {project}: not a folder")
     if not test_file.is_file():
         raise UserError(f"{test_file}: no such file")
+    if test_file.suffix != ".py":
+        raise UserError(f"{test_file}: not a Python file (.py)", hint="pytest collects test_*.py files")
     _, task = _task(None, [f"task.{o}" for o in overrides or []])
     limits = task.sandbox.limits()
     if timeout:
@@ -83,6 +86,8 @@ def check_cmd(
     if checker.baseline_note:
         out["baseline_note"] = checker.baseline_note
     print(json.dumps(out, indent=2))
+    if v.status != "keep":
+        raise typer.Exit(1)
 
 
 @cli.command("generate")

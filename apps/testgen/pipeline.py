@@ -37,8 +37,8 @@ class TestGenerator:
 
     @classmethod
     def from_pretrained(cls, base: str | None, adapter: str | Path) -> "TestGenerator":
-        engine = Engine.from_pretrained(base, adapter)
-        return cls(engine, run_recipe(adapter, "testgen"))
+        recipe = run_recipe(adapter, "testgen")  # (first: a folder that is no run's is named before loading)
+        return cls(Engine.from_pretrained(base, adapter), recipe)
 
     def _ids(self, lang: str, code_prompt: str) -> list[int]:
         msgs = Record.simple("", render("testgen", lang, prompt=code_prompt, lang=lang), "",
