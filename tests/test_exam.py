@@ -174,3 +174,14 @@ def test_seeded_samples_equal_batched_or_one_call_at_a_time(tmp_path):
     together = solver.sample(recs, 4, seed=7)
     alone = solver.sample(recs, 4, seed=7, together=False)
     assert together == alone and len(set(together[0])) > 1
+
+
+def test_answer_only_targets_are_a_training_warning_not_a_scoring_one(tmp_path):
+    """A CoT target without a rationale concerns training: `convert` and `train` say so, `score` does not."""
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text("".join(json.dumps({"id": i, "output": "Відповідь: А"}) + "\n" for i in range(40)))
+    p = run_cli(["peft-apps", "score", "exam", "--gold", str(UNLP), "--pred", str(pred)])
+    assert p.returncode == 0 and "rationale" not in p.stderr, p.stderr[-2000:]
+    p = run_cli(["peft-apps", "convert", "exam", str(UNLP), str(tmp_path / "rec")])
+    assert p.returncode == 0 and "40 of 40 question(s) with no rationale" in p.stderr, p.stderr[-2000:]
+    assert json.loads((tmp_path / "rec" / "records.report.json").read_text())["answer_only_targets"] == 40

@@ -62,13 +62,24 @@ class ExamApp(App):
         task: ExamTask = self.task(recipe)
         loaded = load(Path(path), task.include_photo)
         rationales = read_rationales(Path(task.rationales)) if task.rationales and labelled else {}
-        stats: Counter = Counter()
-        out = [self.question_record(q, recipe, self.target(q, task, rationales, stats) if labelled else "")
-               for q in loaded.questions]
-        for what, n in stats.items():
-            warn(f"{path}: {n} question(s) with {what} (--target {task.target} needs a worked solution in "
-                 f"`comment` or task.rationales)")
+        out = []
+        for q in loaded.questions:
+            stats: Counter = Counter()
+            r = self.question_record(q, recipe, self.target(q, task, rationales, stats) if labelled else "")
+            if stats:
+                r.meta["source"], r.meta["answer_only"] = str(path), True
+            out.append(r)
         return out
+
+    def train_records(self, examples: list[Record], recipe: Recipe) -> list[Record]:
+        """The examples as they are; those a CoT target could give no rationale are counted in a warning
+        (here, not in `read`: scoring and evaluation do not use the target text)."""
+        task: ExamTask = self.task(recipe)
+        short = Counter(ex.meta["source"] for ex in examples if ex.meta.get("answer_only"))
+        for source, n in short.items():
+            warn(f"{source}: {n} of {len(examples)} question(s) with no rationale: answer-only target (--target {task.target} needs "
+                 f"a worked solution in `comment` or task.rationales)")
+        return examples
 
     def pipeline(self, engine, recipe: Recipe):
         from .pipeline import ExamSolver
@@ -133,14 +144,15 @@ class ExamApp(App):
         recipe = load_recipe(self.recipe_path(None), app=self.name)
         task = self.task(recipe)
         loaded = load(Path(source), task.include_photo)
-        records = self.read(Path(source), recipe)
+        records = self.train_records(self.read(Path(source), recipe), recipe)
         out = Path(out)
         target = out if out.suffix == ".jsonl" else out / "records.jsonl"
         target.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(target, [{"id": r.id, "messages": r.prompt, "completion": r.completion, "kind": r.meta["kind"],
                               "subject": r.meta["subject"], "exam": r.meta["exam"]} for r in records])
         report = {"source": str(source), "output": str(target),
-                  "questions": dict(Counter(q.kind for q in loaded.questions)),
+                  "questions": dict(Counter(q.kind for q in loaded.questions)), "target": task.target,
+                  "answer_only_targets": sum(1 for r in records if r.meta.get("answer_only")),
                   "skipped": dict(loaded.skipped), "skipped_examples": loaded.examples}
         atomic_write(target.with_name(target.stem + ".report.json"), json.dumps(report, indent=2, ensure_ascii=False))
         return report
