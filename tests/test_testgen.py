@@ -289,6 +289,8 @@ def test_check_command_prints_the_verdict_json(tmp_path):
     notpy.write_text("127.0.0.1 localhost\n")
     p = run_cli(["peft-apps", "testgen", "check", "--project", str(TEXTKIT), str(notpy)])
     assert p.returncode == 2 and "not a Python file" in p.stderr and "Traceback" not in p.stderr
+    p = run_cli(["peft-apps", "testgen", "check", "--project", str(TEXTKIT), "--timeout", "-1", str(t)])
+    assert p.returncode == 2 and "--timeout" in p.stderr and "Traceback" not in p.stderr
 
 
 # ---- execution metrics, tiny end to end --------------------------------------------------------------------

@@ -142,7 +142,10 @@ class Checker:
             if self._baseline is None:
                 r, data = self.run([f"--ignore={p}" for p in self.ignore])
                 if data is None:
-                    self.baseline_note = f"the existing suite did not run: {(r.stderr or r.stdout)[-300:]}"
+                    why = (f"timed out after {r.duration:.1f} s" if r.timed_out else
+                           f"ended by {r.signal}" if r.signal else
+                           (r.stderr or r.stdout).strip()[-300:] or f"exit code {r.returncode}, no output")
+                    self.baseline_note = f"the existing suite did not run: {why}"
                     self._baseline = Coverage()
                 else:
                     if data["exit_code"] not in (0, 5):  # 5: no tests collected

@@ -50,7 +50,7 @@ def _warn_isolation(isolated: bool) -> None:
 def check_cmd(
     test_file: Path = typer.Argument(..., help="the test file to judge"),
     project: Path = typer.Option(Path("."), "--project", "-p", help="the project the test belongs to"),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="wall-clock limit in seconds"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="wall-clock limit in seconds"),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="task settings, e.g. sandbox.memory_mb=1024"),
 ) -> None:
     """Run one test file in the sandbox and print the verdict as JSON: status (keep/drop), reason, duration,
