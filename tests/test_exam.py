@@ -185,3 +185,15 @@ def test_answer_only_targets_are_a_training_warning_not_a_scoring_one(tmp_path):
     p = run_cli(["peft-apps", "convert", "exam", str(UNLP), str(tmp_path / "rec")])
     assert p.returncode == 0 and "40 of 40 question(s) with no rationale" in p.stderr, p.stderr[-2000:]
     assert json.loads((tmp_path / "rec" / "records.report.json").read_text())["answer_only_targets"] == 40
+
+
+@pytest.mark.slow
+def test_demo_learns_the_answer_format(tmp_path):
+    """`peft-apps demo exam` on the tiny model: before training hardly an answer is readable; after it
+    most are, and it scores at least what the majority answer scores."""
+    p = run_cli(["peft-apps", "demo", "exam", "-o", str(tmp_path / "demo")])
+    assert p.returncode == 0, p.stderr[-3000:]
+    em = json.loads((tmp_path / "demo" / "eval_metrics.json").read_text())
+    before, majority = em["baselines"]["before_training"], em["baselines"]["majority_answer"]
+    assert before["unparsed"] >= em["n"] * 3 // 4 and em["unparsed"] <= em["n"] // 4, em
+    assert em["points_share"] >= majority["points_share"] > 0
