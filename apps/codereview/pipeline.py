@@ -72,6 +72,8 @@ class CodeReviewer:
     @classmethod
     def from_pretrained(cls, base: str | None, adapters: str | Path | dict[str, str | Path]) -> "CodeReviewer":
         """`adapters`: one multi-task adapter folder, or {task: folder} for necessity / comment / refine."""
+        from peft_apps.core.engine.loading import check_run_folder
+
         if isinstance(adapters, dict):
             unknown = set(adapters) - set(TASKS)
             if unknown:
@@ -80,7 +82,9 @@ class CodeReviewer:
                 raise UserError(f"unknown review task(s) {', '.join(sorted(unknown))}; adapters are per task: "
                                 f"{', '.join(TASKS)}")
         folders = list(adapters.values()) if isinstance(adapters, dict) else [adapters]
-        recipe = [run_recipe(d, "codereview") for d in folders][0]  # (each folder checked before loading)
+        for d in folders[1:]:  # each folder checked before any model loads (run_recipe checks the first)
+            check_run_folder(d, "codereview")
+        recipe = run_recipe(folders[0], "codereview")
         engine = Engine.from_pretrained(base, adapters)
         names = {t: t for t in adapters} if isinstance(adapters, dict) else None
         return cls(engine, recipe, names)

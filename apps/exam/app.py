@@ -47,16 +47,14 @@ class ExamApp(App):
                              letters=q.letters, n_rows=len(q.rows), correct=",".join(q.correct), subject=q.subject,
                              exam=q.exam, task_id=q.task_id)
 
-    def target(self, q: Question, task: ExamTask, rationales: dict[str, str], stats: Counter) -> str:
+    def target(self, q: Question, task: ExamTask, rationales: dict[str, str]) -> tuple[str, bool]:
+        """The text the model trains on, and whether a CoT target had to fall back to the answer alone."""
         answer = answer_text(q).replace("Відповідь:", _prefix(task.language), 1)
         if task.target == "letters":
-            return answer
+            return answer, False
         solution = rationales.get(q.id) or q.solution
-        if not solution:
-            stats["no rationale: answer-only target"] += 1
-            return (f"ТЕМА: {q.topic}\n" if task.target == "cot_topic" and q.topic else "") + answer
         topic = f"ТЕМА: {q.topic}\n" if task.target == "cot_topic" and q.topic else ""
-        return f"{topic}{solution}\n{answer}"
+        return (f"{topic}{solution}\n{answer}", False) if solution else (topic + answer, True)
 
     def read(self, path: Path, recipe: Recipe, labelled: bool = True, prompts: bool = True) -> list[Record]:
         task: ExamTask = self.task(recipe)
@@ -64,9 +62,9 @@ class ExamApp(App):
         rationales = read_rationales(Path(task.rationales)) if task.rationales and labelled else {}
         out = []
         for q in loaded.questions:
-            stats: Counter = Counter()
-            r = self.question_record(q, recipe, self.target(q, task, rationales, stats) if labelled else "")
-            if stats:
+            text, answer_only = self.target(q, task, rationales) if labelled else ("", False)
+            r = self.question_record(q, recipe, text)
+            if answer_only:
                 r.meta["source"], r.meta["answer_only"] = str(path), True
             out.append(r)
         return out
