@@ -75,8 +75,8 @@ class ExamApp(App):
         task: ExamTask = self.task(recipe)
         short = Counter(ex.meta["source"] for ex in examples if ex.meta.get("answer_only"))
         for source, n in short.items():
-            warn(f"{source}: {n} of {len(examples)} question(s) with no rationale: answer-only target (--target {task.target} needs "
-                 f"a worked solution in `comment` or task.rationales)")
+            warn(f"{source}: {n} of {len(examples)} question(s) with no rationale: answer-only target "
+                 f"(--target {task.target} needs a worked solution in `comment` or task.rationales)")
         return examples
 
     def pipeline(self, engine, recipe: Recipe):
