@@ -291,14 +291,22 @@ def score_cmd(
                                         "a prediction (default: a missing one counts as an empty output)"),
     subtask: Optional[str] = typer.Option(None, "--task", "--target", "-t",
                                           help="the app's sub-task or target variant (see `peft-apps apps`)"),
+    by: str = typer.Option("auto", "--by", help="how predictions join gold records: auto (by id when the "
+                           "predictions carry ids, else by position), id, or position"),
 ) -> None:
-    """Score predictions against gold data without loading a model (model text is parsed as `eval` does)."""
+    """Score predictions against gold data without loading a model (model text is parsed as `eval` does).
+
+    Matching: by id when the predictions carry ids (every one must then): a prediction goes to the gold
+    record with its id, and a gold id that repeats takes its predictions in file order. When no prediction
+    has an id, the n-th prediction goes to the n-th gold record (--by position forces this). Never a
+    per-row fallback from id to position. Predictions for records the reader skipped (e.g. exam questions
+    that need a picture) are left out and counted in one warning, as are ids the gold file lacks."""
     from peft_apps.core.io import atomic_write, check_output
 
     a, r = _recipe(app_name, recipe, overrides, subtask=subtask)
     if out:
         check_output(out, True, "--out")
-    metrics = a.score(gold, pred, r, only_predicted=only_predicted)
+    metrics = a.score(gold, pred, r, only_predicted=only_predicted, by=by)
     if out:
         atomic_write(out, json.dumps(metrics, indent=2, ensure_ascii=False))
         console.print(f"metrics -> {out}")

@@ -29,6 +29,16 @@ class Record:
         return cls(id=str(id), prompt=msgs, completion=completion, meta=meta)
 
 
+class Records(list):
+    """An app's examples from one file, in file order, with the entries its reader skipped: `skipped` maps
+    a skipped entry's id to why (needs a picture, no options, ...). Scoring uses it to tell a prediction
+    for a skipped entry (left out, counted) from one with an unknown id."""
+
+    def __init__(self, items=(), skipped: dict[str, str] | None = None):
+        super().__init__(items)
+        self.skipped: dict[str, str] = dict(skipped or {})
+
+
 # ---- reading files ----------------------------------------------------------------------------
 
 

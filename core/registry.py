@@ -165,11 +165,13 @@ class App:
         """Metrics by name (default: the metric module on parsed outputs and gold texts)."""
         return self.load_metric().compute(predictions=parsed, references=[ex.completion for ex in examples])
 
-    def score(self, gold: Path, pred: Path, recipe: Recipe, only_predicted: bool = False) -> dict[str, Any]:
-        """Score a predictions file against a gold file; override to accept other prediction formats."""
+    def score(self, gold: Path, pred: Path, recipe: Recipe, only_predicted: bool = False,
+              by: str = "auto") -> dict[str, Any]:
+        """Score a predictions file against a gold file, joined by `core.loop.MATCH_RULE` (`by`: auto, id or
+        position); override to accept other prediction formats."""
         from peft_apps.core.loop import score_files
 
-        return score_files(self, gold, pred, recipe, only_predicted)
+        return score_files(self, gold, pred, recipe, only_predicted, by)
 
     def convert(self, source: Path, out: Path, **options: Any) -> dict[str, Any]:
         raise UserError(f"app {self.name!r} does not implement `convert`")

@@ -65,7 +65,7 @@ def test_score_sft_with_hand_computed_numbers(tmp_path):
     assert m["per_class"]["org"]["precision"] == pytest.approx(0.5)
     pred.write_text('{"id": 9, "output": "x"}\n')
     p = run("score", "sft", "--gold", str(gold), "--pred", str(pred), check=False)
-    assert p.returncode == 2 and "pred.jsonl:1: id 9 is not in" in p.stderr
+    assert p.returncode == 2 and "no prediction id is a record id of" in p.stderr and "9" in p.stderr
 
 
 def test_offline_hub_model_not_cached_is_one_clear_error(tmp_path):

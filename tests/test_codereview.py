@@ -282,3 +282,25 @@ def test_review_cli_in_a_repository_for_ci(demo_adapter, tmp_path):
     report = json.loads(p.stdout)
     assert report["counts"]["truncated"] > 0 and report["notes"] and "cut to 6" in report["notes"][0]
     assert "hunks cut to 6 lines" in p.stderr
+
+
+@pytest.mark.slow
+def test_eval_on_a_real_file_with_a_repeated_id_scores_back_exactly(demo_adapter, tmp_path):
+    """`eval` on real CodeReviewer records two of which share an id writes predictions that `score` joins
+    back to the same records (by id, the repeated one in file order): the same metrics."""
+    from peft_apps.core import loop
+    from peft_apps.core.config import load_recipe
+    from peft_apps.core.registry import get_app
+    from peft_apps.core.resources import data_dir
+
+    gold = data_dir("codereview", "cls-repeated-ids.jsonl")
+    a = get_app("codereview")
+    r = load_recipe(a.recipe_path("demo"), ["task.task=necessity", f"data.eval={gold}", "eval.max_new_tokens=4"],
+                    app="codereview")
+    metrics = loop.evaluate(a, str(demo_adapter), r, "eval", tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / loop.PREDICTIONS).read_text().splitlines()]
+    assert [x["id"] for x in rows].count("19290") == 2 and len(rows) == metrics["n"] == 24
+    scored = a.score(gold, tmp_path / loop.PREDICTIONS, r)
+    assert scored["missing_predictions"] == 0 and scored["matched_by"] == "id"
+    for k in ("precision", "recall", "f1", "accuracy", "n"):
+        assert scored[k] == pytest.approx(metrics[k]), k

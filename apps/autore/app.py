@@ -138,14 +138,15 @@ class AutoREApp(App):
                                           references=[json.dumps(e.meta["doc"]) for e in examples],
                                           train_file=_train_file(task))
 
-    def score(self, gold: Path, pred: Path, recipe: Recipe, only_predicted: bool = False) -> dict[str, Any]:
+    def score(self, gold: Path, pred: Path, recipe: Recipe, only_predicted: bool = False,
+              by: str = "auto") -> dict[str, Any]:
         """PRED: JSONL {id, output} of raw `head | relation | tail` text (the core's rule), or the official
         DocRED submission, a JSON list [{title, h_idx, t_idx, r, evidence?}]."""
         from peft_apps.core.io import read_text
 
         text = read_text(pred, "prediction file")
         if text.lstrip()[:1] != "[":
-            return super().score(gold, pred, recipe, only_predicted)
+            return super().score(gold, pred, recipe, only_predicted, by)
         docs = load_docs(gold, require_labels=True)
         try:
             sub = json.loads(text)

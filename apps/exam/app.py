@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from peft_apps.core.config import Recipe
-from peft_apps.core.data import Record
+from peft_apps.core.data import Record, Records
 from peft_apps.core.errors import UserError, warn
 from peft_apps.core.prompts import render
 from peft_apps.core.registry import App
@@ -41,7 +41,7 @@ class ExamApp(App):
     def question_record(self, q: Question, recipe: Recipe, target_text: str = "") -> Record:
         task: ExamTask = self.task(recipe)
         fields = {"question": q.question, "options": q.options, "rows": q.rows, "kind": q.kind,
-                  "letters": q.letters, "target": task.target}
+                  "layout": q.layout, "letters": q.letters, "target": task.target}
         prompt = render(self.name, task.language, where=f"question {q.id} (exam {q.exam}, task {q.task_id})", **fields)
         return Record.simple(q.id, prompt, target_text, system=recipe.data.system_prompt, kind=q.kind,
                              letters=q.letters, n_rows=len(q.rows), correct=",".join(q.correct), subject=q.subject,
@@ -56,11 +56,11 @@ class ExamApp(App):
         topic = f"ТЕМА: {q.topic}\n" if task.target == "cot_topic" and q.topic else ""
         return (f"{topic}{solution}\n{answer}", False) if solution else (topic + answer, True)
 
-    def read(self, path: Path, recipe: Recipe, labelled: bool = True, prompts: bool = True) -> list[Record]:
+    def read(self, path: Path, recipe: Recipe, labelled: bool = True, prompts: bool = True) -> Records:
         task: ExamTask = self.task(recipe)
         loaded = load(Path(path), task.include_photo)
         rationales = read_rationales(Path(task.rationales)) if task.rationales and labelled else {}
-        out = []
+        out = Records(skipped=loaded.skipped_ids)
         for q in loaded.questions:
             text, answer_only = self.target(q, task, rationales) if labelled else ("", False)
             r = self.question_record(q, recipe, text)
@@ -93,6 +93,8 @@ class ExamApp(App):
         if got is None:
             stats["answer not readable (scores 0)"] += 1
             return ""
+        if "" in got:
+            stats["matching answer with rows left out (they score 0)"] += 1
         return ",".join(got)
 
     def metrics(self, examples: list[Record], parsed: list[Any], task: Any) -> dict[str, Any]:
@@ -148,8 +150,11 @@ class ExamApp(App):
         target.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(target, [{"id": r.id, "messages": r.prompt, "completion": r.completion, "kind": r.meta["kind"],
                               "subject": r.meta["subject"], "exam": r.meta["exam"]} for r in records])
-        report = {"source": str(source), "output": str(target),
-                  "questions": dict(Counter(q.kind for q in loaded.questions)), "target": task.target,
+        report = {"source": str(source), "output": str(target), "tasks": loaded.tasks,
+                  "kept": len(loaded.questions), "skipped_total": sum(loaded.skipped.values()),
+                  "questions": dict(Counter(q.kind for q in loaded.questions)),
+                  "matching_layouts": dict(Counter(q.layout for q in loaded.questions if q.kind == "matching")),
+                  "target": task.target,
                   "answer_only_targets": sum(1 for r in records if r.meta.get("answer_only")),
                   "skipped": dict(loaded.skipped), "skipped_examples": loaded.examples}
         atomic_write(target.with_name(target.stem + ".report.json"), json.dumps(report, indent=2, ensure_ascii=False))

@@ -11,9 +11,17 @@ UNLP 2024 (unlp-2024-shared-task, osyvokon/zno): one JSON object a line: `questi
 
 Ids are the question's 0-based position in the file: UNLP lines in order, ZNO-Eval tasks of all exams
 in file order, skipped questions included (so `score --pred` ids match whatever produced them).
-Skipped and counted, each named by exam and task id: questions that need a picture (`with_photo`,
-unless task.include_photo), questions with no options (open answers), duplicated option markers, and
-a correct answer that is not among the options.
+Also read: NLPForUA/ZNO's tuning files, `{"test": [task, ...]}` (tasks grouped by split, each naming its
+exam in `test_id`).
+
+Matching questions come in three real layouts, all kept and scored row by row: rows listed among
+`answers` with their texts; rows numbered in the question text (e.g. "which part of speech (А–Д) is each
+marked word (1–4)": `answers` holds only А–Д, the rows are "(1)word" markers); and ordering tasks
+("Розташуйте послідовно ...": rows 1–4 are the places, the letters the items to put in order).
+
+Skipped and counted, each named by exam and task id with what was seen: questions that need a picture
+(`with_photo`, unless task.include_photo), questions with no options (open answers), duplicated option
+markers, no correct answer, and a correct answer that is not among the options.
 """
 
 from __future__ import annotations
@@ -38,13 +46,15 @@ class Question:
     exam: str
     task_id: str
     subject: str
-    kind: str  # "single" | "matching"
+    kind: str  # "single" | "matching" (ordering tasks are matching questions: rows are the places 1..n)
     question: str
     options: list[tuple[str, str]]  # (letter, text)
-    rows: list[tuple[str, str]] = field(default_factory=list)  # matching: (number, text)
+    rows: list[tuple[str, str]] = field(default_factory=list)  # matching: (number, text); text may be ""
     correct: list[str] = field(default_factory=list)  # one letter, or one per row
     topic: str = ""
     solution: str = ""
+    layout: str = ""  # matching: "rows" (rows listed with the options), "in_question" (numbered in the
+    #                   question text, e.g. marked words), "ordering" (put the lettered items in order)
 
     @property
     def letters(self) -> list[str]:
@@ -59,18 +69,22 @@ class Question:
 class Loaded:
     questions: list[Question]
     skipped: Counter = field(default_factory=Counter)
-    examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> a few "exam X task Y"
+    examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> a few "exam X task Y: what was seen"
+    skipped_ids: dict[str, str] = field(default_factory=dict)  # id of a skipped question -> reason
+    tasks: int = 0  # every entry of the file, kept or skipped
 
     def add(self, q: Question, where: str) -> None:
-        """Keep `q`, or skip it (counted, with `where` as an example) when `check` finds it unusable."""
+        """Keep `q`, or skip it (counted, with `where` and what was seen as an example) when `check` finds
+        it unusable."""
         problem = check(q)
         if problem:
-            self.skip(problem, where)
+            self.skip(problem[0], f"{where}: {problem[1]}", q.id)
         else:
             self.questions.append(q)
 
-    def skip(self, reason: str, where: str) -> None:
+    def skip(self, reason: str, where: str, qid: str) -> None:
         self.skipped[reason] += 1
+        self.skipped_ids[qid] = reason
         self.examples.setdefault(reason, [])
         if len(self.examples[reason]) < 3:
             self.examples[reason].append(where)
@@ -92,34 +106,74 @@ def _subject(exam: dict[str, Any], path: Path) -> str:
     return m.group(1) if m else path.stem.removesuffix("_raw")
 
 
-def read_zno(path: Path, data: Any, include_photo: bool) -> Loaded:
+def _exams(path: Path, data: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(exam id, exam) pairs from the ZNO-Eval layouts: a list of exams `[{"tasks": [...]}, ...]`, one exam
+    `{"tasks": [...]}`, or tasks grouped by split `{"test": [task, ...], ...}` (the tuning files of
+    NLPForUA/ZNO; each task names its exam in `test_id`)."""
+    if isinstance(data, dict) and "tasks" not in data and data and all(isinstance(v, list) for v in data.values()):
+        out: list[tuple[str, dict[str, Any]]] = []
+        for split, tasks in data.items():
+            by_exam: dict[str, list] = {}
+            for t in tasks:
+                by_exam.setdefault(str(t.get("test_id", split)) if isinstance(t, dict) else split, []).append(t)
+            out.extend((exam_id, {"tasks": ts, "test_id": exam_id}) for exam_id, ts in by_exam.items())
+        return out
     exams = data if isinstance(data, list) else [data]
-    out = Loaded([])
-    pos = 0
     for e_i, exam in enumerate(exams):
         if not isinstance(exam, dict) or not isinstance(exam.get("tasks"), list):
             raise UserError(f"{path}: exam {e_i} has no 'tasks' list", hint="a ZNO-Eval file: [{\"tasks\": [...]}]")
-        exam_id = str(exam.get("test_id") or exam.get("link") or e_i)
+    return [(str(exam.get("test_id") or exam.get("link") or e_i), exam) for e_i, exam in enumerate(exams)]
+
+
+def _rows_in_question(question: str, numbers: list[str]) -> list[tuple[str, str]]:
+    """Rows numbered inside the question text ("(1)відомий ... (2)більше"): each number with the word after
+    its marker ("" where the question has no such marker)."""
+    out = []
+    for n in numbers:
+        m = re.search(rf"\(\s*{re.escape(n)}\s*\)\s*([^\s,.;:!?()]+)", question)
+        out.append((n, m.group(1) if m else ""))
+    return out
+
+
+def zno_question(t: dict[str, Any], qid: str, exam_id: str, task_id: str, subject: str) -> Question:
+    """One ZNO-Eval task as a Question (unchecked). A matching task's rows are its `answer_hheader` numbers:
+    listed among `answers` with their texts; else numbered in the question text ("(1)word"); else the places
+    of an ordering task ("Розташуйте послідовно ...": rows 1..n, the lettered items to put in order)."""
+    answers = [a for a in (t.get("answers") or []) if isinstance(a, dict)]
+    rows_h = [str(x) for x in (t.get("answer_hheader") or [])]
+    listed = {str(a.get("answer")): str(a.get("text") or "") for a in answers if str(a.get("answer")) in rows_h}
+    options = [(normalize_letter(str(a.get("answer") or "")), str(a.get("text") or "")) for a in answers
+               if str(a.get("answer")) not in rows_h]
+    correct = [normalize_letter(str(c)) for c in (t.get("correct_answer") or [])]
+    question = t["question"].strip()
+    layout, rows = "", []
+    if rows_h and listed:
+        layout, rows = "rows", [(n, listed[n]) for n in rows_h if n in listed]
+    elif rows_h:
+        in_text = _rows_in_question(question, rows_h)
+        layout = "in_question" if all(word for _, word in in_text) else "ordering"
+        rows = in_text if layout == "in_question" else [(n, "") for n in rows_h]
+    return Question(qid, exam_id, task_id, subject, "matching" if rows_h else "single", question,
+                    options, rows, correct, *_split_comment(t.get("comment")), layout=layout)
+
+
+def read_zno(path: Path, data: Any, include_photo: bool) -> Loaded:
+    out = Loaded([])
+    pos = 0
+    for exam_id, exam in _exams(path, data):
         subject = _subject(exam, path)
         for t_i, t in enumerate(exam["tasks"]):
             qid, pos = str(pos), pos + 1
+            out.tasks += 1
             task_id = str(t.get("task_id", t_i)) if isinstance(t, dict) else str(t_i)
             where = f"{path.name}: exam {exam_id}, task {task_id}"
             if not isinstance(t, dict) or not isinstance(t.get("question"), str) or not t["question"].strip():
-                out.skip("no question text", where)
+                out.skip("no question text", f"{where}: `question` is empty or missing", qid)
                 continue
             if t.get("with_photo") and not include_photo:
-                out.skip("needs a picture", where)
+                out.skip("needs a picture", f"{where}: with_photo is true", qid)
                 continue
-            answers = [a for a in (t.get("answers") or []) if isinstance(a, dict)]
-            rows_h = [str(x) for x in (t.get("answer_hheader") or [])]
-            rows = [(str(a.get("answer")), str(a.get("text") or "")) for a in answers if str(a.get("answer")) in rows_h]
-            options = [(normalize_letter(str(a.get("answer") or "")), str(a.get("text") or "")) for a in answers
-                       if str(a.get("answer")) not in rows_h]
-            correct = [normalize_letter(str(c)) for c in (t.get("correct_answer") or [])]
-            q = Question(qid, exam_id, task_id, subject, "matching" if rows_h else "single", t["question"].strip(),
-                         options, rows, correct, *_split_comment(t.get("comment")))
-            out.add(q, where)
+            out.add(zno_question(t, qid, exam_id, task_id, subject), where)
     return out
 
 
@@ -128,10 +182,11 @@ def read_unlp(path: Path, include_photo: bool) -> Loaded:
 
     out = Loaded([])
     for pos, (n, row) in enumerate(read_jsonl(path)):
+        out.tasks += 1
         where = f"{path.name}, line {n}"
         choices = row.get("answers") if isinstance(row.get("answers"), list) else row.get("choices")
         if not isinstance(row.get("question"), str) or not row["question"].strip():
-            out.skip("no question text", where)
+            out.skip("no question text", f"{where}: `question` is empty or missing", str(pos))
             continue
         options = [(normalize_letter(str(c.get("marker") or "")), str(c.get("text") or ""))
                    for c in (choices or []) if isinstance(c, dict)]
@@ -144,23 +199,31 @@ def read_unlp(path: Path, include_photo: bool) -> Loaded:
     return out
 
 
-def check(q: Question) -> str | None:
-    """Why a question cannot be used, or None."""
+def _span(letters: list[str]) -> str:
+    return f"{letters[0]}–{letters[-1]}" if len(letters) > 2 else ", ".join(letters)
+
+
+def check(q: Question) -> tuple[str, str] | None:
+    """Why a question cannot be used, as (reason, what was seen), or None."""
     if not q.options:
-        return "no options (open answer)"
+        return "no options (open answer)", "`answers` holds no lettered option"
     letters = q.letters
     if any(not m for m in letters):
-        return "an option without a marker"
+        return "an option without a marker", f"options {letters}"
     if len(set(letters)) != len(letters):
-        return "duplicated option markers"
+        dup = sorted({m for m in letters if letters.count(m) > 1})
+        return "duplicated option markers", f"{', '.join(dup)} given twice among {', '.join(letters)}"
     if not q.correct:
-        return "no correct answer"
+        return "no correct answer", f"correct_answer is empty; options {_span(letters)}"
     if any(c not in letters for c in q.correct):
-        return "correct answer not among the options"
+        bad = [c for c in q.correct if c not in letters]
+        return "correct answer not among the options", f"{', '.join(bad)} not in {_span(letters)}"
     if q.kind == "single" and len(q.correct) != 1:
-        return "several correct answers for a single-choice question"
+        return ("several correct answers for a single-choice question",
+                f"correct_answer {', '.join(q.correct)}")
     if q.kind == "matching" and len(q.correct) != len(q.rows):
-        return "correct answers do not match the rows"
+        return ("correct answers do not match the rows",
+                f"{len(q.correct)} correct answer(s) for {len(q.rows)} row(s)")
     return None
 
 
@@ -170,18 +233,25 @@ def load(path: Path, include_photo: bool = False, report: bool = True) -> Loaded
     path = Path(path)
     text, _ = read_user_text(path)
     stripped = text.lstrip()
-    if stripped.startswith("[") or (stripped.startswith("{") and '"tasks"' in stripped[:200000]
-                                    and "\n{" not in stripped):
+    data: Any = None
+    if stripped.startswith("["):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-        loaded = read_zno(path, data, include_photo)
-    else:
-        loaded = read_unlp(path, include_photo)
+    elif stripped.startswith("{"):
+        try:  # one JSON object: a ZNO-Eval exam or split file; else JSONL (one question a line)
+            whole = json.loads(text)
+        except json.JSONDecodeError as e:
+            whole = None
+            if "\n{" not in stripped.rstrip() and '"tasks"' in stripped[:200000]:
+                raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        if isinstance(whole, dict) and "question" not in whole:
+            data = whole
+    loaded = read_zno(path, data, include_photo) if data is not None else read_unlp(path, include_photo)
     if report and loaded.skipped:
         parts = [f"{n} {reason} (e.g. {'; '.join(loaded.examples[reason])})" for reason, n in loaded.skipped.items()]
-        warn(f"{path}: {sum(loaded.skipped.values())} question(s) skipped: " + ", ".join(parts))
+        warn(f"{path}: {sum(loaded.skipped.values())} of {loaded.tasks} question(s) skipped: " + ", ".join(parts))
     if not loaded.questions:
         raise UserError(f"{path}: no usable questions", hint="a ZNO-Eval .json file or a UNLP .jsonl file")
     return loaded
@@ -192,7 +262,7 @@ def answer_text(q: Question, letters: list[str] | None = None) -> str:
     letters = letters if letters is not None else q.correct
     if q.kind == "single":
         return f"Відповідь: {letters[0]}"
-    return "Відповідь: " + ", ".join(f"{r}-{c}" for (r, _), c in zip(q.rows, letters))
+    return "Відповідь: " + ", ".join(f"{r}-{c}" for (r, _), c in zip(q.rows, letters) if c)
 
 
 def read_rationales(path: Path) -> dict[str, str]:

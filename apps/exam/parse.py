@@ -7,7 +7,9 @@ normalised, single-choice and matching answers in the forms models write.
 
 Latin letters that look like Cyrillic ones (A/А, B/В, C/С, E/Е, I/І, H/Н, K/К, M/М, O/О, P/Р, T/Т,
 X/Х, and their lower case) are read as the Cyrillic letter: models mix the two alphabets. An answer
-that cannot be read returns None (it scores 0 and is counted).
+that cannot be read returns None (it scores 0 and is counted), and so does a hedge between options ("А або
+Б", "А/Б", "А, Б"). A matching answer that gives some rows ("1-Б, 2-Б" of four) is read with "" for the
+rows it leaves out: it earns the points of the rows it gives.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ KEY = re.compile(r"(відповідь|відповіді|answer)\s*[:：]?", re
 L = "A-Za-zА-ЯҐЄІЇа-яґєії"
 LETTER = re.compile(rf"(?<![{L}0-9])([{L}])(?![{L}])")
 PAIR = re.compile(rf"(?<![0-9])([1-9])\s*(?:[-–—:.)=→>]|\s)\s*([{L}])(?![{L}])")
+# Two different letters offered as alternatives: "А або Б", "А чи Б", "A or B", "А/Б", "А, Б"
+HEDGE = re.compile(rf"(?<![{L}0-9])([{L}])\s*(?:або|чи|or|/|,|;|\||&|та|і|и|and)\s*([{L}])(?![{L}])", re.I)
 
 
 def normalize_letter(s: str) -> str:
@@ -46,6 +50,11 @@ def extract(text: str, kind: str, letters: list[str], n_rows: int = 0) -> list[s
     if not seg:
         return None
     if kind == "single":
+        first = re.sub(r"\([^)]*\)", " ", seg.split("\n", 1)[0])  # "В (А і Б неправильні)" explains, not hedges
+        for m in HEDGE.finditer(first):
+            a, b = normalize_letter(m.group(1)), normalize_letter(m.group(2))
+            if a != b and a in letters and b in letters and m.group(1).isupper() and m.group(2).isupper():
+                return None  # a hedge ("А або Б") is no answer
         found = [normalize_letter(m.group(1)) for m in LETTER.finditer(seg)]
         upper = [f for f, m in zip(found, LETTER.finditer(seg)) if m.group(1).isupper() and f in letters]
         if upper:
@@ -57,11 +66,11 @@ def extract(text: str, kind: str, letters: list[str], n_rows: int = 0) -> list[s
         row, letter = int(m.group(1)), normalize_letter(m.group(2))
         if 1 <= row <= n_rows and letter in letters and row not in pairs:
             pairs[row] = letter
-    if len(pairs) == n_rows:
-        return [pairs[r] for r in range(1, n_rows + 1)]
+    if pairs:  # every row given, or some ("1-Б, 2-Б" of four): "" for a row not given
+        return [pairs.get(r, "") for r in range(1, n_rows + 1)]
     seq = [normalize_letter(m.group(1)) for m in LETTER.finditer(seg)]
     seq = [s for s in seq if s in letters]
-    if len(seq) >= n_rows and not pairs:  # "В;Д;А;Б", "В Д А Б"
+    if len(seq) >= n_rows:  # "В;Д;А;Б", "В Д А Б"
         return seq[:n_rows]
     return None
 

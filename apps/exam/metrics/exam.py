@@ -7,8 +7,9 @@ An `evaluate` module kept in the app and loaded by path (a Hub metric cannot loa
     m.compute(predictions=["Б", "Г,Б,В", ""], references=["Б", "Г,Д,В", "А"],
               kinds=["single", "matching", "single"], subjects=[...], exams=[...])
 
-Answers are comma-joined letters: one for a single-choice question, one per row for a matching one; ""
-is an answer the parser could not read.
+Answers are comma-joined letters: one for a single-choice question, one per row for a matching one (an
+empty place for a row the answer leaves out: "Б,Б,," earns the points of rows 1 and 2); "" is an answer
+the parser could not read.
 
 Definitions
 - accuracy: share of single-choice questions answered right (the UNLP shared task's metric).
@@ -29,10 +30,10 @@ import evaluate
 
 
 def _score(pred: str, gold: str, kind: str) -> tuple[int, int]:
-    p, g = [x for x in pred.split(",") if x], gold.split(",")
+    p, g = pred.split(","), gold.split(",")  # one letter per row; "" for a row the answer leaves out
     if kind == "single":
-        return int(bool(p) and p[0] == g[0]), 1
-    return sum(a == b for a, b in zip(p, g)), len(g)
+        return int(bool(p[0]) and p[0] == g[0]), 1
+    return sum(bool(a) and a == b for a, b in zip(p, g)), len(g)
 
 
 def _summary(rows: list[tuple[str, str, str]]) -> dict[str, Any]:
