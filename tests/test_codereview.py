@@ -5,6 +5,7 @@ schemas, paths and line numbers checked against the files the commit produced)."
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from helpers.preloaded import run_cli
+from peft_apps.core.resources import data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "codereview"
@@ -117,7 +119,37 @@ def test_bleu4_by_hand_smoothing_and_stopwords():
     # a short candidate pays the brevity penalty: exp(1 - (3 + 1) / (1 + 1))
     m = metric(["cat"], ["cat sat down"], "refine")
     assert m["bleu4"] == pytest.approx(100 * (1.0 * (1 / 1) * 1 * 1) ** 0.25 * 2.718281828459045 ** (1 - 4 / 2))
-    assert metric([""], ["x"], "comment")["bleu4"] == 0.0
+    # the evaluator's quirks, kept: an empty candidate scores the brevity penalty alone, exp(-r); stopwords are
+    # matched with their case ("The" stays, "the" goes)
+    assert metric([""], ["x"], "comment")["bleu4"] == pytest.approx(100 * math.exp(-1))
+    assert metric(["The fix"], ["fix"], "comment")["bleu4"] < 100 == metric(["the fix"], ["fix"], "comment")["bleu4"]
+
+
+# What CodeReviewer's own evaluator printed: `bleu_fromstr(preds, golds, rmstop=True)` and `rmstop=False` of
+# microsoft/CodeBERT's CodeReviewer/code/evaluator/smooth_bleu.py (commit c0de43d3), run by hand with nltk
+# 3.9 on the bundled real comments (data/codereview/msg-test.jsonl, `msg`) and the predictions
+# helpers/bleu_variants.py makes from them; "code" is the same for the added lines of each record's hunk
+# (refinement-like references, rmstop=False). The evaluator rounds to 2 decimals.
+OFFICIAL_COMMENTS = {"exact": (100.0, 100.0), "upper": (32.84, 100.0), "no_punct": (44.22, 63.1),
+                     "spaced_punct": (100.0, 100.0), "tabs": (100.0, 100.0), "stopwords": (61.25, 65.06),
+                     "capitalised": (32.8, 100.0), "truncated": (34.9, 33.59), "other_comment": (5.07, 4.21),
+                     "mixed": (58.6, 70.25)}
+OFFICIAL_CODE = {"exact": 100.0, "upper": 100.0, "no_punct": 16.4, "spaced_punct": 100.0, "tabs": 100.0,
+                 "stopwords": 76.26, "capitalised": 100.0, "truncated": 34.95, "other_comment": 3.52, "mixed": 70.5}
+
+
+def test_bleu_equals_codereviewers_evaluator():
+    from helpers.bleu_variants import variants
+
+    rows = [json.loads(x) for x in data_dir("codereview", "msg-test.jsonl").read_text().splitlines()]
+    golds = [r["msg"] for r in rows]
+    for name, preds in variants(golds).items():
+        m = metric(preds, golds, "comment")
+        assert m["bleu4"] == pytest.approx(OFFICIAL_COMMENTS[name][0], abs=0.01), name
+        assert m["bleu4_with_stopwords"] == pytest.approx(OFFICIAL_COMMENTS[name][1], abs=0.01), name
+    code = ["\n".join(x[1:] for x in r["patch"].split("\n") if x.startswith("+")) for r in rows]
+    for name, preds in variants(code).items():
+        assert metric(preds, code, "refine")["bleu4"] == pytest.approx(OFFICIAL_CODE[name], abs=0.01), name
 
 
 def test_refinement_exact_match_ignores_whitespace_runs():

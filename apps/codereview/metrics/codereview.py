@@ -13,26 +13,32 @@ Definitions
   label y=1, answer "yes"). precision = TP / (TP + FP), recall = TP / (TP + FN), F1 their harmonic mean,
   accuracy over all hunks. An answer that is neither yes nor no counts as "no" (and the parser counts it).
 - BLEU-4 (comments and refined code): CodeReviewer's smoothed sentence BLEU, averaged over examples and
-  scaled to 0-100. Each text is lowercased and split into runs of word characters and single punctuation
-  marks (the `\\w+|[^\\w\\s]` split CodeReviewer's evaluator applies; nltk's wordpunct_tokenize keeps
-  punctuation runs together instead). Per example: clipped n-gram matches for n = 1..4 against the
-  reference; precision p1 = m1 / c1 and, for n > 1, pn = (mn + 1) / (cn + 1) (Lin & Och's add-one
-  smoothing); brevity penalty exp(min(0, 1 - (r + 1) / (c + 1))) with r, c the reference and candidate
-  lengths; BLEU = BP * exp(mean log pn). An empty candidate scores 0.
+  scaled to 0-100, exactly as its evaluator computes it (`bleu_fromstr` in microsoft/CodeBERT,
+  CodeReviewer/code/evaluator/smooth_bleu.py). Tokens: nltk's wordpunct split (`\\w+|[^\\w\\s]+`),
+  stopwords removed there (case-sensitive: "The" is kept, "the" dropped), lower-cased, split again into
+  word runs and single punctuation marks, then NIST's punctuation split (which also splits "_" out of
+  words). Per example: clipped n-gram matches for n = 1..4 against the reference; log precision
+  log(m1) - log(c1) and, for n > 1, log(mn + 1) - log(cn + 1) (add-one smoothing), each with the smallest
+  float added so that no log is of 0; brevity penalty min(0, 1 - (r + 1) / (c + 1)) in log space with r,
+  c the reference and candidate lengths; BLEU = exp(mean log pn + penalty). An empty candidate scores
+  exp(-r).
 - comment generation: `bleu4` is computed after removing English stopwords (CodeReviewer's list, below)
   from both texts, as CodeReviewer reports it; `bleu4_with_stopwords` keeps them.
 - code refinement: `exact_match` compares the revised code with the gold code after joining whitespace
-  runs (CodeReviewer compares token sequences); `bleu4` with stopwords kept.
+  runs, as CodeReviewer's run_test_ref.py does); `bleu4` with stopwords kept (its `rmstop=False`).
 
-This is written here rather than taken from sacrebleu or nltk: CodeReviewer's numbers use this exact
-tokenization, smoothing and brevity penalty, which neither library's presets reproduce (sacrebleu's
-sentence BLEU smooths n = 1 too; nltk's word_tokenize needs data files that cannot be fetched offline).
+Checked against the official script: `tests/test_codereview.py::test_bleu_equals_codereviewers_evaluator`
+holds the figures `bleu_fromstr(preds, golds, rmstop=True/False)` printed, run by hand on the bundled real
+comments with predictions that vary case, punctuation, tabs and stopwords; these functions match them to
+0.01. Written here rather than imported: the evaluator is a script in a research repository (no package), it
+needs nltk, and sacrebleu's and nltk's BLEU presets smooth and tokenize differently.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import sys
 from collections import Counter
 from typing import Any, Sequence
 
@@ -78,42 +84,56 @@ which whichever while whilst whither who who'd whoever whole who'll whom whomeve
 without wonder won't would wouldn't yes yet you you'd you'll your you're yours yourself yourselves you've zer
 """.split())
 
-_TOKEN = re.compile(r"\w+|[^\w\s]")
 TASKS = ("necessity", "comment", "refine")
+_WORDPUNCT = re.compile(r"\w+|[^\w\s]+")  # nltk's wordpunct_tokenize
+_SPLIT_PUNCTS = re.compile(r"[\w]+|[^\s\w]")
+# NIST mteval-v11a's tokenization of punctuation, as the evaluator's `normalize` applies it (the apostrophe is
+# not among the characters split off; "_", "[", "]", ... are)
+_NIST = [(re.compile(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])"), r" \1 "),
+         (re.compile(r"([^0-9])([\.,])"), r"\1 \2 "),
+         (re.compile(r"([\.,])([^0-9])"), r" \1 \2"),
+         (re.compile(r"([0-9])(-)"), r"\1 \2 ")]
 
 
 def tokens(text: str, drop_stopwords: bool = False) -> list[str]:
-    """Lowercased word runs and single punctuation marks; stopwords (whole words) removed on request.
-    Stopwords are matched on the whitespace-split words first, as CodeReviewer's evaluator does."""
-    words = text.lower().split()
+    """The tokens CodeReviewer's evaluator scores (`bleu_fromstr`, then `computeMaps` and `normalize`):
+    nltk's wordpunct split (word runs, punctuation runs); stopwords dropped on request, matched with their
+    case as written (so "The" stays); lower-cased; word runs and single punctuation marks; then NIST's
+    punctuation split, with "&quot;" read as a quote."""
+    words = _WORDPUNCT.findall(text)
     if drop_stopwords:
         words = [w for w in words if w not in STOPWORDS]
-    return _TOKEN.findall(" ".join(words))
+    s = " ".join(_SPLIT_PUNCTS.findall(" ".join(words).strip().lower()))
+    s = s.replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    s = f" {s} "
+    for pattern, repl in _NIST:
+        s = pattern.sub(repl, s)
+    return s.split()
 
 
 def _ngrams(toks: Sequence[str], n: int) -> Counter:
     return Counter(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
 
 
+_TINY = sys.float_info.min
+
+
 def sentence_bleu4(candidate: Sequence[str], reference: Sequence[str]) -> float:
-    """Smoothed BLEU-4 of one tokenized candidate against one reference, in [0, 1] (see the module doc)."""
-    if not candidate:
-        return 0.0
+    """Smoothed BLEU-4 of one tokenized candidate against one reference, in [0, 1], as the evaluator's
+    `bleu()` computes it (see the module doc; an empty candidate gets the brevity penalty alone)."""
     log_p = 0.0
     for n in range(1, 5):
         cand, ref = _ngrams(candidate, n), _ngrams(reference, n)
         matches = sum(min(c, ref[g]) for g, c in cand.items())
         total = max(len(candidate) - n + 1, 0)
         add = 1 if n > 1 else 0
-        if matches + add == 0:
-            return 0.0
-        log_p += math.log((matches + add) / (total + add))
+        log_p += math.log(matches + add + _TINY) - math.log(total + add + _TINY)
     bp = min(0.0, 1 - (len(reference) + 1) / (len(candidate) + 1))
     return math.exp(log_p / 4 + bp)
 
 
 def bleu4(predictions: Sequence[str], references: Sequence[str], drop_stopwords: bool = False) -> float:
-    """Average smoothed sentence BLEU-4, 0-100."""
+    """Average smoothed sentence BLEU-4, 0-100 (not rounded; the evaluator rounds to 2 decimals)."""
     if not references:
         return 0.0
     return 100.0 * sum(sentence_bleu4(tokens(p, drop_stopwords), tokens(r, drop_stopwords))
