@@ -143,6 +143,34 @@ def train_cmd(
     console.print(f"{kind}: {res.output_dir}  (metrics.json, loss.png, recipe.yaml, tensorboard/)")
 
 
+@app.command("inspect")
+def inspect_cmd(
+    app_name: str = typer.Argument(..., metavar="APP", help="registered app (see `peft-apps apps`)"),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...",
+                                                    help="recipe overrides, as for `train`"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="recipe name or .yaml path"),
+    n: int = typer.Option(3, "-n", min=1, help="how many training records to show"),
+    as_json: bool = typer.Option(False, "--json", help='one JSON object per line: {"id", "input_ids", "labels" '
+                                 '(-100 where nothing is trained), "prompt", "completion", "truncated" (tokens '
+                                 'cut), "dropped"}'),
+    subtask: Optional[str] = typer.Option(None, "--task", "--target", "-t",
+                                          help="the app's sub-task or target variant (see `peft-apps apps`)"),
+) -> None:
+    """Show the first training records exactly as the trainer will see them: after the chat template,
+    tokenization and truncation, the trained tokens highlighted. Loads the tokenizer, not the model."""
+    a, r = _recipe(app_name, recipe, overrides, subtask=subtask)
+    _prepare()
+    from peft_apps.core.inspect import inspect_records, render
+
+    views = inspect_records(a, r, n)
+    if as_json:
+        for v in views:
+            typer.echo(json.dumps({k: v[k] for k in ("id", "input_ids", "labels", "prompt", "completion",
+                                                      "truncated", "dropped")}, ensure_ascii=False))
+        return
+    render(views, r, r.model.base, out_console)
+
+
 def _train(a, r, resume: bool = False, split: dict | None = None):
     """Train `r` on the app's records (`split`: the app's examples by split, if already read); with
     `train.eval_steps`, the app's task metrics are computed on the first `train.eval_examples` eval

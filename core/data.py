@@ -92,12 +92,39 @@ def render_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
 
 
 def render_completion(tokenizer, messages: list[dict[str, str]], completion: str, prompt_text: str) -> str:
+    """The assistant's turn as the chat template renders it after `prompt_text`, through its end-of-turn
+    token and no further: what a template puts after that token (Qwen's and the builtin models' newline
+    before the next turn) is not the model's to write, so it is neither trained nor needed to stop."""
     if getattr(tokenizer, "chat_template", None):
         full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": completion}],
                                              tokenize=False)
         if full.startswith(prompt_text):
-            return full[len(prompt_text):]
+            return _through_end_of_turn(tokenizer, full[len(prompt_text):], completion)
     return completion + (tokenizer.eos_token or "")
+
+
+def _through_end_of_turn(tokenizer, tail: str, completion: str) -> str:
+    """`tail` cut after the first special token that follows the completion's text (the end of the turn).
+    That token should be the tokenizer's EOS, where generation stops; a template that ends turns with
+    another one is warned about (a model trained on it would not stop)."""
+    at = tail.find(completion) if completion else 0
+    start = at + len(completion) if at >= 0 else 0
+    specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
+    specials += [t.content if hasattr(t, "content") else str(t)
+                 for t in getattr(tokenizer, "added_tokens_decoder", {}).values()
+                 if getattr(t, "special", False)]
+    found = [(i, t) for t in set(specials) if (i := tail.find(t, start)) >= 0]
+    if not found:
+        return tail
+    i, token = min(found, key=lambda x: (x[0], -len(x[1])))
+    eos = tokenizer.eos_token
+    if eos and token != eos:
+        from peft_apps.core.errors import warn
+
+        warn(f"the chat template ends the assistant's turn with {token!r}, but the tokenizer's EOS is {eos!r}: "
+             f"generation would not stop at the end of a turn",
+             hint=f"set the tokenizer's eos_token to {token!r} (as the family's instruct models do)")
+    return tail[: i + len(token)]
 
 
 @dataclass
@@ -111,6 +138,9 @@ class TokenizeReport:
     max_length: int = 0
     truncated_ids: list[str] = field(default_factory=list)
     dropped_ids: list[str] = field(default_factory=list)
+    # records whose prompt/completion boundary merged tokens when the conversation was tokenized whole: their
+    # completion was tokenized on its own, so that training sees the prompt ids inference feeds
+    boundary_retokenized: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         d = self.__dict__.copy()
@@ -127,6 +157,22 @@ class TokenizeReport:
         return s
 
 
+def encode_record(tokenizer, rec: Record) -> tuple[list[int], list[int], bool]:
+    """(prompt ids, completion ids, whether they are the whole conversation tokenized at once).
+
+    The conversation is rendered by the chat template and tokenized once, as the model's vendor trains on
+    it; the prompt part must equal the prompt tokenized alone (what inference feeds before generating), so
+    the two are split there. Where the boundary merges tokens (the prompt alone is no prefix of the whole),
+    the completion is tokenized on its own instead and the caller counts it."""
+    p_text = render_prompt(tokenizer, rec.prompt)
+    c_text = render_completion(tokenizer, rec.prompt, rec.completion, p_text)
+    p_ids = tokenizer(p_text, add_special_tokens=False)["input_ids"]
+    full = tokenizer(p_text + c_text, add_special_tokens=False)["input_ids"]
+    if full[: len(p_ids)] == p_ids:
+        return p_ids, full[len(p_ids):], True
+    return p_ids, tokenizer(c_text, add_special_tokens=False)["input_ids"], False
+
+
 def tokenize_records(records: list[Record], tokenizer, max_length: int, truncation: str = "keep_start"
                      ) -> tuple[dict[str, list], TokenizeReport]:
     """Columns `input_ids`, `completion_mask`, `length`, `id` for trl, and the truncation report.
@@ -138,10 +184,9 @@ def tokenize_records(records: list[Record], tokenizer, max_length: int, truncati
     rep = TokenizeReport(records=len(records), max_length=max_length)
     cols: dict[str, list] = {"input_ids": [], "completion_mask": [], "length": [], "id": []}
     for rec in records:
-        p_text = render_prompt(tokenizer, rec.prompt)
-        c_text = render_completion(tokenizer, rec.prompt, rec.completion, p_text)
-        p_ids = tokenizer(p_text, add_special_tokens=False)["input_ids"]
-        c_ids = tokenizer(c_text, add_special_tokens=False)["input_ids"]
+        p_ids, c_ids, whole = encode_record(tokenizer, rec)
+        if not whole:
+            rep.boundary_retokenized += 1
         ids = p_ids + c_ids
         mask = [0] * len(p_ids) + [1] * len(c_ids)
         if len(ids) > max_length:

@@ -52,6 +52,8 @@ def _family_config(family: str, spec: dict, tokenizer):
     from transformers import AutoConfig
 
     model_type = FAMILIES[family]
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
     vocab = max(spec["vocab_size"], len(tokenizer))
@@ -156,16 +158,25 @@ def build_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, fam
 
     from peft_apps.core.errors import UserError
 
+    from peft_apps.core.real_tokenizers import REAL_TOKENIZERS, build_real_tokenizer
+
     if size not in SIZES:
         raise UserError(f"unknown tiny-model size {size!r}; choose one of: {', '.join(SIZES)}")
-    if family not in FAMILIES:
-        raise UserError(f"unknown model family {family!r}; choose one of: {', '.join(FAMILIES)}")
+    if family not in FAMILIES and family not in REAL_TOKENIZERS:
+        raise UserError(f"unknown model family {family!r}; choose one of: {', '.join([*FAMILIES, *REAL_TOKENIZERS])}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec = dict(SIZES[size])
-    tokenizer = build_tokenizer(spec.pop("tokenizer_vocab", spec["vocab_size"]))
+    vocab = spec.pop("tokenizer_vocab", spec["vocab_size"])
+    if family in REAL_TOKENIZERS:  # a real vocabulary and chat template: the embedding takes its size
+        tokenizer = build_real_tokenizer(family)
+        arch = REAL_TOKENIZERS[family].architecture
+        spec["vocab_size"] = len(tokenizer)
+    else:
+        tokenizer = build_tokenizer(vocab)
+        arch = family
     torch.manual_seed(seed)
-    config = _family_config(family, spec, tokenizer)
+    config = _family_config(arch, spec, tokenizer)
     large = spec["hidden_size"] >= 2048
     device = "cuda" if large and torch.cuda.is_available() else "cpu"
     with torch.device(device):
@@ -188,12 +199,15 @@ def parse_builtin(name: str) -> tuple[str, str]:
     """`tiny` -> ("tiny", "llama"); `tiny-gemma2` -> ("tiny", "gemma2"); unknown parts are UserErrors."""
     from peft_apps.core.errors import UserError
 
+    from peft_apps.core.real_tokenizers import REAL_TOKENIZERS
+
     size, _, family = name.partition("-")
     family = family or "llama"
-    if size not in SIZES or family not in FAMILIES:
+    if size not in SIZES or (family not in FAMILIES and family not in REAL_TOKENIZERS):
         raise UserError(f"unknown builtin model 'builtin:{name}'",
                         hint="choose builtin:SIZE or builtin:SIZE-FAMILY with SIZE one of " + ", ".join(SIZES)
-                        + " and FAMILY one of " + ", ".join(FAMILIES))
+                        + " and FAMILY one of " + ", ".join(FAMILIES) + "; or a real tokenizer and template: "
+                        + ", ".join(REAL_TOKENIZERS))
     return size, family
 
 
@@ -201,8 +215,12 @@ def builtin_model_path(name: str) -> Path:
     """Path of the cached offline model `name` (`tiny`, `small`, `tiny-qwen2`, `1b`, ...), built on first use."""
     import hashlib
 
+    from peft_apps.core.real_tokenizers import REAL_TOKENIZERS
+
     size, family = parse_builtin(name)
     parts = [SIZES[size], CHAT_TEMPLATE, SPECIAL_TOKENS] + ([family] if family != "llama" else [])
+    if family in REAL_TOKENIZERS:
+        parts = [SIZES[size], family, 7]  # the real tokenizer's builder version
     key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:8]
     path = cache_dir() / "models" / f"builtin-{name}-{key}"
     if not (path / "config.json").is_file() or not (path / "peft_apps_tiny.json").is_file():

@@ -3,7 +3,9 @@ common families, through the same recipe, trainer and engine a user runs (`model
 
 Each family exercises a different part of the runtime choice: Gemma-2 has no SDPA path (eager attention)
 and sliding-window layers, Phi-3 and GPT-NeoX fuse q/k/v into one projection, GPT-2 uses Conv1D layers,
-Qwen-3 normalises q and k.
+Qwen-3 normalises q and k. `llama3`, `mistral-v3` and `qwen2.5` are Llama, Mistral and Qwen2 models with
+the vendors' real tokenizers and chat templates (`core/real_tokenizers.py`; their encodings are checked
+in test_real_tokenizers).
 """
 
 import json
@@ -12,13 +14,14 @@ import math
 import pytest
 
 from helpers import synthetic
+from peft_apps.core.real_tokenizers import REAL_TOKENIZERS
 from peft_apps.core.tiny import FAMILIES
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("quantization", ["none", "nf4"])
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", sorted(FAMILIES) + sorted(REAL_TOKENIZERS))
 def test_family_trains_and_predicts(family, quantization, sft_app, tmp_path):
     from peft_apps.core.config import load_recipe
     from peft_apps.core.engine import Engine
