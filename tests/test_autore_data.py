@@ -168,7 +168,7 @@ def test_score_cli_raw_model_text(tmp_path):
     for i, d in enumerate(docs):
         lines = [f"{d['vertexSet'][lab['h']][0]['name']} | {rel[lab['r']][0]} | {d['vertexSet'][lab['t']][0]['name']}"
                  for lab in d["labels"]]
-        rows.append({"id": i if i % 2 else d["title"], "output": "\n".join(lines + ["garbage line"])})
+        rows.append({"id": d["title"], "output": "\n".join(lines + ["garbage line"])})
     pred = tmp_path / "pred.jsonl"
     pred.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "m.json"
@@ -186,10 +186,16 @@ def test_score_cli_raw_model_text(tmp_path):
                  "--pred", str(pred), f"task.train_file={SAMPLE}", "-o", str(out)])
     assert p.returncode == 0, p.stderr
     assert json.loads(out.read_text())["docred_ign_f1"] < 0.05  # every fact is "seen in train" here
+    # the same outputs without ids join by position; positions given as ids are ids, never a fallback
+    pred.write_text("".join(json.dumps({"output": r["output"]}) + "\n" for r in rows))
+    p = run_cli(["peft-apps", "score", "autore", "--gold", str(SAMPLE), "--pred", str(pred), "-o", str(out),
+                 "task.inverse=false"])
+    assert p.returncode == 0 and json.loads(out.read_text())["f1"] == pytest.approx(1.0), p.stderr
     pred.write_text('{"id": 999, "output": ""}\n')
     p = run_cli(["peft-apps", "score", "autore", "--gold", str(SAMPLE),
                  "--pred", str(pred)])
-    assert p.returncode == 2 and "pred.jsonl:1: id 999" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "no prediction id is a record id" in p.stderr and "'999'" in p.stderr
+    assert "Traceback" not in p.stderr
 
 
 PASSAGE = Passage("Marie Curie was born in Warsaw . She moved to Paris in 1891 .")
@@ -228,3 +234,26 @@ def test_inverse_relations_added():
     out = add_inverses([Triple("Scotland", "P361", "United Kingdom"), Triple("A", "P26", "B")])
     assert Triple("United Kingdom", "P527", "Scotland", "inverse") in out
     assert Triple("B", "P26", "A", "inverse") in out and len(out) == 4
+
+
+# What DocRED's official scorer printed: thunlp/DocRED code/evaluation.py (commit 64622e60), run by hand with
+# the bundled Re-DocRED sample as ref/dev_test.json, helpers/docred_submission.py's submission as
+# res/result.json, its first 3 documents as train_annotated.json and the next 2 as train_distant.json.
+OFFICIAL_DOCRED = {"re_f1": 0.660377358490566, "evidence_f1": 0.37260273972602737,
+                   "ign_annotated_f1": 0.643073620406617, "ign_distant_f1": 0.6504003625925368}
+
+
+def test_official_metrics_equal_docreds_evaluation_script():
+    from helpers.docred_submission import submission
+    from peft_apps.apps.autore.metrics.docred import official, train_facts
+
+    docs = json.loads(SAMPLE.read_text())
+    sub = submission(docs)
+    m = official(docs, sub)
+    assert m["re_f1"] == pytest.approx(OFFICIAL_DOCRED["re_f1"], abs=1e-9)
+    assert m["evidence_f1"] == pytest.approx(OFFICIAL_DOCRED["evidence_f1"], abs=1e-9)
+    # Ign F1: Re-DocRED / ATLOP's scorer adds 1e-5 to the precision's denominator, the original does not
+    assert official(docs, sub, train_facts(docs[:3]))["ign_f1"] == pytest.approx(OFFICIAL_DOCRED["ign_annotated_f1"],
+                                                                                 abs=1e-6)
+    assert official(docs, sub, train_facts(docs[3:5]))["ign_f1"] == pytest.approx(OFFICIAL_DOCRED["ign_distant_f1"],
+                                                                                  abs=1e-6)

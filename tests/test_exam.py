@@ -288,3 +288,24 @@ def test_score_joins_by_id_and_leaves_out_predictions_for_skipped_tasks(tmp_path
     m = json.loads((tmp_path / "l.json").read_text())
     assert m["points"] == 0 and m["missing_predictions"] == 48 and m["predictions_for_skipped_records"] == {
         "needs a picture": 1}
+
+
+# What NLPForUA/ZNO's own scorer gave: `compute_score({"pred": text}, None, len(correct), correct)` of
+# tuning/tools/scoring.py (commit 35d4c976; max grade = the number of rows, as its Ukrainian exams' matching
+# tasks are graded), run by hand over the questions of data/exam/zno-ukrainian-val.json that are kept, with
+# the answers helpers/zno_variants.py writes: the total points of each variant.
+OFFICIAL_ZNO_POINTS = {"right": 72, "wrong": 0, "one_off": 64, "first_rows": 16}
+
+
+def test_exam_points_equal_the_zno_scoring_script(tmp_path):
+    from helpers.zno_variants import variants
+
+    loaded = load(UKR_VAL)
+    for name, want in OFFICIAL_ZNO_POINTS.items():
+        pred = tmp_path / f"{name}.jsonl"
+        pred.write_text("".join(json.dumps({"id": q.id, "output": variants(q.correct, q.letters)[name]},
+                                           ensure_ascii=False) + "\n" for q in loaded.questions))
+        out = tmp_path / f"{name}.json"
+        p = run_cli(["peft-apps", "score", "exam", "--gold", str(UKR_VAL), "--pred", str(pred), "-o", str(out)])
+        assert p.returncode == 0, p.stderr
+        assert json.loads(out.read_text())["points"] == want, name

@@ -7,8 +7,15 @@ counted once, and further variants of an already matched gold triple are neither
 Official DocRED (the evaluation script of Yao et al. 2019): predictions are (title, h_idx, t_idx, r)
 over vertexSet indices, de-duplicated; RE P = correct / predicted, R = correct / gold. Ign F1 leaves
 out, from both the correct and the predicted counts, the correct facts whose (head name, tail name,
-relation) appears in a given train file. Names compare without case and whitespace. Evidence P/R
-count sentence ids of correct predictions.
+relation) appears in a given train file (with Re-DocRED's and ATLOP's 1e-5 in that precision's
+denominator). Names compare without case and whitespace. Evidence P/R count sentence ids of correct
+predictions.
+
+Checked against the official script: `official()` equals thunlp/DocRED's code/evaluation.py (RE F1, evidence
+F1 to 1e-9; Ign F1 to 1e-6, the 1e-5 above) on the bundled Re-DocRED sample with a submission that misses,
+repeats, swaps and mislabels facts; the script's printed figures, run by hand, are kept in
+tests/test_autore_data.py with how they were produced. The name match is AutoRE's definition as its
+paper states it; it has not been run against the test code of AutoRE's repository (THUDM/AutoRE).
 
 An `evaluate` module, kept in the app and loaded by path (a Hub metric cannot load offline):
 

@@ -19,6 +19,13 @@ Definitions
 - matching_row_accuracy: share of matching rows answered right.
 - unparsed: answers the parser could not read (they score 0).
 - by_subject, by_exam: the same per subject and per exam.
+
+Checked against the official scripts: `points` equals NLPForUA/ZNO's tuning/tools/scoring.py (`grade_answer`
+through `compute_score`, with a matching task's max grade its number of rows, as that script grades the
+Ukrainian exams) on the bundled Ukrainian exams with right, wrong, one-row-off and first-rows-only answers;
+its totals, run by hand, are kept in tests/test_exam.py. One difference is by design: that script compares
+a partial answer's letters with the first rows, so "2-Д" alone is scored against row 1; here each letter
+counts for the row it names. `accuracy` is the UNLP 2024 shared task's (share of right single answers).
 """
 
 from __future__ import annotations
