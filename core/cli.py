@@ -105,7 +105,11 @@ def train_cmd(
     app_name: str = typer.Argument(..., metavar="APP", help="registered app (see `peft-apps apps`)"),
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="recipe overrides"),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="recipe name or .yaml path"),
-    resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint in the output folder"),
+    resume: bool = typer.Option(False, "--resume", help="continue the output folder's run from its last checkpoint"),
+    force: bool = typer.Option(False, "--force", help="replace the run the output folder holds (its checkpoints too)"),
+    allow_recipe_change: bool = typer.Option(False, "--allow-recipe-change",
+                                             help="with --resume: continue although the recipe differs from the "
+                                                  "one the checkpoint was trained with"),
     print_recipe: bool = typer.Option(False, "--print-recipe", help="print the resolved recipe and exit"),
     subtask: Optional[str] = typer.Option(None, "--task", "--target", "-t",
                                           help="the app's sub-task or target variant (see `peft-apps apps`)"),
@@ -119,8 +123,10 @@ def train_cmd(
     console.print(f"[bold]train[/] {a.name} / {r.name}: {r.peft.method} on {r.model.base} -> {r.output_dir()}")
     from peft_apps.core.trainer import TrainingInterrupted
 
+    if resume and force:
+        raise UserError("--resume continues the folder's run and --force replaces it: give one of them")
     try:
-        res = _train(a, r, resume)
+        res = _train(a, r, resume, force=force, allow_recipe_change=allow_recipe_change)
     except TrainingInterrupted as stop:
         import shlex
 
@@ -171,7 +177,8 @@ def inspect_cmd(
     render(views, r, r.model.base, out_console)
 
 
-def _train(a, r, resume: bool = False, split: dict | None = None):
+def _train(a, r, resume: bool = False, split: dict | None = None, force: bool = False,
+           allow_recipe_change: bool = False):
     """Train `r` on the app's records (`split`: the app's examples by split, if already read); with
     `train.eval_steps`, the app's task metrics are computed on the first `train.eval_examples` eval
     examples at each evaluation."""
@@ -182,7 +189,8 @@ def _train(a, r, resume: bool = False, split: dict | None = None):
     held_out = split["eval"][: r.train.eval_examples]
     task_eval = loop.task_evaluator(a, r, held_out) if r.train.eval_steps and held_out else None
     return train(r, a.train_records(split["train"], r), a.train_records(split["eval"], r), resume=resume,
-                 console=console, task_eval=task_eval, headline=a.headline_for(r))
+                 console=console, task_eval=task_eval, headline=a.headline_for(r), force=force,
+                 allow_recipe_change=allow_recipe_change)
 
 
 @app.command("eval")
@@ -376,6 +384,7 @@ def tiny_model_cmd(
 def demo_cmd(
     app_name: Optional[str] = typer.Argument(None, metavar="[APP]", help="default: the quick-start app"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default: runs/APP-demo)"),
+    force: bool = typer.Option(False, "--force", help="replace the demo run the output folder holds"),
 ) -> None:
     """Train, evaluate and use an adapter on the tiny offline model and bundled real samples (under a minute)."""
     from peft_apps.core.registry import list_apps
@@ -389,6 +398,10 @@ def demo_cmd(
         raise UserError(f"app {name!r} has no demo recipe", hint=f"apps with one: {', '.join(with_demo)}")
     overrides = [f"train.output_dir={out}"] if out else []
     a, r = _recipe(name, "demo", overrides)
+    from peft_apps.core import run_folder
+
+    if run_folder.holds_run(r.output_dir()) and not force:  # before the baselines take their minute
+        raise UserError(f"{r.output_dir()} already holds a run", hint="pass --force to replace it, or -o OTHER")
     _prepare()
     from peft_apps.core import loop
     from peft_apps.core.data import write_jsonl
@@ -402,7 +415,7 @@ def demo_cmd(
     held_out = split["eval"][: r.eval.limit or None]
     before = loop.base_model_metrics(a, r, held_out)
     majority = loop.majority_metrics(a, r, split["train"], held_out)
-    res = _train(a, r, split=split)
+    res = _train(a, r, split=split, force=force)
     metrics = loop.evaluate(a, str(res.output_dir), r, "eval", res.output_dir)
     metrics["baselines"] = {"before_training": before, **({"majority_answer": majority} if majority else {})}
     files = write_eval_report(res.output_dir, f"{name} demo evaluation", metrics, a.headline_for(r))

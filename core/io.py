@@ -79,14 +79,29 @@ def check_output(path: str | Path, force: bool = False, what: str = "output") ->
     return p
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (os.umask sets while it reads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, text: str) -> Path:
-    """Write `text` (UTF-8) to `path` through a temporary file in the same folder and a rename."""
+    """Write `text` (UTF-8) to `path` through a temporary file in the same folder and a rename. The file gets
+    the permissions any new file gets (0666 less the umask), not the temporary file's private 0600."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

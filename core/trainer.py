@@ -237,7 +237,7 @@ def _plot_loss(log_history: list[dict[str, Any]], path: Path, metric: str | None
 def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record] | None = None, *,
           resume: bool = False, console=None, stop_after_steps: int | None = None,
           extra_callbacks: list | None = None, task_eval: Callable[[Any, Any], dict[str, Any]] | None = None,
-          headline: tuple[str, ...] = ()) -> TrainResult:
+          headline: tuple[str, ...] = (), force: bool = False, allow_recipe_change: bool = False) -> TrainResult:
     """Train an adapter as `recipe` says on the given records; returns where it went and its metrics.
 
     The steps, in order: find the output and checkpoint folders; tokenize and report truncation; choose
@@ -258,7 +258,7 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
     if not train_records:
         raise UserError("no training records: check data.train and the app's converter report")
     t_start = time.perf_counter()
-    out, last = _output_folder(recipe, resume, console)
+    out, last = _output_folder(recipe, resume, console, force, allow_recipe_change)
     tokenizer = load_tokenizer(recipe.model)
     (train_cols, train_rep), (eval_cols, eval_rep) = _tokenize(recipe, tokenizer, train_records, eval_records,
                                                                console)
@@ -302,18 +302,19 @@ class _Plan:
     greater_is_better: bool = True
 
 
-def _output_folder(recipe: Recipe, resume: bool, console) -> tuple[Path, str | None]:
-    """The run's folder and, with `resume`, its last checkpoint (a UserError when there is none)."""
-    from transformers.trainer_utils import get_last_checkpoint
+def _output_folder(recipe: Recipe, resume: bool, console, force: bool = False,
+                   allow_recipe_change: bool = False) -> tuple[Path, str | None]:
+    """The run's folder and, with `resume`, the checkpoint of its own run to continue from
+    (`core/run_folder.py`: one run a folder; a new run in a folder holding one needs `force`)."""
+    from peft_apps.core import run_folder
 
     out = recipe.output_dir()
-    ckpt_dir = out / "checkpoints"
-    last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
-    if resume and last is None:
-        raise UserError(f"--resume: no checkpoint found under {ckpt_dir}")
-    if not resume and ((out / "adapter_config.json").exists() or (out / "model.safetensors").exists()):
-        console.print(f"[yellow]note:[/] {out} already holds an adapter; it will be overwritten")
-    return out, last
+    if resume:
+        last, info = run_folder.resume_point(out, recipe, allow_recipe_change)
+        console.print(f"resuming run {info.get('run_id')} from {last}")
+        return out, last
+    run_folder.start(out, recipe, force)
+    return out, None
 
 
 def _tokenize(recipe: Recipe, tokenizer, train_records, eval_records, console):
@@ -492,12 +493,25 @@ def _add_callbacks(trainer, recipe: Recipe, out: Path, console, stop_after_steps
         tb.logging_dir = str(out / "tensorboard")  # where it reopens after train end (final eval)
         trainer.add_callback(tb)
     trainer.add_callback(RichProgressCallback(trainer, console))
+    trainer.add_callback(_StampCheckpoints(out))
     if recipe.peft.method == "adalora":
         trainer.add_callback(AdaLoraCallback(trainer.model))
     if stop_after_steps is not None:
         trainer.add_callback(_StopAfter(stop_after_steps))
     for cb in extra_callbacks or []:
         trainer.add_callback(cb)
+
+
+class _StampCheckpoints(TrainerCallback):
+    """Every checkpoint carries the run's id and recipe (run.json), so `--resume` knows whose it is."""
+
+    def __init__(self, out: Path):
+        self.out = out
+
+    def on_save(self, args, state, control, **kwargs):
+        from peft_apps.core import run_folder
+
+        run_folder.stamp_checkpoint(self.out, Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
 
 def _metrics(recipe: Recipe, plan: _Plan, trainer, result, train_seconds: float, last, train_rep, eval_rep):

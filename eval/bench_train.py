@@ -137,7 +137,7 @@ def run_one(kind: str, data: Path, n_docs: int, batch: int, out_dir: Path, core_
         sft_trainer.CoreSFTTrainer = Counting
         t0 = time.perf_counter()
         res = core_trainer.train(recipe, recs, None, console=_null_console(), stop_after_steps=None,
-                                 extra_callbacks=[Timer()])
+                                 extra_callbacks=[Timer()], force=True)
         wall = time.perf_counter() - t0
         settings = {"precision": res.metrics["precision"], "batching": res.metrics["batching"]}
     skip = 2 if len(counter.times) > 4 else 0  # the first steps warm up allocators and kernels

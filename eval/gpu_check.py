@@ -111,7 +111,7 @@ def train_once(shape: str, method: str, data: Path, docs: int, steps: int, batch
     sft_trainer.CoreSFTTrainer = Grab
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    res = train(recipe, recs, None, console=Console(file=open(os.devnull, "w")), extra_callbacks=[probe])
+    res = train(recipe, recs, None, console=Console(file=open(os.devnull, "w")), extra_callbacks=[probe], force=True)
     model = trainer_ref[0].model
     n_params = sum(p.numel() * (2 if p.dtype == torch.uint8 else 1) for p in model.parameters())  # 4-bit packs 2
     skip = 2 if len(probe.t) > 4 else 0

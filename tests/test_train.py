@@ -225,3 +225,54 @@ def test_select_by_needs_evaluations(sft_app, tmp_path):
     r = _recipe(sft_app, tmp_path, "x", "train.select_by=loss")
     with pytest.raises(UserError, match="eval_steps"):
         train(r, sft_app.training_records(r, "train")[:8])
+
+
+def test_a_run_folder_holds_one_run(sft_app, tmp_path):
+    """A finished run (checkpoint-8); a new run in its folder is refused, or with force replaces it. The new
+    run (another learning rate) is interrupted at step 4 and resumed: from its own checkpoint-4, not the old
+    run's checkpoint-8, with the old learning rate refused unless allowed."""
+    import json
+    import shutil
+
+    from peft_apps.core import UserError
+    from peft_apps.core.trainer import train
+
+    common = ["train.save_steps=4", "train.batch_size=8", "train.report_to=[]", "train.save_total_limit=1"]
+    old = _recipe(sft_app, tmp_path, "run", "train.max_steps=8", *common)
+    recs = sft_app.training_records(old, "train")[:64]
+    train(old, recs)
+    folder = tmp_path / "run"
+    first = json.loads((folder / "run.json").read_text())
+    assert json.loads((folder / "checkpoints" / "checkpoint-8" / "run.json").read_text())["run_id"] == first["run_id"]
+    new = _recipe(sft_app, tmp_path, "run", "train.max_steps=8", "train.lr=1e-3", *common)
+    with pytest.raises(UserError, match="already holds a run"):
+        train(new, recs)
+    assert (folder / "checkpoints" / "checkpoint-8").is_dir()  # nothing touched
+    part = train(new, recs, stop_after_steps=4, force=True)
+    assert part.metrics == {"interrupted_at_step": 4}
+    assert sorted(p.name for p in (folder / "checkpoints").glob("checkpoint-*")) == ["checkpoint-4"]  # the old run: gone
+    second = json.loads((folder / "run.json").read_text())["run_id"]
+    assert second != first["run_id"]
+    # resuming with another recipe than the checkpoint's is refused, naming the setting
+    with pytest.raises(UserError, match=r"train.lr: 0.001 -> 0.005"):
+        train(_recipe(sft_app, tmp_path, "run", "train.max_steps=8", "train.lr=5e-3", *common), recs, resume=True)
+    # a checkpoint of another run is refused
+    foreign = folder / "checkpoints" / "checkpoint-6"
+    shutil.copytree(folder / "checkpoints" / "checkpoint-4", foreign)
+    (foreign / "run.json").write_text(json.dumps({**first, "trajectory": {}}))
+    with pytest.raises(UserError, match="belongs to run"):
+        train(new, recs, resume=True)
+    shutil.rmtree(foreign)
+    resumed = train(new, recs, resume=True)
+    assert resumed.metrics["resumed_from"].endswith("checkpoint-4") and resumed.metrics["steps"] == 8
+    assert json.loads((folder / "checkpoints" / "checkpoint-8" / "run.json").read_text())["run_id"] == second
+
+
+def test_a_folder_of_other_files_is_never_a_run_folder(sft_app, tmp_path):
+    from peft_apps.core import UserError
+    from peft_apps.core.trainer import train
+
+    r = _recipe(sft_app, tmp_path, ".", "train.max_steps=1")  # the folder holding the data files
+    with pytest.raises(UserError, match="not empty and holds no run"):
+        train(r, sft_app.training_records(r, "train")[:8], force=True)
+    assert (tmp_path / "train.jsonl").is_file()

@@ -1,0 +1,130 @@
+"""A run folder holds one run.
+
+`train` writes `run.json` into its folder before training: a run id and the recipe settings that decide the
+weights (everything but where and how it logs). Every checkpoint gets a copy, so a checkpoint says which
+run, trained how, wrote it.
+
+- A new run in a folder that already holds a run stops before anything loads, unless `--force`, which
+  clears the old run first. Checkpoints of two runs never mix, and rotation (`train.save_total_limit`)
+  only ever sees one run's checkpoints.
+- `--resume` continues the folder's own run from its last checkpoint, says which, and refuses a checkpoint
+  whose recipe differs from the one given (naming the settings, e.g. `train.lr`), unless told to
+  (`--allow-recipe-change`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peft_apps.core.errors import UserError, warn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from peft_apps.core.config import Recipe
+
+RUN_FILE = "run.json"
+# What a run leaves in its folder: a folder holding any of these holds a run.
+RUN_MARKERS = (RUN_FILE, "recipe.yaml", "adapter_config.json", "model.safetensors", "checkpoints", "metrics.json")
+# Settings that do not change the weights a run ends on: a resumed run may change them.
+NOT_TRAJECTORY = {"train.output_dir", "train.report_to", "train.logging_steps", "train.save_total_limit",
+                  "train.memory_check", "train.save_steps"}
+
+
+def trajectory(recipe: Recipe) -> dict[str, Any]:
+    """The recipe's settings that decide the weights, flattened to `section.key`."""
+    out: dict[str, Any] = {}
+    for section, values in json.loads(json.dumps(recipe.model_dump(mode="json"), default=str)).items():
+        if section in ("eval", "name"):
+            continue  # evaluation settings do not change training
+        if isinstance(values, dict):
+            out.update({f"{section}.{k}": v for k, v in values.items() if f"{section}.{k}" not in NOT_TRAJECTORY})
+        else:
+            out[section] = values
+    return out
+
+
+def holds_run(folder: Path) -> bool:
+    return folder.is_dir() and any((folder / m).exists() for m in RUN_MARKERS)
+
+
+def start(folder: Path, recipe: Recipe, force: bool = False) -> dict[str, Any]:
+    """Begin a new run in `folder`: refuse one that holds another run (unless `force`: it is cleared) or
+    other files; write run.json."""
+    folder = Path(folder)
+    if holds_run(folder):
+        if not force:
+            raise UserError(f"{folder} already holds a run",
+                            hint="pass --force to replace it, --resume to continue it, or "
+                                 "train.output_dir=OTHER for a new folder")
+        _clear(folder)
+    elif folder.is_dir() and any(folder.iterdir()):
+        raise UserError(f"{folder} is not empty and holds no run: train.output_dir must be a new or empty folder",
+                        hint="choose another train.output_dir; nothing there was changed")
+    folder.mkdir(parents=True, exist_ok=True)
+    info = {"run_id": uuid.uuid4().hex[:12], "app": recipe.app, "recipe": recipe.name,
+            "trajectory": trajectory(recipe)}
+    (folder / RUN_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
+    return info
+
+
+def _clear(folder: Path) -> None:
+    """Remove a run's files from `folder` (the folder itself and anything else in it stay)."""
+    for p in folder.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def read(folder: Path) -> dict[str, Any] | None:
+    p = Path(folder) / RUN_FILE
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{p}: not valid JSON; the run folder is damaged",
+                        hint="start a new run with --force") from None
+
+
+def resume_point(folder: Path, recipe: Recipe, allow_change: bool = False) -> tuple[str, dict[str, Any]]:
+    """The checkpoint `--resume` continues from: the last one of the folder's run. A checkpoint of another
+    run, or one whose recipe differs from `recipe` (unless `allow_change`), is refused with the reason."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = Path(folder)
+    ckpt_dir = folder / "checkpoints"
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if last is None:
+        raise UserError(f"--resume: no checkpoint found under {ckpt_dir}")
+    run = read(folder)
+    ckpt = read(Path(last))
+    if run is None or ckpt is None:
+        raise UserError(f"--resume: {last} carries no run id (written before runs had one, or not by this tool)",
+                        hint="start the run anew with --force")
+    if ckpt.get("run_id") != run.get("run_id"):
+        raise UserError(f"--resume: {last} belongs to run {ckpt.get('run_id')}, not to this folder's run "
+                        f"{run.get('run_id')}", hint="start the run anew with --force")
+    now = trajectory(recipe)
+    then = ckpt.get("trajectory", {})
+    changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+    if changed and not allow_change:
+        shown = "; ".join(f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
+        raise UserError(f"--resume: {Path(last).name} was trained with another recipe ({shown})",
+                        hint="resume with the recipe it was trained with, or pass --allow-recipe-change to "
+                             "continue with the new settings")
+    if changed:
+        warn(f"resuming {Path(last).name} with changed settings: {', '.join(changed)}")
+        run["trajectory"] = now  # the checkpoints from here on carry the settings they are trained with
+        (folder / RUN_FILE).write_text(json.dumps(run, indent=2, ensure_ascii=False, default=str) + "\n")
+    return last, ckpt
+
+
+def stamp_checkpoint(folder: Path, checkpoint: Path) -> None:
+    """Copy the run's run.json into a checkpoint just written."""
+    src = Path(folder) / RUN_FILE
+    if src.is_file() and Path(checkpoint).is_dir():
+        shutil.copyfile(src, Path(checkpoint) / RUN_FILE)
