@@ -56,20 +56,33 @@ def _recipe(app_name: str, recipe: str | None, overrides: list[str] | None, adap
 
         check_run_folder(adapter, app_name)
     if adapter is not None and (Path(adapter) / "recipe.yaml").is_file():
+        from peft_apps.core.config import wrong_app
+
         trained = load_recipe(Path(adapter) / "recipe.yaml")
         if trained.app != app_name:
-            from peft_apps.core.errors import warn
-
-            warn(f"adapter {adapter} was trained for app {trained.app!r}, not {app_name!r}",
-                 hint=f"use `peft-apps ... {trained.app}` or an adapter trained with `peft-apps train {app_name}`")
-        elif recipe is None:
+            raise wrong_app(adapter, trained.app, app_name)
+        if recipe is None:
             return a, load_recipe(Path(adapter) / "recipe.yaml", overrides)
     return a, load_recipe(a.recipe_path(recipe), overrides, app=app_name)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("peft-apps")
+        except PackageNotFoundError:  # pragma: no cover - run from a checkout that was never installed
+            v = "unknown (not installed)"
+        typer.echo(f"peft-apps {v}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(strict: bool = typer.Option(False, "--strict", help="warnings (empty inputs, skipped records, an "
-                                                               "adapter of another app) are errors: for CI")) -> None:
+                                                               "adapter of another app) are errors: for CI"),
+             version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")) -> None:
     from peft_apps.core.errors import set_strict
 
     set_strict(strict)

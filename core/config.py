@@ -281,11 +281,23 @@ def validate_task(recipe: Recipe, schema: type[BaseModel]) -> BaseModel:
         raise UserError("\n".join(lines)) from None
 
 
+def wrong_app(run_dir: str | Path, trained: str, app: str) -> UserError:
+    """The one message every command and pipeline gives for an adapter of another app."""
+    return UserError(f"adapter {run_dir} was trained for app {trained!r}, not {app!r}",
+                     hint=f"use it with the {trained} commands, or train one with `peft-apps train {app}`")
+
+
 def run_recipe(run_dir: str | Path, app: str) -> Recipe:
     """The recipe a run folder was trained with (its recipe.yaml), or `app`'s defaults when it has none
-    (an adapter from elsewhere). A folder that is not a run's is a UserError whose hint names `app`."""
+    (an adapter from elsewhere). A folder that is not a run's, or a run of another app, is a UserError
+    (before any model loads)."""
     from peft_apps.core.engine.loading import check_run_folder
 
     check_run_folder(run_dir, app)
     f = Path(run_dir) / "recipe.yaml"
-    return load_recipe(f) if f.is_file() else Recipe(app=app)
+    if not f.is_file():
+        return Recipe(app=app)
+    recipe = load_recipe(f)
+    if recipe.app != app:
+        raise wrong_app(run_dir, recipe.app, app)
+    return recipe

@@ -94,3 +94,11 @@ def test_demo_learns_and_its_next_commands_run(tmp_path):
         assert words[0] == "peft-apps"
         q = run(*words[1:])
         assert q.returncode == 0
+
+
+def test_importing_the_package_keeps_bitsandbytes_quiet():
+    """bitsandbytes logs a line about an optional package on import (where the CPU has AVX-512 BF16); the
+    Python API and every command are quiet about it unless PEFT_APPS_VERBOSE=1."""
+    code = "import peft_apps.apps.testgen, bitsandbytes, logging; print(logging.getLogger('bitsandbytes').level)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
+    assert "gemm_4bit" not in p.stderr and p.stdout.strip() == "40", p.stderr[-2000:]

@@ -71,6 +71,27 @@ def test_miner_resolves_module_attribute_calls_and_counts_unresolved(tmp_path):
     assert m.counts["ambiguous focal function"] == 1 and m.counts["no candidate"] == 1
 
 
+def test_miner_never_takes_test_helpers_as_focal_functions(tmp_path):
+    """Helpers in tests/ (a conftest, a helpers module) and the assertion helpers a package keeps beside its
+    code (toolz's `utils.raises`) are test code: a test that calls only them has no focal function."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "core.py").write_text("def curry(f):\n    return f\n")
+    (tmp_path / "pkg" / "utils.py").write_text("def raises(err, lamda):\n    try:\n        lamda()\n"
+                                              "        return False\n    except err:\n        return True\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "__init__.py").write_text("")
+    (tmp_path / "tests" / "helpers.py").write_text("def make_thing():\n    return 1\n")
+    (tmp_path / "tests" / "test_core.py").write_text(
+        "from pkg.core import curry\nfrom pkg.utils import raises\nfrom tests.helpers import make_thing\n\n"
+        "def test_bad_input():\n    assert raises(TypeError, lambda: 1 + 'a')\n\n"
+        "def test_thing():\n    assert make_thing() == 1\n\n"
+        "def test_identity():\n    assert raises(TypeError, lambda: curry(1)(2)) and curry(len)('ab') == 2\n")
+    m = mine(tmp_path)
+    got = {r["meta"]["test_function"]: r["meta"]["focal_function"] for r in m.records}
+    assert got == {"test_identity": "curry"} and m.counts["no candidate"] == 2
+
+
 # ---- units, syntax validity, CodeBLEU -----------------------------------------------------------------------
 def test_java_unit_cuts_at_the_method_end_and_python_body_at_dedent():
     prompt = "class A {\n  int f() { return 1; }\n}\n\nclass ATest {\n\n\t@Test\n\tpublic void testF()\n\t{\n"

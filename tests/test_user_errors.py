@@ -14,6 +14,7 @@ import pytest
 
 from helpers import synthetic
 from helpers.preloaded import run_cli
+from peft_apps.core.resources import data_dir
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "autore" / "redocred_dev_sample.json"
 
@@ -30,11 +31,11 @@ def one_clear_error(p, *needles):
         assert n in p.stderr, (n, p.stderr[-3000:])
 
 
-def fake_adapter(folder: Path, app: str) -> Path:
+def fake_adapter(folder: Path, app: str, task: str = "") -> Path:
     """An adapter folder as far as the CLI's checks go (no weights: any model load would fail)."""
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text("{}")
-    (folder / "recipe.yaml").write_text(f"app: {app}\n")
+    (folder / "recipe.yaml").write_text(f"app: {app}\n" + (f"task: {task}\n" if task else ""))
     return folder
 
 
@@ -109,10 +110,52 @@ def test_inputs_are_files_or_texts():
         read_inputs(["docs/missing.txt"])
 
 
-def test_an_adapter_of_another_app_is_warned_about(tmp_path):
-    adapter = fake_adapter(tmp_path / "sft-run", "sft")
-    one_clear_error(cli("--strict", "predict", "autore", "--adapter", str(adapter), "some text"),
-                    "was trained for app 'sft', not 'autore'")
+def test_an_adapter_of_another_app_is_one_clear_error_everywhere(tmp_path):
+    """The same one-line message from every command and pipeline, before any model loads (the fake adapters
+    hold no weights: a load would fail otherwise)."""
+    sft = fake_adapter(tmp_path / "sft-run", "sft")
+    exam = fake_adapter(tmp_path / "exam-run", "exam")
+    review = fake_adapter(tmp_path / "cr-run", "codereview")
+    diff = data_dir("codereview", "itsdangerous-0e255fc.diff")
+    for p, run, trained, app in [
+        (cli("predict", "autore", "--adapter", str(sft), "some text"), sft, "sft", "autore"),
+        (cli("eval", "exam", "--adapter", str(sft)), sft, "sft", "exam"),
+        (cli("codereview", "review", "--diff", str(diff), "--adapter", str(exam)), exam, "exam", "codereview"),
+        (cli("extract", "Marie Curie was born in Warsaw.", "--adapter", str(exam), module="peft_apps.apps.autore.cli"),
+         exam, "exam", "autore"),
+        (cli("testgen", "generate", "--project", str(tmp_path), "x.py", "--adapter", str(review)), review,
+         "codereview", "testgen"),
+    ]:
+        one_clear_error(p, f"adapter {run} was trained for app {trained!r}, not {app!r}")
+    from peft_apps.apps.codereview import CodeReviewer
+    from peft_apps.apps.exam import ExamSolver
+    from peft_apps.apps.testgen import TestGenerator
+    from peft_apps.core import UserError
+
+    for cls, run, trained in ((CodeReviewer, exam, "exam"), (ExamSolver, review, "codereview"),
+                              (TestGenerator, sft, "sft")):
+        with pytest.raises(UserError, match=f"was trained for app '{trained}'"):
+            cls.from_pretrained(None, str(run))
+
+
+def test_an_adapter_without_the_task_a_command_needs_is_an_error(tmp_path):
+    necessity = fake_adapter(tmp_path / "necessity", "codereview", "{task: necessity}")
+    comment = fake_adapter(tmp_path / "comment", "codereview", "{task: comment}")
+    diff = data_dir("codereview", "itsdangerous-0e255fc.diff")
+    one_clear_error(cli("codereview", "review", "--diff", str(diff), "--adapter", str(necessity)),
+                    "a review's comments needs an adapter trained for comment", f"{necessity} (necessity)",
+                    "peft-apps train codereview --task comment")
+    one_clear_error(cli("codereview", "review", "--diff", str(diff), "--adapters",
+                        f"necessity={necessity},comment={comment}", "--suggest"),
+                    "--suggest (refined code) needs an adapter trained for refine",
+                    "peft-apps train codereview --task refine")
+    one_clear_error(cli("codereview", "review", "--diff", str(diff), "--adapters",
+                        f"necessity={comment},comment={comment}"),
+                    f"--adapters necessity={comment}: that adapter was trained for comment, not necessity")
+    relation = fake_adapter(tmp_path / "relation", "autore", "{stages: [relation]}")
+    one_clear_error(cli("extract", "Marie Curie was born in Warsaw.", "--adapter", str(relation),
+                        module="peft_apps.apps.autore.cli"),
+                    "was trained for the relation stage(s); extraction needs head, facts", "qlora-relation")
 
 
 def test_override_errors_say_they_came_from_the_command_line():

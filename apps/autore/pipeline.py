@@ -83,10 +83,19 @@ class AutoRE:
                         **kw: Any) -> "AutoRE":
         if adapters is None:
             raise UserError("AutoRE needs an adapter folder (one for all stages) or {relation, head, facts}")
-        from peft_apps.core.engine.loading import check_run_folder
+        from peft_apps.core.config import run_recipe
 
-        for d in [adapters] if isinstance(adapters, (str, Path)) else adapters.values():
-            check_run_folder(d, "autore")
+        folders = {"": adapters} if isinstance(adapters, (str, Path)) else dict(adapters)
+        for key, d in folders.items():  # each a run of autore, trained for the stages it is used for
+            learnt = run_recipe(d, "autore").task.get("stages", list(STAGES))
+            want = list(STAGES) if not key else [key]
+            lacking = [s for s in want if s in STAGES and s not in learnt]
+            if lacking:
+                raise UserError(f"adapter {d} was trained for the {', '.join(learnt)} stage(s); extraction needs "
+                                f"{', '.join(lacking)} from it",
+                                hint="one adapter for all stages (`peft-apps train autore`, recipe qlora), or one per "
+                                     "stage: --adapters relation=DIR,head=DIR,facts=DIR (recipes qlora-relation/"
+                                     "-head/-facts)")
         if isinstance(adapters, (str, Path)):
             engine = Engine.from_pretrained(base, {"rhf": adapters})
             return cls(engine, {s: "rhf" for s in STAGES}, **kw)

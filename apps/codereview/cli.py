@@ -17,8 +17,6 @@ cli = typer.Typer(help="Code review commands.", no_args_is_help=True, add_comple
 
 
 def _adapters(adapter: str | None, adapters: str | None) -> str | dict[str, str]:
-    from peft_apps.core.engine.loading import check_run_folder
-
     from .data import TASKS
 
     if adapter and adapters:
@@ -36,8 +34,6 @@ def _adapters(adapter: str | None, adapters: str | None) -> str | dict[str, str]
     else:
         raise UserError("no adapter given", hint="train one (`peft-apps train codereview`, or `peft-apps demo "
                                                   "codereview`) and pass --adapter DIR")
-    for d in ([found] if isinstance(found, str) else found.values()):
-        check_run_folder(d, "codereview")
     return found
 
 
@@ -86,14 +82,11 @@ def review_cmd(
     else:
         raise UserError("no diff given", hint="--diff FILE, --diff - (stdin), or --git BASE..HEAD in a repository")
     ad = _adapters(adapter, adapters)
-    from peft_apps.core.config import load_recipe
-
-    first = ad if isinstance(ad, str) else next(iter(ad.values()))
     from .app import CodeReviewTask
+    from .pipeline import check_adapters
 
-    trained = Path(first) / "recipe.yaml"
-    limit = max_hunk_lines or CodeReviewTask.model_validate(
-        load_recipe(trained).task if trained.is_file() else {}).max_hunk_lines
+    trained, _ = check_adapters(ad, ("necessity", "comment", "refine") if suggest else ("necessity", "comment"))
+    limit = max_hunk_lines or CodeReviewTask.model_validate(trained.task).max_hunk_lines
     parsed = parse_diff(text, source, limit, read_file)  # before the model loads: a bad diff fails fast
     for key, what in (("skipped_binary", "binary files"), ("skipped_rename_only", "renames without changes"),
                       ("skipped_deleted", "deleted files"), ("truncated", f"hunks cut to {limit} lines")):
@@ -104,7 +97,7 @@ def review_cmd(
     quiet()
     from .pipeline import CodeReviewer
 
-    reviewer = CodeReviewer.from_pretrained(model, ad)
+    reviewer = CodeReviewer.from_pretrained(model, ad, suggest=suggest)
     if max_hunk_lines:
         reviewer.task_settings.max_hunk_lines = max_hunk_lines
     with console.status(f"reviewing {len(parsed.hunks)} hunks"):

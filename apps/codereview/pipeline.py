@@ -61,6 +61,41 @@ class Review:
         return [h for h in self.hunks if h.needs_comment]
 
 
+def check_adapters(adapters: str | Path | dict[str, str | Path], needs: tuple[str, ...]) -> tuple[Recipe, set[str]]:
+    """The recipe of the first adapter and the tasks the adapters were trained for, after checking every folder: a codereview run (one message for a run
+    of another app) trained for the review tasks it is used for. A task `needs` that no adapter was trained
+    for is an error naming what the adapters have and how to train the rest."""
+    from peft_apps.core.errors import UserError
+
+    from .app import CodeReviewTask
+
+    if isinstance(adapters, dict):
+        unknown = set(adapters) - set(TASKS)
+        if unknown:
+            raise UserError(f"unknown review task(s) {', '.join(sorted(unknown))}; adapters are per task: "
+                            f"{', '.join(TASKS)}")
+        if not adapters:
+            raise UserError("no adapter given")
+    folders = dict(adapters) if isinstance(adapters, dict) else {"": adapters}
+    recipes = {k: run_recipe(d, "codereview") for k, d in folders.items()}
+    trained = {k: CodeReviewTask.model_validate(r.task).tasks for k, r in recipes.items()}
+    for k, tasks in trained.items():
+        if k and k not in tasks:
+            raise UserError(f"--adapters {k}={folders[k]}: that adapter was trained for {', '.join(tasks)}, not {k}",
+                            hint=f"train one with `peft-apps train codereview --task {k}`")
+    have = {t for k, tasks in trained.items() for t in ([k] if k else tasks)}
+    missing = [t for t in needs if t not in have]
+    if missing:
+        shown = ", ".join(f"{d} ({', '.join(trained[k])})" for k, d in folders.items())
+        flag = {"comment": "a review's comments", "refine": "--suggest (refined code)", "necessity": "a review"}
+        raise UserError(f"{' and '.join(flag[t] for t in missing)} need{'s' if len(missing) == 1 else ''} an "
+                        f"adapter trained for {', '.join(missing)}; given: {shown}",
+                        hint=f"train it: `peft-apps train codereview --task {missing[0]}` (or task.task=all for "
+                             f"one adapter of every task), then pass --adapters "
+                             + ",".join(f"{t}=DIR" for t in TASKS if t in have or t in missing))
+    return next(iter(recipes.values())), have
+
+
 class CodeReviewer:
     def __init__(self, engine: Engine, recipe: Recipe, adapters: dict[str, str] | None = None):
         self.engine = engine
@@ -68,26 +103,21 @@ class CodeReviewer:
         self.task_settings: CodeReviewTask = CodeReviewTask.model_validate(recipe.task)
         default = engine.adapters[0] if engine.adapters else None
         self.adapters = {t: (adapters or {}).get(t, default) for t in TASKS}
+        self.trained: set[str] | None = None  # the tasks the adapters learnt, where from_pretrained checked them
 
     @classmethod
-    def from_pretrained(cls, base: str | None, adapters: str | Path | dict[str, str | Path]) -> "CodeReviewer":
-        """`adapters`: one multi-task adapter folder, or {task: folder} for necessity / comment / refine."""
-        from peft_apps.core.engine.loading import check_run_folder
-
-        if isinstance(adapters, dict):
-            unknown = set(adapters) - set(TASKS)
-            if unknown:
-                from peft_apps.core.errors import UserError
-
-                raise UserError(f"unknown review task(s) {', '.join(sorted(unknown))}; adapters are per task: "
-                                f"{', '.join(TASKS)}")
-        folders = list(adapters.values()) if isinstance(adapters, dict) else [adapters]
-        for d in folders[1:]:  # each folder checked before any model loads (run_recipe checks the first)
-            check_run_folder(d, "codereview")
-        recipe = run_recipe(folders[0], "codereview")
+    def from_pretrained(cls, base: str | None, adapters: str | Path | dict[str, str | Path],
+                        suggest: bool = False) -> "CodeReviewer":
+        """`adapters`: one multi-task adapter folder, or {task: folder} for necessity / comment / refine.
+        Each folder must be a codereview run trained for what a review needs (necessity and comment; refine
+        too with `suggest`): checked before the model loads."""
+        recipe, trained = check_adapters(adapters, ("necessity", "comment", "refine") if suggest
+                                         else ("necessity", "comment"))
         engine = Engine.from_pretrained(base, adapters)
         names = {t: t for t in adapters} if isinstance(adapters, dict) else None
-        return cls(engine, recipe, names)
+        reviewer = cls(engine, recipe, names)
+        reviewer.trained = trained
+        return reviewer
 
     # ---- prompts -----------------------------------------------------------------------------------
     def _ids(self, task: str, fields: dict[str, Any]) -> list[int]:
@@ -128,6 +158,13 @@ class CodeReviewer:
 
     def review_hunks(self, hunks: Sequence[Hunk], suggest: bool = False, batch_size: int | None = None,
                      counts: dict[str, int] | None = None) -> Review:
+        if suggest and self.trained is not None and "refine" not in self.trained:
+            from peft_apps.core.errors import UserError
+
+            raise UserError(f"suggest=True needs an adapter trained for refine; these learnt "
+                            f"{', '.join(sorted(self.trained))}",
+                            hint="`peft-apps train codereview --task refine`, then from_pretrained(..., "
+                                 "{'necessity': DIR, 'comment': DIR, 'refine': DIR}, suggest=True)")
         fields = [{"patch": h.patch, "lang": h.lang, "scope": h.scope} for h in hunks]
         # each prompt is tokenized once; a hunk's root is the prefix its necessity and comment prompts
         # share (the hunk itself), encoded once and reused by both stages

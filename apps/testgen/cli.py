@@ -24,9 +24,9 @@ def _task(adapter: Optional[str], overrides: list[str]):
     from .app import TestGenTask
 
     if adapter:
-        from peft_apps.core.engine.loading import check_run_folder
+        from peft_apps.core.config import run_recipe
 
-        check_run_folder(adapter, "testgen")
+        run_recipe(adapter, "testgen")  # a testgen run, or one clear message (before any model loads)
         rf = Path(adapter) / "recipe.yaml"
         recipe = load_recipe(rf, overrides) if rf.is_file() else Recipe(app="testgen")
     else:

@@ -9,6 +9,8 @@ Resolution, per test function:
 2. the focal function is the candidate whose name the test's name contains (`test_slugify_drops_accents`
    -> `slugify`), the longest such name when several match; else the only candidate, if there is one;
 3. otherwise the test is skipped and counted (no candidate / ambiguous).
+Test code is never a candidate: functions of test modules, conftest.py files and tests/ folders, and the
+assertion helpers some packages keep beside their code (`raises`, `assert_*`).
 
 A record: {"id": "tests/test_x.py::test_y", "lang": "python", "prompt": focal function (with its class
 line) + the test module's imports + the test's signature, "reference": the test's body, "meta": where
@@ -30,6 +32,16 @@ SKIP_DIRS = {".git", ".venv", "venv", "env", ".tox", ".nox", "node_modules", "bu
 
 def is_test_file(rel: Path) -> bool:
     return rel.suffix == ".py" and (rel.name.startswith("test_") or rel.stem.endswith("_test"))
+
+
+TEST_DIRS = {"tests", "test", "testing"}
+
+
+def is_test_support(rel: Path, name: str = "") -> bool:
+    """Test code, never a focal function: a test module, a conftest.py, anything under a tests/ folder; and
+    the assertion helpers packages keep for their tests (`raises(err, lambda: ...)`, `assert_*`)."""
+    return (is_test_file(rel) or rel.name == "conftest.py" or any(p in TEST_DIRS for p in rel.parts[:-1])
+            or name == "raises" or name.startswith("assert"))
 
 
 def python_files(repo: Path) -> list[Path]:
@@ -141,11 +153,12 @@ def mine(repo: Path) -> Mined:
                 if hit is None:
                     continue
                 if hit[0] == "module":  # m.f(...): every called name that m defines
-                    _, _, mfns = r.modules[hit[1]]
+                    mpath, _, mfns = r.modules[hit[1]]
                     for fn in mfns:
-                        if fn.class_name is None and fn.name in t.calls:
+                        if fn.class_name is None and fn.name in t.calls \
+                                and not is_test_support(mpath.relative_to(repo), fn.name):
                             cands[(hit[1], fn.name)] = fn
-                elif called in t.call_roots:
+                elif called in t.call_roots and not is_test_support(r.modules[hit[0]][0].relative_to(repo), hit[1].name):
                     cands[(hit[0], hit[1].name)] = hit[1]
             focal = _choose(t, cands)
             if focal is None:
