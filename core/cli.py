@@ -31,6 +31,20 @@ app = typer.Typer(
 )
 
 
+APP_HELP = "a registered app (`peft-apps apps` lists them): sft, autore, codereview, testgen, exam"
+OVERRIDES_HELP = "recipe overrides, e.g. train.lr=1e-4 data.train=my.jsonl (README: Recipes)"
+ADAPTER_HELP = "a run folder from `peft-apps train` (adapter_config.json, recipe.yaml, ...; README: What a training run leaves)"
+
+
+def _out_folder(out: Path, force: bool, what: str = "--out") -> None:
+    """A folder output: refuse a file there, and a folder with files in it unless `force` (README: one overwrite
+    rule)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{what} {out} is a file; give a folder path")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"{what} {out} already holds files", hint="pass --force to overwrite them, or choose another folder")
+
+
 def _app(name: str):
     from peft_apps.core.registry import get_app
 
@@ -208,12 +222,13 @@ def _train(a, r, resume: bool = False, split: dict | None = None, force: bool = 
 
 @app.command("eval")
 def eval_cmd(
-    app_name: str = typer.Argument(..., metavar="APP"),
-    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]..."),
-    adapter: str = typer.Option(..., "--adapter", "-a", help="adapter folder from `peft-apps train`"),
+    app_name: str = typer.Argument(..., metavar="APP", help=APP_HELP),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP),
+    adapter: str = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP),
     split: str = typer.Option("eval", "--split", "-s", help="eval or train"),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="default: the adapter's recipe.yaml"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="report folder (default: the adapter folder)"),
+    force: bool = typer.Option(False, "--force", help="replace the evaluation files the report folder holds"),
     samples: Optional[int] = typer.Option(None, "--samples", min=1, help="self-consistency: k sampled answers "
                                           "per example, majority vote (apps that vote)"),
     subtask: Optional[str] = typer.Option(None, "--task", "--target", "-t",
@@ -229,6 +244,11 @@ def eval_cmd(
     from peft_apps.core.report import write_eval_report
 
     out_dir = out or Path(adapter)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; give a folder path")
+    if (out_dir / "eval_metrics.json").exists() and not force:
+        raise UserError(f"{out_dir} already holds an evaluation (eval_metrics.json)",
+                        hint="pass --force to replace it, or -o OTHER_FOLDER")
     t0 = time.perf_counter()
     metrics = loop.evaluate(a, adapter, r, split, out_dir)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
@@ -282,9 +302,10 @@ def _print_learning(a, headline: tuple[str, ...], after: dict, before: dict, maj
 
 @app.command("predict")
 def predict_cmd(
-    app_name: str = typer.Argument(..., metavar="APP"),
-    inputs: list[str] = typer.Argument(..., metavar="INPUT...", help="input files in the app's format, or texts"),
-    adapter: str = typer.Option(..., "--adapter", "-a"),
+    app_name: str = typer.Argument(..., metavar="APP", help=APP_HELP),
+    inputs: list[str] = typer.Argument(..., metavar="INPUT...", help="input files in the app's data format, or "
+                                       "texts (README: each app's Data)"),
+    adapter: str = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="base model (default: the adapter's)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write JSONL here instead of stdout"),
     force: bool = typer.Option(False, "--force", help="overwrite --out if it exists"),
@@ -316,24 +337,33 @@ def predict_cmd(
 
 @app.command("convert")
 def convert_cmd(
-    app_name: str = typer.Argument(..., metavar="APP"),
-    source: Path = typer.Argument(..., help="the app's source data file"),
-    out: Path = typer.Argument(..., help="output file or folder"),
+    app_name: str = typer.Argument(..., metavar="APP", help=APP_HELP),
+    source: Path = typer.Argument(..., metavar="SOURCE", help="the app's source data: a file in its data format, "
+                                  "or (testgen) a repository to mine (README: each app's Data)"),
+    out: Path = typer.Option(..., "--out", "-o", help="a folder: it gets the records (JSONL) and report.json"),
+    force: bool = typer.Option(False, "--force", help="write into a folder that already holds files"),
 ) -> None:
-    """Convert a source dataset into the app's training records."""
+    """Convert a source dataset into the app's training records.
+
+    OUT is always a folder (made if missing): the records as JSONL and a report.json of what was read and
+    skipped. A file there, or a folder holding files, is refused (the latter unless --force)."""
+    if not source.exists():
+        raise UserError(f"source not found: {source}")
+    _out_folder(out, force)
     report = _app(app_name).convert(source, out)
     out_console.print_json(json.dumps(report))
 
 
 @app.command("score")
 def score_cmd(
-    app_name: str = typer.Argument(..., metavar="APP"),
+    app_name: str = typer.Argument(..., metavar="APP", help=APP_HELP),
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...",
                                                     help="recipe overrides, e.g. the app's task settings"),
-    gold: Path = typer.Option(..., "--gold", help="gold file (the app's data format)"),
+    gold: Path = typer.Option(..., "--gold", help="gold file in the app's data format (README: each app's Data)"),
     pred: Path = typer.Option(..., "--pred", help='JSONL of {"id", "output"} (raw model text; what `predict` '
-                                                   'and `eval` write)'),
+                                                   'and `eval` write; README: Evaluating, predicting and scoring)'),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the metrics JSON here"),
+    force: bool = typer.Option(False, "--force", help="overwrite --out if it exists"),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="recipe whose settings parse and score "
                                                                        "(default: the app's default recipe)"),
     only_predicted: bool = typer.Option(False, "--only-predicted", help="score only the gold examples that have "
@@ -354,7 +384,7 @@ def score_cmd(
 
     a, r = _recipe(app_name, recipe, overrides, subtask=subtask)
     if out:
-        check_output(out, True, "--out")
+        check_output(out, force, "--out")
     metrics = a.score(gold, pred, r, only_predicted=only_predicted, by=by)
     if out:
         atomic_write(out, json.dumps(metrics, indent=2, ensure_ascii=False))
@@ -364,11 +394,13 @@ def score_cmd(
 
 @app.command("merge")
 def merge_cmd(
-    adapter: str = typer.Option(..., "--adapter", "-a", help="adapter folder"),
-    out: Path = typer.Argument(..., help="folder for the merged model"),
+    adapter: str = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for the merged model (HF format, safetensors)"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="base model (default: the adapter's)"),
+    force: bool = typer.Option(False, "--force", help="write into a folder that already holds files"),
 ) -> None:
     """Merge an adapter into a standalone model (4-bit bases: into the dequantized weights)."""
+    _out_folder(out, force)
     _prepare()
     from peft_apps.core.merge import merge_adapter
 
@@ -378,13 +410,16 @@ def merge_cmd(
 
 @app.command("tiny-model")
 def tiny_model_cmd(
-    out: Path = typer.Argument(..., help="output folder"),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder (HF format: config, safetensors, tokenizer)"),
+    force: bool = typer.Option(False, "--force", help="write into a folder that already holds files"),
     size: str = typer.Option("tiny", "--size", help="tiny (tests, demo), small (~32M params), 1b or 8b (GPU "
                                                      "benchmark shapes)"),
     family: str = typer.Option("llama", "--family", help="architecture: llama, qwen2, qwen3, mistral, gemma2, "
-                                                         "phi3, gpt-neox, gpt2"),
+                                                         "phi3, gpt-neox, gpt2; or a real tokenizer and template: "
+                                                         "llama3, mistral-v3, qwen2.5"),
 ) -> None:
     """Build a model of a common architecture + tokenizer offline (random weights), in HF format."""
+    _out_folder(out, force)
     _prepare()
     from peft_apps.core.tiny import build_tiny_model
 
@@ -395,7 +430,8 @@ def tiny_model_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    app_name: Optional[str] = typer.Argument(None, metavar="[APP]", help="default: the quick-start app"),
+    app_name: Optional[str] = typer.Argument(None, metavar="[APP]", help="a registered app with a demo recipe "
+                                             "(default: the quick-start app, sft)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default: runs/APP-demo)"),
     force: bool = typer.Option(False, "--force", help="replace the demo run the output folder holds"),
 ) -> None:
@@ -450,7 +486,7 @@ def demo_cmd(
         console.print(f"  {label:18s} {path}")
     example = inputs[0] if inputs else "INPUT"
     console.print(f"\nnext: peft-apps predict {name} --adapter {res.output_dir} {example}  |  "
-                  f"peft-apps eval {name} --adapter {res.output_dir}", highlight=False, soft_wrap=True)
+                  f"peft-apps eval {name} --adapter {res.output_dir} --force", highlight=False, soft_wrap=True)
 
 
 def _mount_app_commands() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from peft_apps.core.errors import UserError
 
@@ -132,6 +132,12 @@ class Recipe(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     task: dict[str, Any] = Field(default_factory=dict, description="app-specific settings")
+    # the keys set by command-line overrides (messages say where a bad value came from)
+    _overridden: set[str] = PrivateAttr(default_factory=set)
+
+    def set_by_user(self, key: str) -> bool:
+        """Whether `key` (e.g. "data.train") was set by a command-line override, not by the recipe file."""
+        return key in self._overridden
 
     def output_dir(self) -> Path:
         return Path(self.train.output_dir.format(app=self.app, recipe=self.name, method=self.peft.method))
@@ -256,7 +262,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, app: str |
         data.setdefault("app", app)
     data = apply_overrides(data, overrides or [])
     overridden = {".".join(parse_override(o)[0]) for o in overrides or []}
-    return validate_recipe(data, source=str(path), overridden=overridden)
+    recipe = validate_recipe(data, source=str(path), overridden=overridden)
+    recipe._overridden = set(overridden)
+    return recipe
 
 
 def validate_recipe(data: dict[str, Any], source: str = "recipe", overridden: set[str] = frozenset()) -> Recipe:

@@ -94,8 +94,11 @@ def _data_file(recipe: Recipe, key: str) -> Path:
     spec = getattr(recipe.data, key)
     path = bundled_or_path(spec)
     if not path.is_file():
-        raise UserError(f"data.{key} file not found: {path}",
-                        hint=f"recipe {recipe.name!r} sets data.{key}={spec}; pass data.{key}=PATH"
+        what = "a folder, not a file" if path.is_dir() else "file not found"
+        source = "you set it on the command line" if recipe.set_by_user(f"data.{key}") else \
+            f"recipe {recipe.name!r} sets data.{key}={spec}"
+        raise UserError(f"data.{key}: {what}: {path}",
+                        hint=f"{source}; pass data.{key}=PATH (a file in the app's data format)"
                              + (" (or data.eval=null to hold out data.eval_fraction of the training file)"
                                 if key == "eval" else ""))
     return path

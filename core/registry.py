@@ -132,6 +132,8 @@ class App:
         out: list[Record] = []
         for item in items:
             p = Path(item)
+            if p.is_dir():
+                raise UserError(f"input {p} is a folder; expected a file in the app's data format, or a text")
             if p.is_file():
                 out.extend(self.read(p, recipe, labelled=False))
             elif p.suffix in (".json", ".jsonl", ".txt", ".csv") and not any(c.isspace() for c in item):

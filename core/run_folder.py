@@ -26,8 +26,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from peft_apps.core.config import Recipe
 
 RUN_FILE = "run.json"
-# What a run leaves in its folder: a folder holding any of these holds a run.
-RUN_MARKERS = (RUN_FILE, "recipe.yaml", "adapter_config.json", "model.safetensors", "checkpoints", "metrics.json")
+# What a run leaves in its folder: a folder holding any of these holds a run (run.json alone does not: a run
+# that stopped before its first checkpoint left nothing to lose or resume).
+RUN_MARKERS = ("recipe.yaml", "adapter_config.json", "model.safetensors", "metrics.json")
 # Settings that do not change the weights a run ends on: a resumed run may change them.
 NOT_TRAJECTORY = {"train.output_dir", "train.report_to", "train.logging_steps", "train.save_total_limit",
                   "train.memory_check", "train.save_steps"}
@@ -47,22 +48,35 @@ def trajectory(recipe: Recipe) -> dict[str, Any]:
 
 
 def holds_run(folder: Path) -> bool:
-    return folder.is_dir() and any((folder / m).exists() for m in RUN_MARKERS)
+    folder = Path(folder)
+    return folder.is_dir() and (any((folder / m).exists() for m in RUN_MARKERS)
+                                or any((folder / "checkpoints").glob("checkpoint-*")))
 
 
-def start(folder: Path, recipe: Recipe, force: bool = False) -> dict[str, Any]:
-    """Begin a new run in `folder`: refuse one that holds another run (unless `force`: it is cleared) or
-    other files; write run.json."""
+def only_run_file(folder: Path) -> bool:
+    return folder.is_dir() and {p.name for p in folder.iterdir()} <= {RUN_FILE, "checkpoints", "tensorboard"}
+
+
+def check_new(folder: Path, force: bool = False) -> None:
+    """Before anything loads: a new run may go into `folder` (new, empty, or holding a run and `force`)."""
     folder = Path(folder)
     if holds_run(folder):
         if not force:
             raise UserError(f"{folder} already holds a run",
                             hint="pass --force to replace it, --resume to continue it, or "
                                  "train.output_dir=OTHER for a new folder")
-        _clear(folder)
-    elif folder.is_dir() and any(folder.iterdir()):
+    elif folder.is_dir() and any(folder.iterdir()) and not only_run_file(folder):
         raise UserError(f"{folder} is not empty and holds no run: train.output_dir must be a new or empty folder",
                         hint="choose another train.output_dir; nothing there was changed")
+
+
+def start(folder: Path, recipe: Recipe, force: bool = False) -> dict[str, Any]:
+    """Begin a new run in `folder` (when training is about to start): `check_new`, clear an old run, write
+    run.json."""
+    folder = Path(folder)
+    check_new(folder, force)
+    if folder.is_dir():
+        _clear(folder)  # an old run (with force), or what a run that never reached a checkpoint left
     folder.mkdir(parents=True, exist_ok=True)
     info = {"run_id": uuid.uuid4().hex[:12], "app": recipe.app, "recipe": recipe.name,
             "trajectory": trajectory(recipe)}

@@ -264,6 +264,10 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
                                                                console)
     plan = _plan(recipe, train_rep, headline)
     model, plan = _load_model(recipe, plan, train_cols)
+    if last is None:  # a new run: the folder's old run (with --force) goes only now, once the model loaded
+        from peft_apps.core import run_folder
+
+        run_folder.start(out, recipe, force)
     trainer = _build_trainer(recipe, plan, model, tokenizer, out / "checkpoints", train_cols, eval_cols)
     _set_evaluation(trainer, plan, task_eval, out / "best", resume)
     _add_callbacks(trainer, recipe, out, console, stop_after_steps, extra_callbacks)
@@ -313,7 +317,7 @@ def _output_folder(recipe: Recipe, resume: bool, console, force: bool = False,
         last, info = run_folder.resume_point(out, recipe, allow_recipe_change)
         console.print(f"resuming run {info.get('run_id')} from {last}")
         return out, last
-    run_folder.start(out, recipe, force)
+    run_folder.check_new(out, force)  # (run.json is written when training starts: `_begin_run`)
     return out, None
 
 

@@ -197,9 +197,9 @@ def test_answer_only_targets_are_a_training_warning_not_a_scoring_one(tmp_path):
     pred.write_text("".join(json.dumps({"id": i, "output": "Відповідь: А"}) + "\n" for i in range(40)))
     p = run_cli(["peft-apps", "score", "exam", "--gold", str(UNLP), "--pred", str(pred)])
     assert p.returncode == 0 and "rationale" not in p.stderr, p.stderr[-2000:]
-    p = run_cli(["peft-apps", "convert", "exam", str(UNLP), str(tmp_path / "rec")])
+    p = run_cli(["peft-apps", "convert", "exam", str(UNLP), "-o", str(tmp_path / "rec")])
     assert p.returncode == 0 and "40 of 40 question(s) with no rationale" in p.stderr, p.stderr[-2000:]
-    assert json.loads((tmp_path / "rec" / "records.report.json").read_text())["answer_only_targets"] == 40
+    assert json.loads((tmp_path / "rec" / "report.json").read_text())["answer_only_targets"] == 40
 
 
 @pytest.mark.slow

@@ -383,8 +383,8 @@ def test_tiny_train_then_generate(tmp_path):
     shutil.copytree(TEXTKIT, project)
     rep = tmp_path / "report.json"
     p = run_cli(["peft-apps", "testgen", "generate", "textkit/slug.py::is_slug",
-                 "--project", str(project), "--adapter", str(run_dir), "--n", "2", "--report", str(rep),
-                 "--set", "max_new_tokens=16", "--set", "sandbox.timeout_s=10"])
+                 "--project", str(project), "--adapter", str(run_dir), "--n", "2", "-o", str(rep),
+                 "task.max_new_tokens=16", "sandbox.timeout_s=10"])
     assert p.returncode == 0, p.stderr[-3000:]
     d = json.loads(rep.read_text())
     assert d["counts"]["functions"] == 1 and d["counts"]["candidates"] == 2

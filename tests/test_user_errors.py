@@ -48,7 +48,7 @@ def test_invalid_utf8_is_named_with_its_byte_offset(tmp_path):
                     "iconv")
     bad_docs = tmp_path / "docs.json"
     bad_docs.write_bytes(SAMPLE.read_bytes()[:100] + b"\xff" + SAMPLE.read_bytes()[100:])
-    one_clear_error(cli("convert", "autore", str(bad_docs), str(tmp_path / "out")), "not UTF-8 text (line 1, byte 100")
+    one_clear_error(cli("convert", "autore", str(bad_docs), "-o", str(tmp_path / "out")), "not UTF-8 text (line 1, byte 100")
 
 
 def test_utf8_with_bom_is_read(tmp_path):
@@ -65,7 +65,7 @@ def test_utf8_with_bom_is_read(tmp_path):
 def test_convert_into_an_existing_file(tmp_path):
     target = tmp_path / "records"
     target.write_text("keep me")
-    one_clear_error(cli("convert", "autore", str(SAMPLE), str(target)), "is a file")
+    one_clear_error(cli("convert", "autore", str(SAMPLE), "-o", str(target)), "is a file")
     assert target.read_text() == "keep me"
 
 
@@ -220,8 +220,37 @@ def test_a_run_shorter_than_logging_steps_reports_its_loss(tmp_path):
 
 def test_a_missing_data_file_says_which_setting_named_it(tmp_path):
     p = cli("train", "autore", f"data.train={SAMPLE}")  # the qlora recipe names data.eval=dev_revised.json
-    one_clear_error(p, "data.eval file not found: dev_revised.json", "recipe 'qlora' sets data.eval",
+    one_clear_error(p, "data.eval: file not found: dev_revised.json", "recipe 'qlora' sets data.eval",
                     "data.eval=PATH")
+    p = cli("train", "sft", "data.train=nope.jsonl")  # the user's own setting is named as theirs
+    one_clear_error(p, "data.train: file not found: nope.jsonl", "you set it on the command line")
+    assert "recipe 'lora' sets" not in p.stderr
+    p = cli("train", "sft", f"data.train={tmp_path}")
+    one_clear_error(p, "data.train: a folder, not a file")
+
+
+def test_a_folder_where_a_file_is_expected_is_named_so(tmp_path):
+    p = cli("predict", "exam", "--adapter", str(fake_adapter(tmp_path / "run", "exam")), str(tmp_path))
+    one_clear_error(p, f"{tmp_path} is a folder")
+    assert "no options found" not in p.stderr
+    p = cli("score", "sft", "--gold", str(tmp_path), "--pred", str(tmp_path))
+    one_clear_error(p, "is a folder")
+    p = cli("testgen", "generate", "--project", str(tmp_path), "--candidates", str(tmp_path))
+    one_clear_error(p, "a folder; give the JSONL file")
+
+
+def test_review_of_a_range_the_repository_lacks_says_so(tmp_path):
+    import subprocess as sp
+
+    sp.run(["git", "init", "-q", str(tmp_path)], check=True)
+    for i in range(2):
+        (tmp_path / "f.py").write_text(f"x = {i}\n")
+        sp.run(["git", "-C", str(tmp_path), "add", "."], check=True)
+        sp.run(["git", "-C", str(tmp_path), "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", f"c{i}"],
+               check=True)
+    p = cli("codereview", "review", "--git", "HEAD~9..HEAD", "--root", str(tmp_path), "--adapter",
+            str(fake_adapter(tmp_path / "run", "codereview")))
+    one_clear_error(p, "revision 'HEAD~9' does not exist in this repository (2 commit(s) on HEAD)")
 
 
 def test_warnings_are_counted_in_the_output(tmp_path):

@@ -51,9 +51,11 @@ def _n(count: int, noun: str) -> str:
 
 @cli.command("extract")
 def extract_cmd(
-    inputs: list[str] = typer.Argument(..., help="text files, DocRED .json files, folders, or - for stdin"),
+    inputs: list[str] = typer.Argument(..., metavar="INPUT...", help="texts, text files, DocRED .json files, "
+                                       "folders of them, or - for stdin (README: autore)"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="base model (default: the adapter's recipe)"),
-    adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="one adapter for all three stages"),
+    adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="one autore run folder for all three "
+                                          "stages (recipe qlora)"),
     adapters: Optional[str] = typer.Option(None, "--adapters", help="relation=DIR,head=DIR,facts=DIR"),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json or jsonl"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the results here"),

@@ -39,10 +39,16 @@ def _adapters(adapter: str | None, adapters: str | None) -> str | dict[str, str]
 
 @cli.command("review")
 def review_cmd(
-    diff: Optional[str] = typer.Option(None, "--diff", "-d", help="unified diff file, or - for stdin"),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...",
+                                                    help="overrides of the adapter's recipe, e.g. "
+                                                         "task.max_new_tokens.comment=48 eval.batch_size=8 "
+                                                         "(README: Recipes, codereview)"),
+    diff: Optional[str] = typer.Option(None, "--diff", "-d", help="unified diff file (`git diff` output), or - for "
+                                       "stdin"),
     git_range: Optional[str] = typer.Option(None, "--git", help="review `git diff BASE..HEAD` of this repository"),
     root: Path = typer.Option(Path("."), "--root", help="the repository the diff's paths are relative to"),
-    adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="one multi-task adapter"),
+    adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="one codereview run folder trained for "
+                                          "necessity and comment (task.task=all, or the demo)"),
     adapters: Optional[str] = typer.Option(None, "--adapters", help="necessity=DIR,comment=DIR[,refine=DIR]"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="base model (default: the adapter's)"),
     fmt: str = typer.Option("markdown", "--format", "-f", help="markdown, json, rdjsonl or sarif"),
@@ -86,6 +92,11 @@ def review_cmd(
     from .pipeline import check_adapters
 
     trained, _ = check_adapters(ad, ("necessity", "comment", "refine") if suggest else ("necessity", "comment"))
+    if overrides:
+        from peft_apps.core.config import apply_overrides, validate_recipe
+
+        trained = validate_recipe(apply_overrides(trained.model_dump(), list(overrides)), "the adapter's recipe",
+                                  {o.partition("=")[0] for o in overrides})
     limit = max_hunk_lines or CodeReviewTask.model_validate(trained.task).max_hunk_lines
     parsed = parse_diff(text, source, limit, read_file)  # before the model loads: a bad diff fails fast
     for key, what in (("skipped_binary", "binary files"), ("skipped_rename_only", "renames without changes"),
@@ -98,6 +109,9 @@ def review_cmd(
     from .pipeline import CodeReviewer
 
     reviewer = CodeReviewer.from_pretrained(model, ad, suggest=suggest)
+    if overrides:
+        reviewer.recipe = trained
+        reviewer.task_settings = CodeReviewTask.model_validate(trained.task)
     if max_hunk_lines:
         reviewer.task_settings.max_hunk_lines = max_hunk_lines
     with console.status(f"reviewing {len(parsed.hunks)} hunks"):

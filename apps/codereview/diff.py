@@ -154,8 +154,20 @@ def git_diff(rev_range: str, cwd: Path) -> tuple[str, Callable[[str, str], str |
         base, head = base or "HEAD", head or "HEAD"
     else:
         base, head = f"{rev_range}~1", rev_range
+    inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=cwd, capture_output=True, text=True)
+    if inside.returncode != 0:
+        raise UserError(f"--git {rev_range}: {Path(cwd).resolve()} is not inside a git repository",
+                        hint="run it in the repository, or pass --root REPO")
     for rev in (base, head):
-        git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd)
+        p = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=cwd,
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            count = subprocess.run(["git", "rev-list", "--count", "HEAD"], cwd=cwd, capture_output=True, text=True)
+            n = count.stdout.strip() if count.returncode == 0 else "no"
+            raise UserError(f"--git {rev_range}: revision {rev!r} does not exist in this repository "
+                            f"({n} commit(s) on HEAD)",
+                            hint="name a revision the repository has: a branch, a tag, a commit, or HEAD~N with N "
+                                 "below the number of commits")
     text = git(["diff", "--no-color", "--no-ext-diff", "-M", base, head], cwd)
 
     def read(path: str, side: str) -> str | None:

@@ -109,6 +109,9 @@ class ExamApp(App):
         out: list[Record] = []
         for item in items:
             p = Path(item)
+            if p.is_dir():
+                raise UserError(f"input {p} is a folder; expected a question file (ZNO-Eval .json, UNLP .jsonl) "
+                                f"or a question as text")
             if p.is_file():
                 out.extend(self.read(p, recipe, labelled=False))
             elif p.suffix in (".json", ".jsonl") and " " not in item:
@@ -146,8 +149,8 @@ class ExamApp(App):
         loaded = load(Path(source), task.include_photo)
         records = self.train_records(self.read(Path(source), recipe), recipe)
         out = Path(out)
-        target = out if out.suffix == ".jsonl" else out / "records.jsonl"
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = out / "records.jsonl"
+        out.mkdir(parents=True, exist_ok=True)
         write_jsonl(target, [{"id": r.id, "messages": r.prompt, "completion": r.completion, "kind": r.meta["kind"],
                               "subject": r.meta["subject"], "exam": r.meta["exam"]} for r in records])
         report = {"source": str(source), "output": str(target), "tasks": loaded.tasks,
@@ -157,7 +160,7 @@ class ExamApp(App):
                   "target": task.target,
                   "answer_only_targets": sum(1 for r in records if r.meta.get("answer_only")),
                   "skipped": dict(loaded.skipped), "skipped_examples": loaded.examples}
-        atomic_write(target.with_name(target.stem + ".report.json"), json.dumps(report, indent=2, ensure_ascii=False))
+        atomic_write(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
         return report
 
     def demo_inputs(self, recipe: Recipe, work_dir: Path) -> list[str]:

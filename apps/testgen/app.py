@@ -118,12 +118,12 @@ class TestGenApp(App):
             from .miner import mine
 
             mined = mine(source)
-            target = out if out.suffix == ".jsonl" else out / "pairs.jsonl"
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target = out / "pairs.jsonl"
+            out.mkdir(parents=True, exist_ok=True)
             write_jsonl(target, mined.records)
             report = {"source": str(source), "output": str(target), "counts": dict(mined.counts),
                       "problems": mined.problems}
-            atomic_write(target.with_name(target.stem + ".report.json"), json.dumps(report, indent=2))
+            atomic_write(out / "report.json", json.dumps(report, indent=2))
             return report
         if not source.is_file():
             raise UserError(f"{source}: not found", hint="give a Python repository (folder) or a records file")
@@ -131,12 +131,14 @@ class TestGenApp(App):
 
         recipe = load_recipe(self.recipe_path(None), app=self.name)
         records = self.read(source, recipe)
-        target = out if out.suffix == ".jsonl" else out / "records.jsonl"
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = out / "records.jsonl"
+        out.mkdir(parents=True, exist_ok=True)
         write_jsonl(target, [{"id": r.id, "lang": r.meta["lang"], "messages": r.prompt, "completion": r.completion}
                              for r in records])
-        return {"source": str(source), "output": str(target),
-                "records": dict(Counter(r.meta["lang"] for r in records))}
+        report = {"source": str(source), "output": str(target),
+                  "records": dict(Counter(r.meta["lang"] for r in records))}
+        atomic_write(out / "report.json", json.dumps(report, indent=2))
+        return report
 
     def demo_inputs(self, recipe: Recipe, work_dir: Path) -> list[str]:
         """The bundled Java sample's first prompts."""

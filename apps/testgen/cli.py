@@ -38,6 +38,34 @@ def _task(adapter: Optional[str], overrides: list[str]):
     return recipe, validate_task(recipe, TestGenTask)
 
 
+SECTIONS = ("model.", "peft.", "data.", "train.", "eval.", "task.")
+
+
+def _split_items(items: list[str] | None) -> tuple[list[str], list[str]]:
+    """Positional items: KEY=VALUE recipe overrides (a bare task key such as sandbox.timeout_s=10 means
+    task.sandbox.timeout_s) and the rest, paths (file.py, file.py::name)."""
+    paths, overrides = [], []
+    for item in items or []:
+        key, sep, _ = item.partition("=")
+        if sep and "/" not in key and "::" not in key and not key.endswith(".py"):
+            overrides.append(item if key.startswith(SECTIONS) else f"task.{item}")
+        else:
+            paths.append(item)
+    return paths, overrides
+
+
+def _candidate_targets(path: Path) -> list[str]:
+    """The targets a --candidates file names, in order of first appearance (its lines say what they test)."""
+    from peft_apps.core.data import read_jsonl
+
+    seen: dict[str, None] = {}
+    for n, row in read_jsonl(path):
+        if not isinstance(row.get("target"), str):
+            raise UserError(f"{path}, line {n}: needs a string field 'target' (file.py::name)")
+        seen.setdefault(row["target"], None)
+    return list(seen)
+
+
 def _warn_isolation(isolated: bool) -> None:
     if not isolated:
         from .sandbox import bwrap_works
@@ -48,10 +76,12 @@ def _warn_isolation(isolated: bool) -> None:
 
 @cli.command("check")
 def check_cmd(
-    test_file: Path = typer.Argument(..., help="the test file to judge"),
+    test_file: Path = typer.Argument(..., metavar="TEST_FILE", help="the pytest file to judge (test_*.py)"),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...",
+                                                    help="recipe overrides, e.g. task.sandbox.memory_mb=1024 "
+                                                         "(README: testgen)"),
     project: Path = typer.Option(Path("."), "--project", "-p", help="the project the test belongs to"),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="wall-clock limit in seconds"),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", help="task settings, e.g. sandbox.memory_mb=1024"),
 ) -> None:
     """Run one test file in the sandbox and print the verdict as JSON: status (keep/drop), reason, duration,
     coverage gain over the project's existing tests (the verdict `testgen generate` applies). Exit code 0
@@ -65,7 +95,7 @@ def check_cmd(
         raise UserError(f"{test_file}: no such file")
     if test_file.suffix != ".py":
         raise UserError(f"{test_file}: not a Python file (.py)", hint="pytest collects test_*.py files")
-    _, task = _task(None, [f"task.{o}" for o in overrides or []])
+    _, task = _task(None, _split_items(overrides)[1])
     limits = task.sandbox.limits()
     if timeout:
         limits.timeout_s = timeout
@@ -92,10 +122,14 @@ def check_cmd(
 
 @cli.command("generate")
 def generate_cmd(
-    paths: Optional[list[str]] = typer.Argument(None, help="files or file.py::function to write tests for"),
+    items: Optional[list[str]] = typer.Argument(None, metavar="[PATH | KEY=VALUE]...",
+                                                help="what to write tests for: file.py (its functions), "
+                                                     "file.py::function or file.py::Class.method; and recipe "
+                                                     "overrides, e.g. task.sandbox.timeout_s=10 (README: testgen)"),
     changed: Optional[str] = typer.Option(None, "--changed", help="functions changed in git range BASE..HEAD, or 'staged'"),
     project: Path = typer.Option(Path("."), "--project", "-p", help="the project (a git work tree for --changed)"),
-    adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="a testgen adapter"),
+    adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="a testgen run folder from `peft-apps "
+                                          "train testgen`"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="base model (default: the adapter's)"),
     n: Optional[int] = typer.Option(None, "--n", min=1, help="candidates per function (default: task.candidates, 4)"),
     candidates: Optional[Path] = typer.Option(None, "--candidates", help='JSONL of {"target", "test"}: check '
@@ -103,9 +137,10 @@ def generate_cmd(
     write: bool = typer.Option(False, "--write", help="write the kept tests into the test tree"),
     patch_out: Optional[Path] = typer.Option(None, "--patch", help="write the kept tests as a patch file"),
     check: bool = typer.Option(False, "--check", help="write nothing; exit 1 when a function gets no kept test"),
-    report: Optional[Path] = typer.Option(None, "--report", "-o", help="JSON report: every candidate's verdict"),
+    report: Optional[Path] = typer.Option(None, "--out", "-o", "--report", help="JSON report: every candidate's "
+                                          "verdict"),
+    force: bool = typer.Option(False, "--force", help="overwrite --out or --patch if it exists"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="sandbox runs in parallel (default: cores)"),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", help="task settings, e.g. sandbox.timeout_s=10"),
 ) -> None:
     """Write tests for changed or named Python functions: n candidates each, run in the sandbox, keep the
     ones that pass and add line or branch coverage, say why each other one was dropped."""
@@ -114,8 +149,16 @@ def generate_cmd(
     from .generate import patch, write as write_files
     from .pipeline import TestGenerator, run
 
+    from peft_apps.core.io import check_output
+
+    paths, overrides = _split_items(items)
     if sum([write, patch_out is not None, check]) > 1:
         raise UserError("choose one of --write, --patch and --check")
+    if candidates and not candidates.is_file():
+        raise UserError(f"--candidates {candidates}: " + ("a folder; give the JSONL file" if candidates.is_dir()
+                                                         else "no such file"))
+    if candidates and not paths and not changed:
+        paths = _candidate_targets(candidates)  # each line names its target
     if not paths and not changed:
         raise UserError("nothing to test", hint="name files or file.py::function, or pass --changed BASE..HEAD")
     if adapter and candidates:
@@ -123,12 +166,10 @@ def generate_cmd(
     if not adapter and not candidates:
         raise UserError("no adapter given", hint="train one (`peft-apps train testgen`, or `peft-apps demo testgen`) "
                                                  "and pass --adapter DIR, or check hand-written tests with --candidates")
-    if candidates and not candidates.is_file():
-        raise UserError(f"--candidates {candidates}: no such file")
-    for p in (patch_out, report):
-        if p is not None and p.is_dir():
-            raise UserError(f"{p} is a folder; give a file path")
-    recipe, task = _task(adapter, [f"task.{o}" for o in overrides or []])
+    for p, what in ((patch_out, "--patch"), (report, "--out")):
+        if p is not None:
+            check_output(p, force, what)
+    recipe, task = _task(adapter, overrides)
     generator = None
     if adapter:
         generator = TestGenerator.from_pretrained(model, adapter)
@@ -160,15 +201,18 @@ def generate_cmd(
         console.print(f"{f.target}: kept {len(f.kept)} of {len(f.candidates)}" + (f" (dropped: {why})" if why else ""))
     d = result.as_dict()
     if report:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(d, indent=2))
+        from peft_apps.core.io import atomic_write
+
+        atomic_write(report, json.dumps(d, indent=2))
         console.print(f"report -> {report}")
     proj = project.resolve()
     if write and result.written:
         write_files(proj, result.written)
         console.print(f"wrote {', '.join(sorted(result.written))}")
     elif patch_out is not None:
-        patch_out.write_text(patch(proj, result.written))
+        from peft_apps.core.io import atomic_write
+
+        atomic_write(patch_out, patch(proj, result.written))
         console.print(f"patch -> {patch_out} ({len(result.written)} file(s))")
     c = d["counts"]
     console.print(f"{c['kept']} test(s) kept for {c['functions_with_kept_tests']} of {c['functions']} function(s)")
