@@ -568,11 +568,17 @@ def _write_artefacts(out: Path, recipe: Recipe, trainer, tokenizer, metrics: dic
     else:
         trainer.model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
-    # the base model as the recipe names it (hub id or builtin name), not this machine's cache path
+    # the base model as plain peft, vLLM and TGI resolve it: the hub id as the recipe names it, or the model's
+    # local folder (a builtin model's is its built copy; the builtin name stays in recipe.yaml)
     config_file = out / "adapter_config.json"
     if config_file.is_file():  # a full fine-tune's folder holds the model itself (config.json), no adapter
+        from peft_apps.core.modeling import resolve_base
+
+        base = recipe.model.base
+        if base.startswith("builtin:") or Path(base).expanduser().exists():
+            base = str(Path(resolve_base(base)).resolve())
         adapter_config = json.loads(config_file.read_text())
-        adapter_config["base_model_name_or_path"] = recipe.model.base
+        adapter_config["base_model_name_or_path"] = base
         atomic_write(config_file, json.dumps(adapter_config, indent=2))
     atomic_write(out / "recipe.yaml", recipe.to_yaml())
     metrics["total_seconds"] = round(time.perf_counter() - t_start, 2)

@@ -244,6 +244,39 @@ def test_sandbox_stops_hostile_generated_tests(tmp_path):
     assert not leftovers  # the fork loop's sleepers died with the sandbox
 
 
+def test_sandbox_shows_a_test_only_what_it_needs(tmp_path):
+    """A generated test that reads a secret in the real home directory by its absolute path, looks for
+    peft-apps' own checkout or /root, writes one huge file, or fills the disk with many files: the files
+    are not there, the writes are stopped, and no secret comes back in the verdict."""
+    secret = Path.home() / f".peft-apps-probe-{uuid.uuid4().hex}"
+    secret.write_text("SECRET-VALUE-123")
+    checkout = Path(__file__).resolve().parents[1] / "README.md"
+    cases = {
+        "secret": f"def test_secret():\n    assert open({str(secret)!r}).read() == 'x'\n",
+        "checkout": f"import os\n\ndef test_checkout():\n    assert os.path.exists({str(checkout)!r})\n",
+        "root": "import os\n\ndef test_root():\n    assert os.listdir('/root') == ['x'], os.listdir('/root')\n",
+        "big_file": "def test_big():\n    with open('big.bin', 'wb') as f:\n        f.write(b'x' * (40 * 2**20))\n",
+        "many_files": "import time\n\ndef test_many():\n    for i in range(40):\n"
+                      "        open(f'f{i}.bin', 'wb').write(b'x' * (4 * 2**20))\n    time.sleep(3)\n",
+        "long_message": "def test_long():\n    assert False, 'y' * 100000\n",
+    }
+    try:
+        checker = Checker(TEXTKIT, Limits(timeout_s=20, cpu_s=20, memory_mb=1024, processes=48, file_mb=16,
+                                          disk_mb=64))
+        if not checker.sandbox.isolated:
+            pytest.skip("bwrap cannot run here")
+        v = _hostile(checker, cases)
+    finally:
+        secret.unlink()
+    assert v["secret"].reason == "failed" and "No such file" in v["secret"].message
+    assert all("SECRET-VALUE-123" not in x.message for x in v.values())
+    assert v["checkout"].reason == "failed" and v["root"].reason == "failed"
+    assert "'x'" in v["root"].message or "No such file" in v["root"].message
+    assert v["big_file"].reason == "resource limit", (v["big_file"].reason, v["big_file"].message)
+    assert v["many_files"].reason == "resource limit" and "more than 64 MB" in v["many_files"].message
+    assert v["long_message"].reason == "failed" and len(v["long_message"].message) <= 800
+
+
 def test_fallback_without_isolation_keeps_the_limits_and_says_so(tmp_path):
     box = Sandbox(TEXTKIT, Limits(timeout_s=3, memory_mb=512), isolate=False)
     assert not box.isolated
@@ -393,19 +426,30 @@ def test_tiny_train_then_generate(tmp_path):
 
 def test_an_interpreter_under_tmp_stays_visible_in_the_sandbox(monkeypatch, tmp_path):
     """A CI checkout or virtual environment under /tmp is hidden by the sandbox's private /tmp unless
-    bound back: the interpreter's prefix and import paths under /tmp are bound read-only."""
+    bound back: the interpreter's prefix and site-packages are bound read-only after the tmpfs."""
     from peft_apps.apps.testgen import sandbox
 
     venv = Path("/tmp") / f"peft-apps-venv-{uuid.uuid4().hex[:8]}"
     (venv / "lib" / "site-packages").mkdir(parents=True)
     try:
         monkeypatch.setattr(sys, "prefix", str(venv))
-        monkeypatch.setattr(sys, "path", [*sys.path, str(venv / "lib" / "site-packages")])
-        assert str(venv) in sandbox.visible_under_tmp()
-        assert str(venv / "lib" / "site-packages") not in sandbox.visible_under_tmp()  # inside one already bound
-        cmd = Sandbox(TEXTKIT)._command(tmp_path, ["true"])
+        paths = sandbox.interpreter_paths()
+        assert str(venv) in paths and str(venv / "lib" / "site-packages") not in paths  # inside one bound
+        cmd = Sandbox(TEXTKIT)._command(tmp_path, ["true"], tmp_path)
         if cmd[0] != "true":  # isolated: bound after the tmpfs that would hide it
-            i = cmd.index("--tmpfs")
-            assert cmd[i + 2:i + 5] == ["--ro-bind", str(venv), str(venv)] or str(venv) in cmd[i:]
+            assert cmd.index(str(venv)) > cmd.index("--tmpfs")
     finally:
         shutil.rmtree(venv, ignore_errors=True)
+
+
+def test_generated_tests_go_where_pytest_collects_them(tmp_path):
+    """A project whose pytest configuration collects from `checks/` files named `*_check.py` gets its
+    generated tests there, under such a name; without configuration, tests/ and test_<module>_generated.py."""
+    from peft_apps.apps.testgen.generate import generated_file_name, tests_dir
+
+    assert tests_dir(tmp_path) == tmp_path / "tests" and generated_file_name(tmp_path, "slug") == "test_slug_generated.py"
+    (tmp_path / "pyproject.toml").write_text('[tool.pytest.ini_options]\ntestpaths = ["checks"]\n'
+                                            'python_files = ["*_check.py"]\n')
+    assert tests_dir(tmp_path) == tmp_path / "checks" and generated_file_name(tmp_path, "slug") == "slug_generated_check.py"
+    (tmp_path / "pytest.ini").write_text("[pytest]\ntestpaths = spec\n")  # pytest.ini comes first
+    assert tests_dir(tmp_path) == tmp_path / "spec" and generated_file_name(tmp_path, "slug") == "test_slug_generated.py"

@@ -204,8 +204,14 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(sft_app, tmp_path):
     assert res.metrics["steps"] == 6 and res.metrics["resumed_from"].endswith("checkpoint-2")
     card = (tmp_path / "run" / "README.md").read_text()
     assert "| app | sft |" in card and "| base model | builtin:tiny |" in card and "More Information" not in card
-    assert json.loads((tmp_path / "run" / "adapter_config.json").read_text())["base_model_name_or_path"] == \
-        "builtin:tiny"
+    # plain peft loads the run: adapter_config names the base's own folder (the builtin name is in recipe.yaml)
+    from peft import AutoPeftModelForCausalLM
+
+    from peft_apps.core.tiny import builtin_model_path
+
+    base = json.loads((tmp_path / "run" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == str(builtin_model_path("tiny").resolve()) and "base: builtin:tiny" in (tmp_path / "run" / "recipe.yaml").read_text()
+    assert AutoPeftModelForCausalLM.from_pretrained(str(tmp_path / "run")).peft_config["default"].r == r.peft.r
 
 
 @pytest.mark.slow

@@ -27,11 +27,13 @@ class SandboxSettings(BaseModel):
     cpu_s: int = Field(60, ge=1)
     memory_mb: int = Field(2048, ge=64)
     processes: int = Field(64, ge=4)
+    file_mb: int = Field(256, ge=1, description="the largest file a test may write")
+    disk_mb: int = Field(1024, ge=16, description="what the project copy may grow to, all files together")
 
     def limits(self):
         from .sandbox import Limits
 
-        return Limits(self.timeout_s, self.cpu_s, self.memory_mb, self.processes)
+        return Limits(self.timeout_s, self.cpu_s, self.memory_mb, self.processes, self.file_mb, self.disk_mb)
 
 
 class TestGenTask(BaseModel):

@@ -9,7 +9,7 @@ suite does not (and that tests kept before it do not). Otherwise it is dropped w
     no tests          it defines no test pytest collects
     failed            a test failed or errored
     timeout           the run passed the wall-clock limit (an infinite loop, a hung socket ...)
-    resource limit    the CPU-time, memory or process limit ended it
+    resource limit    the CPU-time, memory, process, file-size or disk limit ended it
     no coverage gain  it passes but covers nothing new
 
 `peft-apps testgen check` prints this verdict as JSON; `testgen generate` applies it to every candidate.
@@ -131,8 +131,9 @@ class Checker:
         return os.pathsep.join(["src", "."] if (self.project / "src").is_dir() else ["."])
 
     def run(self, pytest_args: list[str], files: dict[str, str] | None = None):
-        argv = [self.python, str(RUNNER), OUT, ".", "--", *pytest_args]
-        r = self.sandbox.run(argv, files=files, env={"PYTHONPATH": self._pythonpath()}, collect=[OUT])
+        argv = [self.python, "{tools}/" + RUNNER.name, OUT, ".", "--", *pytest_args]
+        r = self.sandbox.run(argv, files=files, env={"PYTHONPATH": self._pythonpath()}, collect=[OUT],
+                             tools={RUNNER.name: RUNNER})
         data = json.loads(r.files[OUT]) if OUT in r.files else None
         return r, data
 
@@ -165,9 +166,13 @@ class Checker:
         if r.timed_out:
             v.reason, v.message = "timeout", f"killed after {self.sandbox.limits.timeout_s:g} s"
             return v
+        if r.disk_exceeded:
+            v.reason = "resource limit"
+            v.message = f"killed for writing more than {self.sandbox.limits.disk_mb} MB into the project copy"
+            return v
         if data is None:
             why = r.signal or f"exit code {r.returncode}"
-            v.reason = "resource limit" if r.signal in ("SIGXCPU", "SIGKILL", "SIGSEGV") else "error"
+            v.reason = "resource limit" if r.signal in ("SIGXCPU", "SIGXFSZ", "SIGKILL", "SIGSEGV") else "error"
             v.message = f"the run ended without a report ({why}): {(r.stderr or r.stdout)[-500:]}"
             return v
         v.passed = sum(t["outcome"] == "passed" for t in data["tests"])
@@ -182,7 +187,7 @@ class Checker:
             return v
         if v.failed:
             msg = next(t["message"] for t in data["tests"] if t["outcome"] != "passed")
-            if "MemoryError" in msg or "Resource temporarily unavailable" in msg:
+            if "MemoryError" in msg or "Resource temporarily unavailable" in msg or "File too large" in msg:
                 v.reason = "resource limit"
             elif re.search(r"^E\s+(ImportError|ModuleNotFoundError)\b", msg, re.M):
                 v.reason = "import error"  # an import inside the test, of a name that does not exist

@@ -223,21 +223,74 @@ def load_candidates(path: Path, targets: list[Target]) -> list[list[str]]:
 
 
 # ---- writing ------------------------------------------------------------------------------------------
+def pytest_settings(project: Path) -> dict[str, list[str]]:
+    """The project's pytest `testpaths` and `python_files`, from the first file pytest itself would read
+    them from: pytest.ini, pyproject.toml ([tool.pytest.ini_options]), tox.ini, setup.cfg ([tool:pytest])."""
+    import configparser
+    import tomllib
+
+    def split(v) -> list[str]:
+        return [x for x in (v if isinstance(v, list) else str(v).split()) if x]
+
+    ini = project / "pytest.ini"
+    candidates: list[tuple[Path, str]] = [(ini, "pytest"), (project / "pyproject.toml", ""),
+                                          (project / "tox.ini", "pytest"), (project / "setup.cfg", "tool:pytest")]
+    for path, section in candidates:
+        if not path.is_file():
+            continue
+        if path.suffix == ".toml":
+            try:
+                opts = tomllib.loads(path.read_text(encoding="utf-8")).get("tool", {}).get("pytest", {}) \
+                    .get("ini_options")
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+                continue
+            if opts is None:
+                continue
+            return {k: split(opts[k]) for k in ("testpaths", "python_files") if k in opts}
+        cp = configparser.ConfigParser()
+        try:
+            cp.read(path, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError):
+            continue
+        if cp.has_section(section) or path == ini:
+            sec = cp[section] if cp.has_section(section) else {}
+            return {k: split(sec[k]) for k in ("testpaths", "python_files") if k in sec}
+    return {}
+
+
 def tests_dir(project: Path) -> Path:
+    """Where pytest will collect a new test file: the project's first `testpaths` entry (pytest's
+    configuration), else its tests/ or test/ folder, else a new tests/."""
+    for entry in pytest_settings(project).get("testpaths", []):
+        if not any(ch in entry for ch in "*?["):
+            return project / entry
     for name in ("tests", "test"):
         if (project / name).is_dir():
             return project / name
     return project / "tests"
 
 
+def generated_file_name(project: Path, module: str) -> str:
+    """`test_<module>_generated.py`, or the name the project's `python_files` patterns collect."""
+    import fnmatch
+
+    name = f"test_{module}_generated.py"
+    patterns = pytest_settings(project).get("python_files") or ["test_*.py", "*_test.py"]
+    if any(fnmatch.fnmatch(name, p) for p in patterns):
+        return name
+    pattern = next((p for p in patterns if p.count("*") == 1 and p.endswith(".py")), None)
+    return pattern.replace("*", f"{module}_generated") if pattern else name
+
+
 def kept_modules(project: Path, targets: list[Target], results: list[FunctionResult]) -> dict[str, str]:
     """The test files to write: per source module `tests/test_<module>_generated.py` (appended to when it
-    exists), each kept test renamed so that names never clash."""
+    exists), each kept test renamed so that names never clash. The folder and name follow the project's
+    pytest configuration (`testpaths`, `python_files`) so that pytest collects them."""
     files: dict[str, str] = {}
     where = tests_dir(project)
     for t, r in zip(targets, results):
         for c in r.kept:
-            rel = (where / f"test_{Path(t.file).stem}_generated.py").relative_to(project).as_posix()
+            rel = (where / generated_file_name(project, Path(t.file).stem)).relative_to(project).as_posix()
             if rel not in files:
                 existing = project / rel
                 files[rel] = existing.read_text(encoding="utf-8") if existing.is_file() else \
