@@ -179,17 +179,17 @@ def test_score_cli_raw_model_text(tmp_path):
     assert m["f1"] == pytest.approx(1.0) and m["parse_counts"]["malformed_fact"] == len(docs)
     # by default text is parsed as `eval` parses it: inverse triples added, so recall stays whole
     p = run_cli(["peft-apps", "score", "autore", "--gold", str(SAMPLE),
-                 "--pred", str(pred), "-o", str(out)])
+                 "--pred", str(pred), "-o", str(out), "--force"])
     m = json.loads(out.read_text())
     assert m["recall"] == pytest.approx(1.0) and m["predicted"] > m["tp"] == m["gold"]
     p = run_cli(["peft-apps", "score", "autore", "--gold", str(SAMPLE),
-                 "--pred", str(pred), f"task.train_file={SAMPLE}", "-o", str(out)])
+                 "--pred", str(pred), f"task.train_file={SAMPLE}", "-o", str(out), "--force"])
     assert p.returncode == 0, p.stderr
     assert json.loads(out.read_text())["docred_ign_f1"] < 0.05  # every fact is "seen in train" here
     # the same outputs without ids join by position; positions given as ids are ids, never a fallback
     pred.write_text("".join(json.dumps({"output": r["output"]}) + "\n" for r in rows))
     p = run_cli(["peft-apps", "score", "autore", "--gold", str(SAMPLE), "--pred", str(pred), "-o", str(out),
-                 "task.inverse=false"])
+                 "task.inverse=false", "--force"])
     assert p.returncode == 0 and json.loads(out.read_text())["f1"] == pytest.approx(1.0), p.stderr
     pred.write_text('{"id": 999, "output": ""}\n')
     p = run_cli(["peft-apps", "score", "autore", "--gold", str(SAMPLE),

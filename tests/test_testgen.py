@@ -393,9 +393,9 @@ def test_execution_metrics_on_mined_pairs(tmp_path):
     from peft_apps.core.registry import get_app
 
     app = get_app("testgen")
-    pairs = tmp_path / "pairs.jsonl"
-    report = app.convert(TEXTKIT, pairs)
-    assert report["counts"]["pairs"] == 5
+    report = app.convert(TEXTKIT, tmp_path / "mined")  # a folder: pairs.jsonl + report.json
+    pairs = tmp_path / "mined" / "pairs.jsonl"
+    assert report["counts"]["pairs"] == 5 and (tmp_path / "mined" / "report.json").is_file()
     recipe = load_recipe(app.recipe_path("demo"))
     exs = app.read(pairs, recipe)
     gold = execution_metrics(exs, [ex.completion for ex in exs], app.task(recipe))
