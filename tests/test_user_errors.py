@@ -271,3 +271,22 @@ def test_warnings_are_counted_in_the_output(tmp_path):
     rows = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
     assert [r["id"] for r in rows] == [str(empty), "text1"] and rows[0]["parsed"] == []
     assert "empty input" in p.stderr and "1 warning (above)" in p.stderr
+
+
+def test_candidates_name_their_own_targets(tmp_path):
+    """`testgen generate --candidates FILE` with no paths: every line names its target, so that is what gets
+    tested (before: "nothing to test")."""
+    import shutil
+
+    project = tmp_path / "textkit"
+    shutil.copytree(data_dir("testgen", "textkit"), project)
+    cands = tmp_path / "c.jsonl"
+    cands.write_text(json.dumps({"target": "textkit/stats.py::reading_time",
+                                 "test": "    assert reading_time('a b c', wpm=2) == 2\n"}) + "\n")
+    out = tmp_path / "r.json"
+    p = cli("testgen", "generate", "--project", str(project), "--candidates", str(cands), "-o", str(out))
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [f["target"] for f in report["functions"]] == ["textkit/stats.py::reading_time"]
+    p = cli("testgen", "generate", "--project", str(project), "--candidates", str(cands), "-o", str(out))
+    one_clear_error(p, "already exists", "--force")
