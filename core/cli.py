@@ -27,7 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": ["-h", "--help"]}, rich_markup_mode="markdown",
 )
 
 
@@ -130,7 +130,7 @@ def apps_cmd() -> None:
 @app.command("train")
 def train_cmd(
     app_name: str = typer.Argument(..., metavar="APP", help="registered app (see `peft-apps apps`)"),
-    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="recipe overrides"),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="KEY=VALUE", help="recipe overrides"),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="recipe name or .yaml path"),
     resume: bool = typer.Option(False, "--resume", help="continue the output folder's run from its last checkpoint"),
     force: bool = typer.Option(False, "--force", help="replace the run the output folder holds (its checkpoints too)"),
@@ -179,7 +179,7 @@ def train_cmd(
 @app.command("inspect")
 def inspect_cmd(
     app_name: str = typer.Argument(..., metavar="APP", help="registered app (see `peft-apps apps`)"),
-    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...",
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="KEY=VALUE",
                                                     help="recipe overrides, as for `train`"),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="recipe name or .yaml path"),
     n: int = typer.Option(3, "-n", min=1, help="how many training records to show"),
@@ -223,7 +223,7 @@ def _train(a, r, resume: bool = False, split: dict | None = None, force: bool = 
 @app.command("eval")
 def eval_cmd(
     app_name: str = typer.Argument(..., metavar="APP", help=APP_HELP),
-    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="KEY=VALUE", help=OVERRIDES_HELP),
     adapter: str = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP),
     split: str = typer.Option("eval", "--split", "-s", help="eval or train"),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="default: the adapter's recipe.yaml"),
@@ -303,7 +303,7 @@ def _print_learning(a, headline: tuple[str, ...], after: dict, before: dict, maj
 @app.command("predict")
 def predict_cmd(
     app_name: str = typer.Argument(..., metavar="APP", help=APP_HELP),
-    inputs: list[str] = typer.Argument(..., metavar="INPUT...", help="input files in the app's data format, or "
+    inputs: list[str] = typer.Argument(..., metavar="INPUT", help="input files in the app's data format, or "
                                        "texts (README: each app's Data)"),
     adapter: str = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="base model (default: the adapter's)"),
@@ -357,7 +357,7 @@ def convert_cmd(
 @app.command("score")
 def score_cmd(
     app_name: str = typer.Argument(..., metavar="APP", help=APP_HELP),
-    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...",
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="KEY=VALUE",
                                                     help="recipe overrides, e.g. the app's task settings"),
     gold: Path = typer.Option(..., "--gold", help="gold file in the app's data format (README: each app's Data)"),
     pred: Path = typer.Option(..., "--pred", help='JSONL of {"id", "output"} (raw model text; what `predict` '
@@ -430,7 +430,7 @@ def tiny_model_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    app_name: Optional[str] = typer.Argument(None, metavar="[APP]", help="a registered app with a demo recipe "
+    app_name: Optional[str] = typer.Argument(None, metavar="APP", help="a registered app with a demo recipe "
                                              "(default: the quick-start app, sft)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default: runs/APP-demo)"),
     force: bool = typer.Option(False, "--force", help="replace the demo run the output folder holds"),

@@ -44,11 +44,14 @@ def test_every_argument_has_help_text():
 
 
 def test_positional_placeholders_are_written_one_way():
-    style = re.compile(r"^(\[)?[A-Z][A-Z_=]*( \| [A-Z][A-Z_=]*)?(\])?(\.\.\.)?$")
+    """Bare UPPER names: the usage line then shows each the same way ({REQUIRED}, [OPTIONAL], MANY...)."""
+    style = re.compile(r"^[A-Z][A-Z_=]*( \| [A-Z][A-Z_=]*)?$")
     for name, cmd in COMMANDS:
         for p in cmd.params:
             if isinstance(p, click.Argument):
                 assert p.metavar and style.match(p.metavar), f"{name}: {p.name} shows as {p.metavar!r}"
+    usage = run_cli(["peft-apps", "score", "--help"]).stdout
+    assert "{APP} [KEY=VALUE]..." in usage and "[[" not in usage
 
 
 def test_outputs_are_dash_o_and_writing_commands_take_force():

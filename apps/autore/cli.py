@@ -17,7 +17,7 @@ from .inputs import read_inputs
 console = Console(stderr=True)
 cli = typer.Typer(name="autore", help="Document-level relation extraction (AutoRE: Relation -> Head -> Facts).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  context_settings={"help_option_names": ["-h", "--help"]})
+                  context_settings={"help_option_names": ["-h", "--help"]}, rich_markup_mode="markdown")
 
 
 def _adapters(adapter: str | None, adapters: str | None) -> str | dict[str, str]:
@@ -51,7 +51,7 @@ def _n(count: int, noun: str) -> str:
 
 @cli.command("extract")
 def extract_cmd(
-    inputs: list[str] = typer.Argument(..., metavar="INPUT...", help="texts, text files, DocRED .json files, "
+    inputs: list[str] = typer.Argument(..., metavar="INPUT", help="texts, text files, DocRED .json files, "
                                        "folders of them, or - for stdin (README: autore)"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="base model (default: the adapter's recipe)"),
     adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="one autore run folder for all three "

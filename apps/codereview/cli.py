@@ -13,7 +13,7 @@ from peft_apps.core.errors import UserError
 
 console = Console(stderr=True)
 cli = typer.Typer(help="Code review commands.", no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]})
+                  pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]}, rich_markup_mode="markdown")
 
 
 def _adapters(adapter: str | None, adapters: str | None) -> str | dict[str, str]:
@@ -39,7 +39,7 @@ def _adapters(adapter: str | None, adapters: str | None) -> str | dict[str, str]
 
 @cli.command("review")
 def review_cmd(
-    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...",
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="KEY=VALUE",
                                                     help="overrides of the adapter's recipe, e.g. "
                                                          "task.max_new_tokens.comment=48 eval.batch_size=8 "
                                                          "(README: Recipes, codereview)"),

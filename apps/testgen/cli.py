@@ -15,7 +15,7 @@ from peft_apps.core.errors import UserError
 
 console = Console(stderr=True)
 cli = typer.Typer(help="Unit-test generation commands.", no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]})
+                  pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]}, rich_markup_mode="markdown")
 
 
 def _task(adapter: Optional[str], overrides: list[str]):
@@ -77,7 +77,7 @@ def _warn_isolation(isolated: bool) -> None:
 @cli.command("check")
 def check_cmd(
     test_file: Path = typer.Argument(..., metavar="TEST_FILE", help="the pytest file to judge (test_*.py)"),
-    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...",
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="KEY=VALUE",
                                                     help="recipe overrides, e.g. task.sandbox.memory_mb=1024 "
                                                          "(README: testgen)"),
     project: Path = typer.Option(Path("."), "--project", "-p", help="the project the test belongs to"),
@@ -122,7 +122,7 @@ def check_cmd(
 
 @cli.command("generate")
 def generate_cmd(
-    items: Optional[list[str]] = typer.Argument(None, metavar="[PATH | KEY=VALUE]...",
+    items: Optional[list[str]] = typer.Argument(None, metavar="PATH | KEY=VALUE",
                                                 help="what to write tests for: file.py (its functions), "
                                                      "file.py::function or file.py::Class.method; and recipe "
                                                      "overrides, e.g. task.sandbox.timeout_s=10 (README: testgen)"),
