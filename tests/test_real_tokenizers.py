@@ -170,3 +170,15 @@ def test_generation_stops_at_the_end_of_turn_token(real):
         handle.remove()
     produced = tok(text, add_special_tokens=False)["input_ids"]
     assert 0 < len(produced) <= 3 and tok.eos_token not in text, (name, text)
+
+
+def test_every_stop_id_of_the_generation_config_ends_a_row():
+    """Instruct models list several end ids in generation_config (Llama 3: <|end_of_text|>, <|eom_id|>,
+    <|eot_id|>); the engine stops at each, and at the tokenizer's EOS."""
+    from types import SimpleNamespace
+
+    from peft_apps.core.engine.decode import stop_ids
+
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[128001, 128008, 128009]))
+    assert stop_ids(model, SimpleNamespace(eos_token_id=128009)) == {128001, 128008, 128009}
+    assert stop_ids(SimpleNamespace(), SimpleNamespace(eos_token_id=2)) == {2}

@@ -18,6 +18,18 @@ from .options import GenerationOptions
 from .speculation import Drafter
 
 
+def stop_ids(model, tokenizer) -> set[int]:
+    """The ids that end a row: the tokenizer's EOS and every id the model's generation config stops at
+    (instruct models list several: Llama 3's <|end_of_text|>, <|eom_id|> and <|eot_id|>)."""
+    ids: set[int] = set()
+    for value in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(v for v in value if isinstance(v, int))
+    return ids
+
+
 def pick_tokens(logits: torch.Tensor, options: GenerationOptions, generator: torch.Generator) -> torch.Tensor:
     """Sample one token per row (temperature, then top-p)."""
     probs = torch.softmax(logits.float() / options.temperature, dim=-1)
@@ -57,8 +69,7 @@ class PrefixDecoder:
         self.options = options
         self.device = next(model.parameters()).device
         self.pad = tokenizer.pad_token_id
-        eos = tokenizer.eos_token_id
-        self.eos = set(eos if isinstance(eos, list) else [eos])
+        self.eos = stop_ids(model, tokenizer)
         self.limits = limits or [options.max_new_tokens] * len(rows)
         self.lookahead = 0 if options.do_sample else max(0, options.lookahead)
         self.contexts = contexts

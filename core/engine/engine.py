@@ -14,7 +14,7 @@ from peft_apps.core.errors import UserError
 
 from .attention import install_attention
 from .caches import cache_of, grouped_by_root, left_pad, private_batch, root_of, sliding_window, stack_prefix_caches
-from .decode import PrefixDecoder, cut_at_stop
+from .decode import PrefixDecoder, cut_at_stop, stop_ids
 from .loading import load
 from .options import BASE, GenerationOptions, Prefix
 
@@ -258,7 +258,7 @@ class Engine:
         kw: dict[str, Any] = dict(
             input_ids=ids, attention_mask=mask,
             max_new_tokens=o.max_new_tokens, do_sample=o.do_sample, pad_token_id=pad,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=sorted(stop_ids(self.model, self.tokenizer)),
         )
         if o.do_sample:
             kw.update(temperature=o.temperature, top_p=o.top_p)
