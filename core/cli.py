@@ -31,7 +31,7 @@ app = typer.Typer(
 )
 
 
-APP_HELP = "a registered app (`peft-apps apps` lists them): sft, autore, codereview, testgen, exam"
+APP_HELP = "a registered app, e.g. sft, autore, codereview, testgen or exam (`peft-apps apps` lists them all)"
 OVERRIDES_HELP = "recipe overrides, e.g. train.lr=1e-4 data.train=my.jsonl (README: Recipes)"
 ADAPTER_HELP = "a run folder from `peft-apps train` (adapter_config.json, recipe.yaml, ...; README: What a training run leaves)"
 
@@ -129,8 +129,8 @@ def apps_cmd() -> None:
 
 @app.command("train")
 def train_cmd(
-    app_name: str = typer.Argument(..., metavar="APP", help="registered app (see `peft-apps apps`)"),
-    overrides: Optional[list[str]] = typer.Argument(None, metavar="KEY=VALUE", help="recipe overrides"),
+    app_name: str = typer.Argument(..., metavar="APP", help=APP_HELP),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="KEY=VALUE", help=OVERRIDES_HELP),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="recipe name or .yaml path"),
     resume: bool = typer.Option(False, "--resume", help="continue the output folder's run from its last checkpoint"),
     force: bool = typer.Option(False, "--force", help="replace the run the output folder holds (its checkpoints too)"),
@@ -178,9 +178,9 @@ def train_cmd(
 
 @app.command("inspect")
 def inspect_cmd(
-    app_name: str = typer.Argument(..., metavar="APP", help="registered app (see `peft-apps apps`)"),
+    app_name: str = typer.Argument(..., metavar="APP", help=APP_HELP),
     overrides: Optional[list[str]] = typer.Argument(None, metavar="KEY=VALUE",
-                                                    help="recipe overrides, as for `train`"),
+                                                    help=OVERRIDES_HELP),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="recipe name or .yaml path"),
     n: int = typer.Option(3, "-n", min=1, help="how many training records to show"),
     as_json: bool = typer.Option(False, "--json", help='one JSON object per line: {"id", "input_ids", "labels" '
