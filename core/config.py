@@ -299,7 +299,7 @@ def run_recipe(run_dir: str | Path, app: str) -> Recipe:
     """The recipe a run folder was trained with (its recipe.yaml), or `app`'s defaults when it has none
     (an adapter from elsewhere). A folder that is not a run's, or a run of another app, is a UserError
     (before any model loads)."""
-    from peft_apps.core.engine.loading import check_run_folder
+    from peft_apps.core.run_folder import check_run_folder
 
     check_run_folder(run_dir, app)
     f = Path(run_dir) / "recipe.yaml"

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_apps.core.errors import UserError
-from peft_apps.core.resources import prompts_dir
+from peft_apps.core.resources import prompts_dir, registered_prompts
 
 
 @lru_cache(maxsize=64)
@@ -22,8 +22,6 @@ def _compile(text: str):
 def template_path(app: str, name: str) -> Path:
     """A template file path as given, or `name`.j2 in the app's prompts folder: the one the app registered
     (so an app from another distribution ships its own), else this package's `prompts/<app>/`."""
-    from peft_apps.core.registry import registered_prompts
-
     p = Path(name)
     if p.suffix in {".j2", ".jinja", ".txt"} and p.is_file():
         return p

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from peft_apps.core.errors import UserError
+from peft_apps.core.resources import register_folders, registered_data, registered_prompts  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft_apps.core.config import Recipe
@@ -234,19 +235,8 @@ def register_app(app: App) -> App:
             raise ValueError(f"app {app.name!r}: recipe {name!r} names template {template!r}, which is not "
                              f"in {app.prompts}")
     _APPS[app.name] = app
+    register_folders(app.name, app.prompts, app.data)
     return app
-
-
-def registered_prompts(app_name: str) -> Path | None:
-    """The prompts folder a registered app declared (None: no such app registered)."""
-    a = _APPS.get(app_name)
-    return Path(a.prompts) if a is not None else None
-
-
-def registered_data(app_name: str) -> Path | None:
-    """The bundled-data folder a registered app declared (None: none declared or no such app)."""
-    a = _APPS.get(app_name)
-    return Path(a.data) if a is not None and a.data is not None else None
 
 
 def discover() -> None:

@@ -17,7 +17,7 @@ from trl import SFTTrainer
 
 from peft_apps.core import checkpoint as ckpt
 from peft_apps.core.errors import UserError
-from peft_apps.core.trainer import _causal_lm, completion_only_loss
+from peft_apps.core.loss import _causal_lm, completion_only_loss
 
 
 class CoreSFTTrainer(SFTTrainer):

@@ -10,21 +10,7 @@ from typing import Any
 
 from peft_apps.core.config import ModelConfig
 from peft_apps.core.errors import UserError
-
-
-def is_full_model(d: str | Path) -> bool:
-    """A run folder of `peft.method=full`: the whole model (config.json + safetensors weights), no adapter."""
-    d = Path(d)
-    return (not (d / "adapter_config.json").is_file() and (d / "config.json").is_file()
-            and any(d.glob("model*.safetensors")))
-
-
-def check_run_folder(d: str | Path, app: str = "APP") -> None:
-    """A UserError unless `d` is what `peft-apps train` writes: an adapter folder or a full model's."""
-    d = Path(d)
-    if not (d / "adapter_config.json").is_file() and not is_full_model(d):
-        raise UserError(f"{d} is not an adapter folder (no adapter_config.json)",
-                        hint=f"train one with `peft-apps train {app}` and pass its output folder")
+from peft_apps.core.run_folder import check_run_folder, is_full_model  # noqa: F401  (re-exported)
 
 
 def adapter_base_config(adapter_dir: str | Path) -> ModelConfig:
