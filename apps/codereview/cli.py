@@ -88,7 +88,7 @@ def review_cmd(
     else:
         raise UserError("no diff given", hint="--diff FILE, --diff - (stdin), or --git BASE..HEAD in a repository")
     ad = _adapters(adapter, adapters)
-    from .app import CodeReviewTask
+    from .task import CodeReviewTask
     from .pipeline import check_adapters
 
     trained, _ = check_adapters(ad, ("necessity", "comment", "refine") if suggest else ("necessity", "comment"))

@@ -25,7 +25,7 @@ from peft_apps.core.data import Record, render_prompt
 from peft_apps.core.engine import Engine, GenerationOptions, PrefixTree
 from peft_apps.core.prompts import render
 
-from .app import CodeReviewTask, clean_code, parse_answer
+from .task import CodeReviewTask, clean_code, parse_answer
 from .data import TASKS
 from .diff import Hunk, ParsedDiff, parse_diff
 
@@ -67,7 +67,7 @@ def check_adapters(adapters: str | Path | dict[str, str | Path], needs: tuple[st
     for is an error naming what the adapters have and how to train the rest."""
     from peft_apps.core.errors import UserError
 
-    from .app import CodeReviewTask
+    from .task import CodeReviewTask
 
     if isinstance(adapters, dict):
         unknown = set(adapters) - set(TASKS)
