@@ -10,7 +10,8 @@ small state (`io`, `checkpoint`, `sampling`, `quiet`); plain data and pure funct
 `run_folder`, `report`, `prompts`, `loss`); `config` (recipes and schemas as data); `real_tokenizers`;
 `tiny` and `memory`; `modeling` (runtime choice, loading a model); `engine` (inference); `loop` (the
 shared eval/predict/score loop); `registry` (apps; it calls the loop); the trl subclass `sft_trainer`
-and `trainer` above it; `inspect` and `merge`; `cli` on top. The apps sit above the core and never
+and `training` above it (one module per concern; `trainer` keeps its old names); `inspect` and `merge`;
+`cli` on top. The apps sit above the core and never
 import each other; the core imports no app (the registry discovers them by name).
 """
 
