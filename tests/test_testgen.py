@@ -54,42 +54,45 @@ def test_miner_pairs_tests_with_their_focal_functions(tmp_path):
     assert any("textkit/broken.py" in p for p in m2.problems)
 
 
+def _mine_project(root, files: dict[str, str]):
+    """Write a small project (relative path -> text), mine it: (test function -> focal function, counts)."""
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    m = mine(root)
+    return {r["meta"]["test_function"]: r["meta"]["focal_function"] for r in m.records}, m.counts
+
+
 def test_miner_resolves_module_attribute_calls_and_counts_unresolved(tmp_path):
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "__init__.py").write_text("")
-    (tmp_path / "pkg" / "mathx.py").write_text("def double(x):\n    return 2 * x\n\ndef half(x):\n    return x / 2\n")
-    (tmp_path / "tests").mkdir()
-    (tmp_path / "tests" / "test_m.py").write_text(
-        "import pkg.mathx as mx\nfrom pkg import mathx\n\n"
-        "def test_double():\n    assert mx.double(2) == 4\n\n"
-        "def test_values():\n    assert mathx.half(4) == 2\n\n"
-        "def test_two():\n    assert mx.half(mx.double(3)) == 3\n\n"
-        "def test_nothing():\n    assert len('ab') == 2\n")
-    m = mine(tmp_path)
-    got = {r["meta"]["test_function"]: r["meta"]["focal_function"] for r in m.records}
+    got, counts = _mine_project(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/mathx.py": "def double(x):\n    return 2 * x\n\ndef half(x):\n    return x / 2\n",
+        "tests/test_m.py": "import pkg.mathx as mx\nfrom pkg import mathx\n\n"
+                           "def test_double():\n    assert mx.double(2) == 4\n\n"
+                           "def test_values():\n    assert mathx.half(4) == 2\n\n"
+                           "def test_two():\n    assert mx.half(mx.double(3)) == 3\n\n"
+                           "def test_nothing():\n    assert len('ab') == 2\n"})
     assert got == {"test_double": "double", "test_values": "half"}
-    assert m.counts["ambiguous focal function"] == 1 and m.counts["no candidate"] == 1
+    assert counts["ambiguous focal function"] == 1 and counts["no candidate"] == 1
 
 
 def test_miner_never_takes_test_helpers_as_focal_functions(tmp_path):
     """Helpers in tests/ (a conftest, a helpers module) and the assertion helpers a package keeps beside its
     code (toolz's `utils.raises`) are test code: a test that calls only them has no focal function."""
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "__init__.py").write_text("")
-    (tmp_path / "pkg" / "core.py").write_text("def curry(f):\n    return f\n")
-    (tmp_path / "pkg" / "utils.py").write_text("def raises(err, lamda):\n    try:\n        lamda()\n"
-                                              "        return False\n    except err:\n        return True\n")
-    (tmp_path / "tests").mkdir()
-    (tmp_path / "tests" / "__init__.py").write_text("")
-    (tmp_path / "tests" / "helpers.py").write_text("def make_thing():\n    return 1\n")
-    (tmp_path / "tests" / "test_core.py").write_text(
-        "from pkg.core import curry\nfrom pkg.utils import raises\nfrom tests.helpers import make_thing\n\n"
-        "def test_bad_input():\n    assert raises(TypeError, lambda: 1 + 'a')\n\n"
-        "def test_thing():\n    assert make_thing() == 1\n\n"
-        "def test_identity():\n    assert raises(TypeError, lambda: curry(1)(2)) and curry(len)('ab') == 2\n")
-    m = mine(tmp_path)
-    got = {r["meta"]["test_function"]: r["meta"]["focal_function"] for r in m.records}
-    assert got == {"test_identity": "curry"} and m.counts["no candidate"] == 2
+    got, counts = _mine_project(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/core.py": "def curry(f):\n    return f\n",
+        "pkg/utils.py": "def raises(err, lamda):\n    try:\n        lamda()\n        return False\n"
+                        "    except err:\n        return True\n",
+        "tests/__init__.py": "",
+        "tests/helpers.py": "def make_thing():\n    return 1\n",
+        "tests/test_core.py": "from pkg.core import curry\nfrom pkg.utils import raises\n"
+                              "from tests.helpers import make_thing\n\n"
+                              "def test_bad_input():\n    assert raises(TypeError, lambda: 1 + 'a')\n\n"
+                              "def test_thing():\n    assert make_thing() == 1\n\n"
+                              "def test_identity():\n    assert raises(TypeError, lambda: curry(1)(2)) and "
+                              "curry(len)('ab') == 2\n"})
+    assert got == {"test_identity": "curry"} and counts["no candidate"] == 2
 
 
 # ---- units, syntax validity, CodeBLEU -----------------------------------------------------------------------
