@@ -31,7 +31,7 @@ app = typer.Typer(
 )
 
 
-APP_HELP = "a registered app, e.g. sft, autore, codereview, testgen or exam (`peft-apps apps` lists them all)"
+APP_HELP = "a registered app (`peft-apps apps` lists them)"
 OVERRIDES_HELP = "recipe overrides, e.g. train.lr=1e-4 data.train=my.jsonl (README: Recipes)"
 ADAPTER_HELP = "a run folder from `peft-apps train` (adapter_config.json, recipe.yaml, ...; README: What a training run leaves)"
 
@@ -194,14 +194,16 @@ def inspect_cmd(
     a, r = _recipe(app_name, recipe, overrides, subtask=subtask)
     _prepare()
     from peft_apps.core.inspect import inspect_records, render
+    from peft_apps.core.modeling import load_tokenizer
 
-    views = inspect_records(a, r, n)
+    tokenizer = load_tokenizer(r.model)
+    views = inspect_records(a, r, tokenizer, n)
     if as_json:
         for v in views:
             typer.echo(json.dumps({k: v[k] for k in ("id", "input_ids", "labels", "prompt", "completion",
                                                       "truncated", "dropped")}, ensure_ascii=False))
         return
-    render(views, r, r.model.base, out_console)
+    render(views, r, tokenizer, out_console)
 
 
 def _train(a, r, resume: bool = False, split: dict | None = None, force: bool = False,
@@ -339,7 +341,7 @@ def predict_cmd(
 def convert_cmd(
     app_name: str = typer.Argument(..., metavar="APP", help=APP_HELP),
     source: Path = typer.Argument(..., metavar="SOURCE", help="the app's source data: a file in its data format, "
-                                  "or (testgen) a repository to mine (README: each app's Data)"),
+                                  "or a folder for an app that mines one (README: each app's Data)"),
     out: Path = typer.Option(..., "--out", "-o", help="a folder: it gets the records (JSONL) and report.json"),
     force: bool = typer.Option(False, "--force", help="write into a folder that already holds files"),
 ) -> None:
@@ -431,7 +433,7 @@ def tiny_model_cmd(
 @app.command("demo")
 def demo_cmd(
     app_name: Optional[str] = typer.Argument(None, metavar="APP", help="a registered app with a demo recipe "
-                                             "(default: the quick-start app, sft)"),
+                                             "(default: the quick-start app)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default: runs/APP-demo)"),
     force: bool = typer.Option(False, "--force", help="replace the demo run the output folder holds"),
 ) -> None:
@@ -449,8 +451,7 @@ def demo_cmd(
     a, r = _recipe(name, "demo", overrides)
     from peft_apps.core import run_folder
 
-    if run_folder.holds_run(r.output_dir()) and not force:  # before the baselines take their minute
-        raise UserError(f"{r.output_dir()} already holds a run", hint="pass --force to replace it, or -o OTHER")
+    run_folder.check_new(r.output_dir(), force)  # before the baselines take their minute
     _prepare()
     from peft_apps.core import loop
     from peft_apps.core.data import write_jsonl

@@ -173,6 +173,19 @@ def encode_record(tokenizer, rec: Record) -> tuple[list[int], list[int], bool]:
     return p_ids, tokenizer(c_text, add_special_tokens=False)["input_ids"], False
 
 
+def fit(p_ids: list[int], c_ids: list[int], max_length: int, truncation: str = "keep_start"
+        ) -> tuple[list[int], list[int]] | None:
+    """A record's ids and completion mask within `max_length` (see `tokenize_records`), or None when it is
+    dropped."""
+    ids = p_ids + c_ids
+    mask = [0] * len(p_ids) + [1] * len(c_ids)
+    if len(ids) <= max_length:
+        return ids, mask
+    if truncation == "drop" or len(p_ids) >= max_length:
+        return None
+    return ids[:max_length], mask[:max_length]
+
+
 def tokenize_records(records: list[Record], tokenizer, max_length: int, truncation: str = "keep_start"
                      ) -> tuple[dict[str, list], TokenizeReport]:
     """Columns `input_ids`, `completion_mask`, `length`, `id` for trl, and the truncation report.
@@ -187,14 +200,13 @@ def tokenize_records(records: list[Record], tokenizer, max_length: int, truncati
         p_ids, c_ids, whole = encode_record(tokenizer, rec)
         if not whole:
             rep.boundary_retokenized += 1
-        ids = p_ids + c_ids
-        mask = [0] * len(p_ids) + [1] * len(c_ids)
-        if len(ids) > max_length:
-            if truncation == "drop" or len(p_ids) >= max_length:
-                rep.dropped += 1
-                rep.dropped_ids.append(rec.id)
-                continue
-            ids, mask = ids[:max_length], mask[:max_length]
+        fitted = fit(p_ids, c_ids, max_length, truncation)
+        if fitted is None:
+            rep.dropped += 1
+            rep.dropped_ids.append(rec.id)
+            continue
+        ids, mask = fitted
+        if len(ids) < len(p_ids) + len(c_ids):
             rep.truncated += 1
             rep.truncated_ids.append(rec.id)
         cols["input_ids"].append(ids)

@@ -3,40 +3,39 @@ template, tokenization and truncation, with the tokens it trains on marked. Temp
 BOS, a missing end-of-turn token, a newline trained after it) show here before any GPU hour is spent.
 
 The same functions the trainer calls make the view: the app's `training_records` (the core's split),
-`modeling.load_tokenizer` and `data.tokenize_records` (template, whole-conversation tokenization, the
-prompt/completion boundary, `data.max_length` and `data.truncation`).
+`modeling.load_tokenizer`, and `data.encode_record` and `data.fit` as `data.tokenize_records` calls them
+(template, whole-conversation tokenization, the prompt/completion boundary, `data.max_length` and
+`data.truncation`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from peft_apps.core.data import Record, encode_record, tokenize_records
+from peft_apps.core.data import Record, encode_record, fit
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft_apps.core.config import Recipe
     from peft_apps.core.registry import App
 
 
-def inspect_records(app: App, recipe: Recipe, n: int = 3, split: str = "train") -> list[dict[str, Any]]:
+def inspect_records(app: App, recipe: Recipe, tokenizer, n: int = 3, split: str = "train") -> list[dict[str, Any]]:
     """One dict per record, the first `n` of `split`: {"id", "input_ids", "labels" (-100 where nothing is
     trained), "prompt", "completion" (the texts of those ids, special tokens shown), "truncated" (tokens cut),
-    "dropped" (the record is longer than data.max_length and is not trained on at all)}."""
-    from peft_apps.core.modeling import load_tokenizer
-
+    "dropped" (the record is longer than data.max_length and is not trained on at all)}. `tokenizer`:
+    `modeling.load_tokenizer(recipe.model)`, as the trainer loads it."""
     records = app.training_records(recipe, split)[: max(0, n)]
-    tokenizer = load_tokenizer(recipe.model)
     return [_view(rec, tokenizer, recipe) for rec in records]
 
 
 def _view(rec: Record, tokenizer, recipe: Recipe) -> dict[str, Any]:
-    cols, rep = tokenize_records([rec], tokenizer, recipe.data.max_length, recipe.data.truncation)
     p_ids, c_ids, _ = encode_record(tokenizer, rec)
     whole = len(p_ids) + len(c_ids)
-    if not rep.kept:
+    fitted = fit(p_ids, c_ids, recipe.data.max_length, recipe.data.truncation)
+    if fitted is None:
         return {"id": rec.id, "input_ids": [], "labels": [], "prompt": "", "completion": "", "truncated": whole,
                 "dropped": True, "tokens": whole}
-    ids, mask = cols["input_ids"][0], cols["completion_mask"][0]
+    ids, mask = fitted
     n_prompt = mask.index(1) if 1 in mask else len(mask)
     return {"id": rec.id, "input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)],
             "prompt": tokenizer.decode(ids[:n_prompt], skip_special_tokens=False),
@@ -44,17 +43,14 @@ def _view(rec: Record, tokenizer, recipe: Recipe) -> dict[str, Any]:
             "truncated": whole - len(ids), "dropped": False, "tokens": whole}
 
 
-def render(views: list[dict[str, Any]], recipe: Recipe, tokenizer_name: str, console) -> None:
+def render(views: list[dict[str, Any]], recipe: Recipe, tok, console) -> None:
     """Rich text: per record its counts, the prompt dim and the trained tokens highlighted, each token's
     boundary shown by alternating shades; what truncation cut."""
     from rich.panel import Panel
     from rich.text import Text
 
-    from peft_apps.core.modeling import load_tokenizer
-
-    tok = load_tokenizer(recipe.model)
     console.print(f"[bold]{recipe.app}[/] / {recipe.name}: {len(views)} training record(s) as the trainer sees "
-                  f"them ({tokenizer_name}, data.max_length={recipe.data.max_length}, "
+                  f"them ({recipe.model.base}, data.max_length={recipe.data.max_length}, "
                   f"truncation={recipe.data.truncation}); [reverse green]trained tokens[/], prompt dim")
     for v in views:
         trained = sum(1 for x in v["labels"] if x != -100)

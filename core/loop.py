@@ -299,12 +299,6 @@ def join_predictions(path: Path, golds: list[Record], gold_file: Path | str = "t
     return joined
 
 
-def read_predictions(path: Path, golds: list[Record], gold_file: Path | str = "the gold file",
-                     by: str = "auto") -> dict[int, str]:
-    """Gold position -> raw model text (`join_predictions`'s outputs)."""
-    return join_predictions(path, golds, gold_file, by).outputs
-
-
 def score_files(app: App, gold: Path, pred: Path, recipe: Recipe, only_predicted: bool = False,
                 by: str = "auto") -> dict[str, Any]:
     """Metrics from raw model text against a gold file, without a model: each output is parsed as `eval`

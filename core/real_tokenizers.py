@@ -100,10 +100,9 @@ def _llama3():
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    _package_dir("llama_models")
+    path = _package_dir("llama_models") / "llama3" / "tokenizer.model"
     from llama_models.llama3.tokenizer import Tokenizer as MetaTokenizer
 
-    path = _package_dir("llama_models") / "llama3" / "tokenizer.model"
     meta = MetaTokenizer(path)
     tok = TikTokenConverter(vocab_file=str(path), pattern=meta.pat_str).converted()
     specials = sorted(meta.special_tokens.items(), key=lambda kv: kv[1])  # in id order: ids follow the ranks

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peft_apps.core.errors import UserError, warn
+from peft_apps.core.io import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft_apps.core.config import Recipe
@@ -80,8 +81,12 @@ def start(folder: Path, recipe: Recipe, force: bool = False) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     info = {"run_id": uuid.uuid4().hex[:12], "app": recipe.app, "recipe": recipe.name,
             "trajectory": trajectory(recipe)}
-    (folder / RUN_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
+    _write(folder, info)
     return info
+
+
+def _write(folder: Path, info: dict[str, Any]) -> None:
+    atomic_write(Path(folder) / RUN_FILE, json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def _clear(folder: Path) -> None:
@@ -133,7 +138,7 @@ def resume_point(folder: Path, recipe: Recipe, allow_change: bool = False) -> tu
     if changed:
         warn(f"resuming {Path(last).name} with changed settings: {', '.join(changed)}")
         run["trajectory"] = now  # the checkpoints from here on carry the settings they are trained with
-        (folder / RUN_FILE).write_text(json.dumps(run, indent=2, ensure_ascii=False, default=str) + "\n")
+        _write(folder, run)
     return last, ckpt
 
 

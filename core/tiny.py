@@ -52,8 +52,6 @@ def _family_config(family: str, spec: dict, tokenizer):
     from transformers import AutoConfig
 
     model_type = FAMILIES[family]
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
     vocab = max(spec["vocab_size"], len(tokenizer))

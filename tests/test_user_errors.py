@@ -290,3 +290,10 @@ def test_candidates_name_their_own_targets(tmp_path):
     assert [f["target"] for f in report["functions"]] == ["textkit/stats.py::reading_time"]
     p = cli("testgen", "generate", "--project", str(project), "--candidates", str(cands), "-o", str(out))
     one_clear_error(p, "already exists", "--force")
+
+
+def test_testgen_check_takes_one_file_then_overrides(tmp_path):
+    test = tmp_path / "test_x.py"
+    test.write_text("def test_x():\n    assert True\n")
+    p = cli("testgen", "check", "--project", str(tmp_path), str(test), "other.py")
+    one_clear_error(p, "'other.py' is not of the form key=value")

@@ -89,14 +89,9 @@ def review_cmd(
         raise UserError("no diff given", hint="--diff FILE, --diff - (stdin), or --git BASE..HEAD in a repository")
     ad = _adapters(adapter, adapters)
     from .task import CodeReviewTask
-    from .pipeline import check_adapters
+    from .pipeline import check_adapters, review_tasks
 
-    trained, _ = check_adapters(ad, ("necessity", "comment", "refine") if suggest else ("necessity", "comment"))
-    if overrides:
-        from peft_apps.core.config import apply_overrides, validate_recipe
-
-        trained = validate_recipe(apply_overrides(trained.model_dump(), list(overrides)), "the adapter's recipe",
-                                  {o.partition("=")[0] for o in overrides})
+    trained, _ = check_adapters(ad, review_tasks(suggest), overrides)  # before the model loads
     limit = max_hunk_lines or CodeReviewTask.model_validate(trained.task).max_hunk_lines
     parsed = parse_diff(text, source, limit, read_file)  # before the model loads: a bad diff fails fast
     for key, what in (("skipped_binary", "binary files"), ("skipped_rename_only", "renames without changes"),
@@ -108,10 +103,7 @@ def review_cmd(
     quiet()
     from .pipeline import CodeReviewer
 
-    reviewer = CodeReviewer.from_pretrained(model, ad, suggest=suggest)
-    if overrides:
-        reviewer.recipe = trained
-        reviewer.task_settings = CodeReviewTask.model_validate(trained.task)
+    reviewer = CodeReviewer.from_pretrained(model, ad, suggest=suggest, overrides=overrides)
     if max_hunk_lines:
         reviewer.task_settings.max_hunk_lines = max_hunk_lines
     with console.status(f"reviewing {len(parsed.hunks)} hunks"):

@@ -61,10 +61,17 @@ class Review:
         return [h for h in self.hunks if h.needs_comment]
 
 
-def check_adapters(adapters: str | Path | dict[str, str | Path], needs: tuple[str, ...]) -> tuple[Recipe, set[str]]:
-    """The recipe of the first adapter and the tasks the adapters were trained for, after checking every folder: a codereview run (one message for a run
-    of another app) trained for the review tasks it is used for. A task `needs` that no adapter was trained
-    for is an error naming what the adapters have and how to train the rest."""
+def review_tasks(suggest: bool) -> tuple[str, ...]:
+    """The tasks a review needs its adapters trained for: necessity and comment, refine too with `suggest`."""
+    return ("necessity", "comment", "refine") if suggest else ("necessity", "comment")
+
+
+def check_adapters(adapters: str | Path | dict[str, str | Path], needs: tuple[str, ...],
+                   overrides: list[str] | None = None) -> tuple[Recipe, set[str]]:
+    """The recipe of the first adapter (with `overrides` applied) and the tasks the adapters were trained for,
+    after checking every folder: a codereview run (one message for a run of another app) trained for the
+    review tasks it is used for. A task `needs` that no adapter was trained for is an error naming what the
+    adapters have and how to train the rest."""
     from peft_apps.core.errors import UserError
 
     from .task import CodeReviewTask
@@ -93,7 +100,13 @@ def check_adapters(adapters: str | Path | dict[str, str | Path], needs: tuple[st
                         hint=f"train it: `peft-apps train codereview --task {missing[0]}` (or task.task=all for "
                              f"one adapter of every task), then pass --adapters "
                              + ",".join(f"{t}=DIR" for t in TASKS if t in have or t in missing))
-    return next(iter(recipes.values())), have
+    recipe = next(iter(recipes.values()))
+    if overrides:
+        from peft_apps.core.config import apply_overrides, validate_recipe
+
+        recipe = validate_recipe(apply_overrides(recipe.model_dump(), list(overrides)), "the adapter's recipe",
+                                 {o.partition("=")[0] for o in overrides})
+    return recipe, have
 
 
 class CodeReviewer:
@@ -107,12 +120,12 @@ class CodeReviewer:
 
     @classmethod
     def from_pretrained(cls, base: str | None, adapters: str | Path | dict[str, str | Path],
-                        suggest: bool = False) -> "CodeReviewer":
+                        suggest: bool = False, overrides: list[str] | None = None) -> "CodeReviewer":
         """`adapters`: one multi-task adapter folder, or {task: folder} for necessity / comment / refine.
         Each folder must be a codereview run trained for what a review needs (necessity and comment; refine
-        too with `suggest`): checked before the model loads."""
-        recipe, trained = check_adapters(adapters, ("necessity", "comment", "refine") if suggest
-                                         else ("necessity", "comment"))
+        too with `suggest`): checked before the model loads. `overrides`: KEY=VALUE changes to the adapter's
+        recipe (e.g. task.max_new_tokens.comment=48)."""
+        recipe, trained = check_adapters(adapters, review_tasks(suggest), overrides)
         engine = Engine.from_pretrained(base, adapters)
         names = {t: t for t in adapters} if isinstance(adapters, dict) else None
         reviewer = cls(engine, recipe, names)

@@ -38,17 +38,17 @@ def _task(adapter: Optional[str], overrides: list[str]):
     return recipe, validate_task(recipe, TestGenTask)
 
 
-SECTIONS = ("model.", "peft.", "data.", "train.", "eval.", "task.")
-
-
 def _split_items(items: list[str] | None) -> tuple[list[str], list[str]]:
     """Positional items: KEY=VALUE recipe overrides (a bare task key such as sandbox.timeout_s=10 means
     task.sandbox.timeout_s) and the rest, paths (file.py, file.py::name)."""
+    from peft_apps.core.config import Recipe
+
+    sections = tuple(f"{name}." for name in Recipe.model_fields)
     paths, overrides = [], []
     for item in items or []:
         key, sep, _ = item.partition("=")
         if sep and "/" not in key and "::" not in key and not key.endswith(".py"):
-            overrides.append(item if key.startswith(SECTIONS) else f"task.{item}")
+            overrides.append(item if key.startswith(sections) else f"task.{item}")
         else:
             paths.append(item)
     return paths, overrides
@@ -95,7 +95,11 @@ def check_cmd(
         raise UserError(f"{test_file}: no such file")
     if test_file.suffix != ".py":
         raise UserError(f"{test_file}: not a Python file (.py)", hint="pytest collects test_*.py files")
-    _, task = _task(None, _split_items(overrides)[1])
+    stray, overrides = _split_items(overrides)
+    if stray:
+        raise UserError(f"{stray[0]!r} is not of the form key=value", hint="check judges one TEST_FILE; what follows "
+                                                                            "it are recipe overrides")
+    _, task = _task(None, overrides)
     limits = task.sandbox.limits()
     if timeout:
         limits.timeout_s = timeout
@@ -149,7 +153,7 @@ def generate_cmd(
     from .generate import patch, write as write_files
     from .pipeline import TestGenerator, run
 
-    from peft_apps.core.io import check_output
+    from peft_apps.core.io import atomic_write, check_output
 
     paths, overrides = _split_items(items)
     if sum([write, patch_out is not None, check]) > 1:
@@ -201,8 +205,6 @@ def generate_cmd(
         console.print(f"{f.target}: kept {len(f.kept)} of {len(f.candidates)}" + (f" (dropped: {why})" if why else ""))
     d = result.as_dict()
     if report:
-        from peft_apps.core.io import atomic_write
-
         atomic_write(report, json.dumps(d, indent=2))
         console.print(f"report -> {report}")
     proj = project.resolve()
@@ -210,8 +212,6 @@ def generate_cmd(
         write_files(proj, result.written)
         console.print(f"wrote {', '.join(sorted(result.written))}")
     elif patch_out is not None:
-        from peft_apps.core.io import atomic_write
-
         atomic_write(patch_out, patch(proj, result.written))
         console.print(f"patch -> {patch_out} ({len(result.written)} file(s))")
     c = d["counts"]
