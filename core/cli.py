@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from peft_apps.core.errors import UserError
+from peft_apps.core.endpoint import API_KEY_ENV_HELP, ENDPOINT_HELP, MODEL_HELP, endpoint_options
 
 console = Console(stderr=True)
 out_console = Console()
@@ -228,6 +229,10 @@ def eval_cmd(
     overrides: Optional[list[str]] = typer.Argument(None, metavar="KEY=VALUE", help=OVERRIDES_HELP),
     adapter: str = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP),
     split: str = typer.Option("eval", "--split", "-s", help="eval or train"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help=ENDPOINT_HELP),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="VAR", help=API_KEY_ENV_HELP),
+
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="default: the adapter's recipe.yaml"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="report folder (default: the adapter folder)"),
     force: bool = typer.Option(False, "--force", help="replace the evaluation files the report folder holds"),
@@ -252,7 +257,8 @@ def eval_cmd(
         raise UserError(f"{out_dir} already holds an evaluation (eval_metrics.json)",
                         hint="pass --force to replace it, or -o OTHER_FOLDER")
     t0 = time.perf_counter()
-    metrics = loop.evaluate(a, adapter, r, split, out_dir)
+    ep = endpoint_options(endpoint, model, api_key_env)
+    metrics = loop.evaluate(a, adapter, r, split, out_dir, model=None if ep else model, endpoint=ep)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     files = write_eval_report(out_dir, f"{a.name} evaluation ({split})", metrics, a.headline_for(r))
     _print_scalars(metrics, a.headline_for(r))
@@ -308,7 +314,9 @@ def predict_cmd(
     inputs: list[str] = typer.Argument(..., metavar="INPUT", help="input files in the app's data format, or "
                                        "texts (README: each app's Data)"),
     adapter: str = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="base model (default: the adapter's)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help=ENDPOINT_HELP),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="VAR", help=API_KEY_ENV_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write JSONL here instead of stdout"),
     force: bool = typer.Option(False, "--force", help="overwrite --out if it exists"),
     samples: Optional[int] = typer.Option(None, "--samples", min=1, help="self-consistency: k sampled answers "
@@ -325,7 +333,8 @@ def predict_cmd(
 
     from peft_apps.core.errors import issued_warnings
 
-    lines = [loop.dumps_row(x) for x in loop.predict(a, adapter, inputs, r, model=model)]
+    ep = endpoint_options(endpoint, model, api_key_env)
+    lines = [loop.dumps_row(x) for x in loop.predict(a, adapter, inputs, r, model=None if ep else model, endpoint=ep)]
     if out:
         atomic_write(out, "".join(line + "\n" for line in lines))
         console.print(f"{len(lines)} prediction{'' if len(lines) == 1 else 's'} -> {out}")
@@ -392,6 +401,37 @@ def score_cmd(
         atomic_write(out, json.dumps(metrics, indent=2, ensure_ascii=False))
         console.print(f"metrics -> {out}")
     _print_scalars(metrics, a.headline_for(r))
+
+
+@app.command("serve")
+def serve_cmd(
+    runs: Optional[list[str]] = typer.Argument(None, metavar="RUN_DIR...", help="run folders to serve, each "
+                                               "under its folder's name, or NAME=DIR; all on one base model"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
+    port: int = typer.Option(8000, "--port", "-p", min=1, max=65535),
+    base: Optional[str] = typer.Option(None, "--base", help="the base model (default: the runs'); alone, serves "
+                                       "just that model"),
+    engine: str = typer.Option("local", "--engine", help="local: this tool's batching engine; vllm: vLLM's "
+                               "OpenAI server (GPU, the [vllm] extra) with the app endpoints in front"),
+    max_batch: int = typer.Option(32, "--max-batch", min=1, help="rows decoded together at most"),
+    max_waiting: int = typer.Option(256, "--max-waiting", min=1, help="rows waiting at most; past it: 429"),
+    max_tokens: int = typer.Option(4096, "--max-tokens", min=1, help="the largest max_tokens a request may ask"),
+    timeout: float = typer.Option(600.0, "--timeout", min=1, help="seconds a request may run; past it: 408"),
+    max_body_mb: float = typer.Option(4.0, "--max-body-mb", min=0.001, help="the largest request body; past it: 413"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, ... (default: the runtime's choice)"),
+) -> None:
+    """Serve a base model and adapters: OpenAI-compatible `/v1/models`, `/v1/completions` and
+    `/v1/chat/completions` (the run's name as `model`), one endpoint per app (`/v1/apps/autore/extract`,
+    `/v1/apps/codereview/review`, `/v1/apps/testgen/generate`, `/v1/apps/exam/answer`; schema at `/docs`)
+    and `/health`. Requests arriving together are generated together, adapters mixed in one batch.
+    Ctrl-C or SIGTERM finishes the requests in flight, then exits."""
+    from peft_apps.core.serve import Limits, serve
+
+    _prepare()
+    limits = Limits(max_body_bytes=int(max_body_mb * (1 << 20)), max_tokens=max_tokens, timeout_s=timeout,
+                    max_waiting=max_waiting, max_batch=max_batch)
+    serve(list(runs or []), host=host, port=port, base=base, limits=limits, engine=engine, dtype=dtype,
+          console=console)
 
 
 @app.command("merge")

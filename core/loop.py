@@ -142,14 +142,17 @@ def _scored(app: App, exs: list[Record], rows: list[dict], recipe: Recipe, stats
     return metrics
 
 
-def load_pipeline(app: App, adapter: str, recipe: Recipe | None, model: str | None = None) -> Any:
-    from peft_apps.core.engine import Engine
+def load_pipeline(app: App, adapter: str, recipe: Recipe | None, model: str | None = None,
+                  endpoint: Any = None) -> Any:
+    """The app's pipeline over the adapter: loaded here, or with `endpoint` (core.engine.remote.Endpoint)
+    generating on that server."""
+    from peft_apps.core.engine.remote import open_engine
 
-    return app.pipeline(Engine.from_pretrained(model, adapter), recipe)
+    return app.pipeline(open_engine(model, adapter, endpoint), recipe)
 
 
 def evaluate(app: App, adapter: str, recipe: Recipe, split: str = "eval", out_dir: Path | None = None,
-             model: str | None = None) -> dict[str, Any]:
+             model: str | None = None, endpoint: Any = None) -> dict[str, Any]:
     """Metrics of an adapter on `split` (limited by `eval.limit`); the predictions go to
     `out_dir/eval_predictions.jsonl`, which `score` reads back to the same metrics."""
     exs = examples(app, recipe, split)
@@ -158,7 +161,7 @@ def evaluate(app: App, adapter: str, recipe: Recipe, split: str = "eval", out_di
     if not exs:
         raise UserError(f"no {split} examples to evaluate on",
                         hint="set data.eval=FILE or data.eval_fraction above 0")
-    rows, stats = predict_examples(app, load_pipeline(app, adapter, recipe, model), exs, recipe)
+    rows, stats = predict_examples(app, load_pipeline(app, adapter, recipe, model, endpoint), exs, recipe)
     if out_dir is not None:
         write_jsonl(Path(out_dir) / PREDICTIONS, rows)
     metrics = _scored(app, exs, rows, recipe, stats)
@@ -167,10 +170,11 @@ def evaluate(app: App, adapter: str, recipe: Recipe, split: str = "eval", out_di
     return metrics
 
 
-def predict(app: App, adapter: str, inputs: list[str], recipe: Recipe, model: str | None = None) -> list[dict]:
+def predict(app: App, adapter: str, inputs: list[str], recipe: Recipe, model: str | None = None,
+            endpoint: Any = None) -> list[dict]:
     """Prediction rows for a user's inputs (files in the app's format, or texts)."""
     exs = app.inputs(inputs, recipe)
-    rows, _ = predict_examples(app, load_pipeline(app, adapter, recipe, model), exs, recipe)
+    rows, _ = predict_examples(app, load_pipeline(app, adapter, recipe, model, endpoint), exs, recipe)
     return rows
 
 

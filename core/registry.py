@@ -179,6 +179,31 @@ class App:
     def convert(self, source: Path, out: Path, **options: Any) -> dict[str, Any]:
         raise UserError(f"app {self.name!r} does not implement `convert`")
 
+    # ---- hooks: serving --------------------------------------------------------------------------
+    # `peft-apps serve` mounts `POST /v1/apps/<name>/<serve_action>` for an app that sets it: the body is
+    # validated against `serve_request()` (a pydantic model) and answered by `serve`.
+    serve_action: str | None = None
+
+    def serve_request(self) -> Any:
+        """The pydantic model of the app endpoint's request body."""
+        raise NotImplementedError(f"app {self.name!r} has no serve endpoint")
+
+    def serve(self, engine, runs: dict[str, Path], request: Any) -> dict[str, Any]:
+        """Answer one request of the app endpoint. `runs`: the served runs of this app (name -> folder);
+        `engine(names)`: an engine (the `Engine` API) whose adapters are those served runs, generation
+        batched with every other request's."""
+        raise NotImplementedError(f"app {self.name!r} has no serve endpoint")
+
+    def served_run(self, runs: dict[str, Path], model: str | None) -> str:
+        """The run a request names (`model`), or the only served run of this app."""
+        if model is not None:
+            if model not in runs:
+                raise UserError(f"model {model!r} is not a served {self.name} run; served: {', '.join(runs) or '(none)'}")
+            return model
+        if len(runs) != 1:
+            raise UserError(f"{len(runs)} {self.name} runs are served ({', '.join(runs)}): name one in \"model\"")
+        return next(iter(runs))
+
     def demo_inputs(self, recipe: Recipe, work_dir: Path) -> list[str]:
         """Inputs for `predict` at the end of `peft-apps demo` (files written under work_dir, or texts)."""
         return []

@@ -17,6 +17,7 @@ from .app import AutoREApp, AutoRETask
 
 app = register_app(AutoREApp(
     name="autore",
+    serve_action="extract",
     summary="document-level relation extraction, AutoRE's Relation -> Head -> Facts on (Re-)DocRED",
     package_dir=Path(__file__).parent,
     prompts=prompts_dir("autore"),

@@ -61,6 +61,17 @@ def doc_examples(docs: list[dict[str, Any]]) -> list[Record]:
     return [Record(rid, [], _gold_text(d), {"doc": d}) for rid, d in zip(_doc_ids(docs), docs)]
 
 
+class ExtractRequest(BaseModel):
+    """`POST /v1/apps/autore/extract`: a text (or a DocRED document) in, its triples out."""
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = None
+    document: dict[str, Any] | None = None
+    title: str = ""
+    model: str | None = None  # the served autore run (one adapter for all stages); default: the only one
+    adapters: dict[str, str] | None = None  # or one served run per stage: {relation, head, facts}
+    inverse: bool = True
+
+
 @dataclass
 class AutoREApp(App):
     def read(self, path: Path, recipe: Recipe, labelled: bool = True, prompts: bool = True) -> list[Record]:
@@ -118,6 +129,35 @@ class AutoREApp(App):
         return AutoRE(engine, {s: adapter for s in STAGES}, inverse=task.inverse,
                       max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size,
                       do_sample=recipe.eval.do_sample)
+
+    def serve_request(self):
+        return ExtractRequest
+
+    def serve(self, engine, runs: dict[str, Path], request: ExtractRequest) -> dict[str, Any]:
+        """The triples of one text or document, as `autore extract --format jsonl` writes them (less the id)."""
+        from peft_apps.core.config import load_recipe
+
+        from .pipeline import AutoRE, check_stage_adapters, text_to_doc
+
+        if (request.text is None) == (request.document is None):
+            raise UserError('give "text" or "document" (a DocRED document), one of them')
+        if request.adapters is not None:
+            unknown = [n for n in request.adapters.values() if n not in runs]
+            if unknown:
+                raise UserError(f"adapters: {', '.join(unknown)} is no served autore run; served: {', '.join(runs)}")
+            check_stage_adapters({s: runs[n] for s, n in request.adapters.items()})
+            stage_adapter = dict(request.adapters)
+        else:
+            name = self.served_run(runs, request.model)
+            check_stage_adapters(runs[name])
+            stage_adapter = {s: name for s in STAGES}
+        recipe = load_recipe(runs[next(iter(stage_adapter.values()))] / "recipe.yaml")
+        pipe = AutoRE(engine(sorted(set(stage_adapter.values()))), stage_adapter, inverse=request.inverse,
+                      max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size,
+                      do_sample=recipe.eval.do_sample)
+        doc = request.document if request.document is not None else text_to_doc(request.text, request.title)
+        r = pipe.extract(doc)
+        return {"output": r.model_text(), **r.as_dict()}
 
     def generate(self, pipeline, examples: list[Record], recipe: Recipe) -> list[dict[str, Any]]:
         results = pipeline.extract([e.meta["doc"] for e in examples])

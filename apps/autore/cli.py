@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from peft_apps.core.errors import UserError
+from peft_apps.core.endpoint import API_KEY_ENV_HELP, ENDPOINT_HELP, MODEL_HELP, endpoint_options
 
 from .inputs import read_inputs
 
@@ -53,7 +54,9 @@ def _n(count: int, noun: str) -> str:
 def extract_cmd(
     inputs: list[str] = typer.Argument(..., metavar="INPUT", help="texts, text files, DocRED .json files, "
                                        "folders of them, or - for stdin (README: autore)"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="base model (default: the adapter's recipe)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help=ENDPOINT_HELP),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="VAR", help=API_KEY_ENV_HELP),
     adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="one autore run folder for all three "
                                           "stages (recipe qlora)"),
     adapters: Optional[str] = typer.Option(None, "--adapters", help="relation=DIR,head=DIR,facts=DIR"),
@@ -81,7 +84,8 @@ def extract_cmd(
 
     from .pipeline import AutoRE
 
-    pipe = AutoRE.from_pretrained(model, ad, inverse=not no_inverse)
+    ep = endpoint_options(endpoint, model, api_key_env)
+    pipe = AutoRE.from_pretrained(None if ep else model, ad, endpoint=ep, inverse=not no_inverse)
     results = []
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task("extracting", total=len(items))

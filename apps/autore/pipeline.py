@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 from peft_apps.core.data import render_prompt
 from peft_apps.core.engine import Engine, GenerationOptions, PrefixTree
+from peft_apps.core.engine.remote import open_engine
 from peft_apps.core.errors import UserError
 from peft_apps.core.prompts import render
 
@@ -66,6 +67,31 @@ def text_to_doc(text: str, title: str = "") -> dict[str, Any]:
     return {"title": title, "sents": sents, "vertexSet": [], "_text": text, "_sent_offsets": offsets}
 
 
+def check_stage_adapters(adapters: Any) -> None:
+    """Each folder a run of autore trained for the stages it is used for: one folder for all three stages,
+    or {relation, head, facts: folder}."""
+    if adapters is None:
+        raise UserError("AutoRE needs an adapter folder (one for all stages) or {relation, head, facts}")
+    from peft_apps.core.config import run_recipe
+
+    if not isinstance(adapters, (str, Path)):
+        missing = [s for s in STAGES if s not in adapters]
+        if missing or set(adapters) - set(STAGES):
+            raise UserError(f"adapters must name exactly the stages {', '.join(STAGES)}; got {', '.join(adapters)}")
+
+    folders = {"": adapters} if isinstance(adapters, (str, Path)) else dict(adapters)
+    for key, d in folders.items():  # each a run of autore, trained for the stages it is used for
+        learnt = run_recipe(d, "autore").task.get("stages", list(STAGES))
+        want = list(STAGES) if not key else [key]
+        lacking = [s for s in want if s in STAGES and s not in learnt]
+        if lacking:
+            raise UserError(f"adapter {d} was trained for the {', '.join(learnt)} stage(s); extraction needs "
+                            f"{', '.join(lacking)} from it",
+                            hint="one adapter for all stages (`peft-apps train autore`, recipe qlora), or one per "
+                                 "stage: --adapters relation=DIR,head=DIR,facts=DIR (recipes qlora-relation/"
+                                 "-head/-facts)")
+
+
 class AutoRE:
     def __init__(self, engine: Engine, stage_adapter: dict[str, str | None], *, max_new_tokens: int = 160,
                  batch_size: int = 128, do_sample: bool = False, inverse: bool = True, doc_batch: int = 16,
@@ -76,33 +102,21 @@ class AutoRE:
                                          lookahead=lookahead)
         self.inverse = inverse
         self.doc_batch = max(1, doc_batch)
-        self.context = int(getattr(engine.model.config, "max_position_embeddings", 4096) or 4096)
+        self.context = engine.context_length
 
     @classmethod
     def from_pretrained(cls, base: str | None = None, adapters: str | Path | dict[str, str | Path] | None = None,
+                        endpoint: Any = None, model: str | None = None, api_key_env: str | None = None,
                         **kw: Any) -> "AutoRE":
-        if adapters is None:
-            raise UserError("AutoRE needs an adapter folder (one for all stages) or {relation, head, facts}")
-        from peft_apps.core.config import run_recipe
-
-        folders = {"": adapters} if isinstance(adapters, (str, Path)) else dict(adapters)
-        for key, d in folders.items():  # each a run of autore, trained for the stages it is used for
-            learnt = run_recipe(d, "autore").task.get("stages", list(STAGES))
-            want = list(STAGES) if not key else [key]
-            lacking = [s for s in want if s in STAGES and s not in learnt]
-            if lacking:
-                raise UserError(f"adapter {d} was trained for the {', '.join(learnt)} stage(s); extraction needs "
-                                f"{', '.join(lacking)} from it",
-                                hint="one adapter for all stages (`peft-apps train autore`, recipe qlora), or one per "
-                                     "stage: --adapters relation=DIR,head=DIR,facts=DIR (recipes qlora-relation/"
-                                     "-head/-facts)")
+        """`adapters`: one run folder for all stages, or {relation, head, facts: folder}. `endpoint`: a server's
+        URL to generate on instead of loading the model here (`model`: its name for the adapter, default the
+        run folder's name; `api_key_env`: the variable holding the API key)."""
+        check_stage_adapters(adapters)
+        remote = dict(endpoint=endpoint, model=model, api_key_env=api_key_env)
         if isinstance(adapters, (str, Path)):
-            engine = Engine.from_pretrained(base, {"rhf": adapters})
+            engine = open_engine(base, {"rhf": adapters}, **remote)
             return cls(engine, {s: "rhf" for s in STAGES}, **kw)
-        missing = [s for s in STAGES if s not in adapters]
-        if missing or set(adapters) - set(STAGES):
-            raise UserError(f"adapters must name exactly the stages {', '.join(STAGES)}; got {', '.join(adapters)}")
-        engine = Engine.from_pretrained(base, {s: adapters[s] for s in STAGES})
+        engine = open_engine(base, {s: adapters[s] for s in STAGES}, **remote)
         return cls(engine, {s: s for s in STAGES}, **kw)
 
     # ---- prompts -------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ def _cli():
 
 app = register_app(CodeReviewApp(
     name="codereview",
+    serve_action="review",
     summary="code review (LLaMA-Reviewer): review necessity, comment generation, code refinement; reviews git diffs",
     package_dir=Path(__file__).parent,
     prompts=prompts_dir("codereview"),

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from peft_apps.core.config import Recipe
 from peft_apps.core.data import Record
 from peft_apps.core.errors import UserError
@@ -21,6 +23,17 @@ from .task import Budgets, CodeReviewTask, clean_code, parse_answer  # noqa: F40
 
 HEADLINES = {"necessity": ("f1", "precision", "recall"), "comment": ("bleu4", "bleu4_with_stopwords"),
              "refine": ("exact_match", "bleu4")}
+
+
+class ReviewRequest(BaseModel):
+    """`POST /v1/apps/codereview/review`: a unified diff in, the review out (as `codereview review --format
+    json` writes it)."""
+    model_config = ConfigDict(extra="forbid")
+    diff: str
+    suggest: bool = False
+    model: str | None = None  # the served codereview run (multi-task); default: the only one
+    adapters: dict[str, str] | None = None  # or one served run per task: {necessity, comment[, refine]}
+    max_hunk_lines: int | None = Field(default=None, ge=4)
 
 
 @dataclass
@@ -77,6 +90,32 @@ class CodeReviewApp(App):
 
     def generate(self, pipeline, examples: list[Record], recipe: Recipe) -> list[str]:
         return pipeline.complete(examples)
+
+    def serve_request(self):
+        return ReviewRequest
+
+    def serve(self, engine, runs: dict[str, Path], request: ReviewRequest) -> dict[str, Any]:
+        """Review one diff: necessity for every hunk, comments (and suggestions) where needed."""
+        from .diff import parse_diff
+        from .pipeline import CodeReviewer, check_adapters, review_tasks
+        from .report import to_json
+
+        if request.adapters is not None:
+            unknown = [n for n in request.adapters.values() if n not in runs]
+            if unknown:
+                raise UserError(f"adapters: {', '.join(unknown)} is no served codereview run; served: {', '.join(runs)}")
+            folders: Any = {t: runs[n] for t, n in request.adapters.items()}
+            names: dict[str, str] | None = dict(request.adapters)
+        else:
+            name = self.served_run(runs, request.model)
+            folders, names = runs[name], {t: name for t in TASKS}
+        recipe, trained = check_adapters(folders, review_tasks(request.suggest))
+        reviewer = CodeReviewer(engine(sorted(set(names.values()))), recipe, names)
+        reviewer.trained = trained
+        limit = request.max_hunk_lines or reviewer.task_settings.max_hunk_lines
+        parsed = parse_diff(request.diff, "request", limit)
+        review = reviewer.review_hunks(parsed.hunks, suggest=request.suggest, counts=dict(parsed.counts))
+        return json.loads(to_json(review))
 
     def parse(self, output: str, example: Record, task: Any, stats: Counter) -> str:
         return parse_answer(output, example.meta.get("task", "comment"), stats)

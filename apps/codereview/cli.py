@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from peft_apps.core.errors import UserError
+from peft_apps.core.endpoint import API_KEY_ENV_HELP, ENDPOINT_HELP, MODEL_HELP, endpoint_options
 
 console = Console(stderr=True)
 cli = typer.Typer(help="Code review commands.", no_args_is_help=True, add_completion=False,
@@ -50,7 +51,9 @@ def review_cmd(
     adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="one codereview run folder trained for "
                                           "necessity and comment (task.task=all, or the demo)"),
     adapters: Optional[str] = typer.Option(None, "--adapters", help="necessity=DIR,comment=DIR[,refine=DIR]"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="base model (default: the adapter's)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help=ENDPOINT_HELP),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="VAR", help=API_KEY_ENV_HELP),
     fmt: str = typer.Option("markdown", "--format", "-f", help="markdown, json, rdjsonl or sarif"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the report here"),
     force: bool = typer.Option(False, "--force", help="overwrite --out if it exists"),
@@ -103,7 +106,8 @@ def review_cmd(
     quiet()
     from .pipeline import CodeReviewer
 
-    reviewer = CodeReviewer.from_pretrained(model, ad, suggest=suggest, overrides=overrides)
+    ep = endpoint_options(endpoint, model, api_key_env)
+    reviewer = CodeReviewer.from_pretrained(None if ep else model, ad, suggest=suggest, overrides=overrides, endpoint=ep)
     if max_hunk_lines:
         reviewer.task_settings.max_hunk_lines = max_hunk_lines
     with console.status(f"reviewing {len(parsed.hunks)} hunks"):

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from peft_apps.core.config import Recipe, run_recipe
 from peft_apps.core.data import Record, render_prompt
 from peft_apps.core.engine import Engine, GenerationOptions, PrefixTree
+from peft_apps.core.engine.remote import open_engine
 from peft_apps.core.prompts import render
 
 from .task import CodeReviewTask, clean_code, parse_answer
@@ -120,13 +121,16 @@ class CodeReviewer:
 
     @classmethod
     def from_pretrained(cls, base: str | None, adapters: str | Path | dict[str, str | Path],
-                        suggest: bool = False, overrides: list[str] | None = None) -> "CodeReviewer":
+                        suggest: bool = False, overrides: list[str] | None = None, endpoint: str | None = None,
+                        model: str | None = None, api_key_env: str | None = None) -> "CodeReviewer":
         """`adapters`: one multi-task adapter folder, or {task: folder} for necessity / comment / refine.
         Each folder must be a codereview run trained for what a review needs (necessity and comment; refine
         too with `suggest`): checked before the model loads. `overrides`: KEY=VALUE changes to the adapter's
-        recipe (e.g. task.max_new_tokens.comment=48)."""
+        recipe (e.g. task.max_new_tokens.comment=48). `endpoint`: a server's URL to generate on instead of
+        loading the model here (`model`: its name for the adapter, or task=NAME,... for several; default the run
+        folders' names; `api_key_env`: the variable holding the API key)."""
         recipe, trained = check_adapters(adapters, review_tasks(suggest), overrides)
-        engine = Engine.from_pretrained(base, adapters)
+        engine = open_engine(base, adapters, endpoint, model, api_key_env)
         names = {t: t for t in adapters} if isinstance(adapters, dict) else None
         reviewer = cls(engine, recipe, names)
         reviewer.trained = trained

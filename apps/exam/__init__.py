@@ -16,6 +16,7 @@ from .app import TARGETS, ExamApp, ExamTask
 
 app = register_app(ExamApp(
     name="exam",
+    serve_action="answer",
     summary="exam questions (ZNO, UNLP 2024): CoT targets, answer extraction, exam points, self-consistency",
     package_dir=Path(__file__).parent,
     prompts=prompts_dir("exam"),

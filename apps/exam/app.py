@@ -36,6 +36,19 @@ def _prefix(language: str) -> str:
     return "Відповідь:" if language == "uk" else "Answer:"
 
 
+class AnswerRequest(BaseModel):
+    """`POST /v1/apps/exam/answer`: one question in, the answer out (with the samples and votes when
+    `samples` > 1). The options come with `options` or in the text, one per line as "А) ..." (as `predict`
+    reads a question typed as text); `rows` makes it a matching question."""
+    model_config = ConfigDict(extra="forbid")
+    question: str
+    options: list[tuple[str, str]] | None = None  # [(letter, text), ...]
+    rows: list[tuple[str, str]] | None = None  # matching questions: [(number, text), ...]
+    samples: int = Field(default=1, ge=1, le=64)
+    seed: int = 0
+    model: str | None = None  # the served exam run; default: the only one
+
+
 @dataclass
 class ExamApp(App):
     def question_record(self, q: Question, recipe: Recipe, target_text: str = "") -> Record:
@@ -83,6 +96,33 @@ class ExamApp(App):
         from .pipeline import ExamSolver
 
         return ExamSolver(engine, recipe)
+
+    def serve_request(self):
+        return AnswerRequest
+
+    def serve(self, engine, runs: dict[str, Path], request: AnswerRequest) -> dict[str, Any]:
+        """The answer to one question: greedy, or the vote of `samples` samples."""
+        from dataclasses import asdict
+
+        from peft_apps.core.config import load_recipe
+
+        from .parse import normalize_letter
+        from .pipeline import ExamSolver
+
+        name = self.served_run(runs, request.model)
+        recipe = load_recipe(runs[name] / "recipe.yaml")
+        if request.options is None:
+            if request.rows:
+                raise UserError("a matching question (rows) needs its options in \"options\"")
+            record = self.from_text(request.question, "request", recipe)
+        else:
+            options = [(normalize_letter(k), v) for k, v in request.options]
+            rows = [(str(k), v) for k, v in request.rows or []]
+            q = Question("request", "request", "request", "request", "matching" if rows else "single",
+                         request.question, options, rows, [], layout="rows" if rows else "")
+            record = self.question_record(q, recipe)
+        solution = ExamSolver(engine([name]), recipe).solve_records([record], request.samples, request.seed)[0]
+        return {k: v for k, v in asdict(solution).items() if k != "id"}
 
     def generate(self, pipeline, examples: list[Record], recipe: Recipe) -> list[Any]:
         return pipeline.complete(examples)

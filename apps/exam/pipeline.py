@@ -20,6 +20,7 @@ from typing import Any, Sequence
 from peft_apps.core.config import Recipe, run_recipe
 from peft_apps.core.data import Record, render_prompt
 from peft_apps.core.engine import Engine, GenerationOptions, PrefixTree
+from peft_apps.core.engine.remote import open_engine
 
 from .parse import extract, vote
 
@@ -38,9 +39,12 @@ class ExamSolver:
         self.engine, self.recipe = engine, recipe
 
     @classmethod
-    def from_pretrained(cls, base: str | None, adapter: str | Path) -> "ExamSolver":
+    def from_pretrained(cls, base: str | None, adapter: str | Path, endpoint: str | None = None,
+                        model: str | None = None, api_key_env: str | None = None) -> "ExamSolver":
+        """`endpoint`: a server's URL to generate on instead of loading the model here (`model`: its name for
+        the adapter, default the run folder's name; `api_key_env`: the variable holding the API key)."""
         recipe = run_recipe(adapter, "exam")  # (first: a folder that is no run's is named before loading)
-        return cls(Engine.from_pretrained(base, adapter), recipe)
+        return cls(open_engine(base, adapter, endpoint, model, api_key_env), recipe)
 
     def _ids(self, r: Record) -> list[int]:
         return self.engine.tokenizer(render_prompt(self.engine.tokenizer, r.prompt), add_special_tokens=False)["input_ids"]
@@ -76,7 +80,14 @@ class ExamSolver:
             out.append({"output": s.output, "samples": s.samples, "votes": s.votes})
         return out
 
-    def solve_records(self, records: Sequence[Record], k: int, seed: int = 0) -> list[Solution]:
+    def solve_records(self, records: Sequence[Record], k: int = 1, seed: int = 0) -> list[Solution]:
+        """Each record's answer: greedy (k = 1, the recipe's generation settings), or the vote of k samples."""
+        if k <= 1:
+            from peft_apps.core.loop import generation_options
+
+            texts = self.engine.chat([r.prompt for r in records], options=generation_options(self.recipe))
+            return [Solution(r.id, t, extract(t, r.meta["kind"], r.meta["letters"], r.meta["n_rows"]), [t])
+                    for r, t in zip(records, texts)]
         out = []
         for r, texts in zip(records, self.sample(records, k, seed)):
             answers = [extract(t, r.meta["kind"], r.meta["letters"], r.meta["n_rows"]) for t in texts]
@@ -91,8 +102,4 @@ class ExamSolver:
 
         app = get_app("exam")
         records = app.read(Path(questions), self.recipe, labelled=False)
-        if samples > 1:
-            return self.solve_records(records, samples, seed)
-        texts = self.engine.chat([r.prompt for r in records])
-        return [Solution(r.id, t, extract(t, r.meta["kind"], r.meta["letters"], r.meta["n_rows"]), [t])
-                for r, t in zip(records, texts)]
+        return self.solve_records(records, samples, seed)

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 from peft_apps.core.config import Recipe, run_recipe
 from peft_apps.core.data import Record
 from peft_apps.core.engine import Engine
+from peft_apps.core.engine.remote import open_engine
 
 from .app import SFTTask
 
@@ -18,9 +19,12 @@ class SFTPipeline:
         self.recipe = recipe
 
     @classmethod
-    def from_pretrained(cls, base: str | None, adapters: str | Path) -> "SFTPipeline":
+    def from_pretrained(cls, base: str | None, adapters: str | Path, endpoint: str | None = None,
+                        model: str | None = None, api_key_env: str | None = None) -> "SFTPipeline":
+        """`endpoint`: a server's URL to generate on instead of loading the model here (`model`: its name for
+        the adapter, default the run folder's name; `api_key_env`: the variable holding the API key)."""
         recipe = run_recipe(adapters, "sft")  # (first: a folder that is no run's is named before loading)
-        return cls(Engine.from_pretrained(base, adapters), recipe)
+        return cls(open_engine(base, adapters, endpoint, model, api_key_env), recipe)
 
     def complete_records(self, records: Sequence[Record], recipe: Recipe | None = None) -> list[str]:
         from peft_apps.core.loop import generation_options

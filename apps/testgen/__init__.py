@@ -28,6 +28,7 @@ def _cli():
 
 app = register_app(TestGenApp(
     name="testgen",
+    serve_action="generate",
     summary="unit-test generation (methods2test, mined Python pairs); generated tests checked in a sandbox",
     package_dir=Path(__file__).parent,
     prompts=prompts_dir("testgen"),

@@ -19,33 +19,20 @@ from peft_apps.core.prompts import render
 from peft_apps.core.registry import App
 
 from .data import read_records
+from .task import SandboxSettings, TestGenTask  # noqa: F401  (defined in task.py)
 
 
-class SandboxSettings(BaseModel):
+class GenerateRequest(BaseModel):
+    """`POST /v1/apps/testgen/generate`: a Python module's source in, candidate tests for its functions out.
+    Checking them (the sandbox) stays with the caller: `peft-apps testgen generate --candidates FILE` takes
+    the candidates as JSONL of {"target", "test"}."""
     model_config = ConfigDict(extra="forbid")
-    timeout_s: float = Field(30.0, gt=0, description="wall clock per test run")
-    cpu_s: int = Field(60, ge=1)
-    memory_mb: int = Field(2048, ge=64)
-    processes: int = Field(64, ge=4)
-    file_mb: int = Field(256, ge=1, description="the largest file a test may write")
-    disk_mb: int = Field(1024, ge=16, description="what the project copy may grow to, all files together")
-
-    def limits(self):
-        from .sandbox import Limits
-
-        return Limits(self.timeout_s, self.cpu_s, self.memory_mb, self.processes, self.file_mb, self.disk_mb)
-
-
-class TestGenTask(BaseModel):
-    """The recipe's `task:` section."""
-    model_config = ConfigDict(extra="forbid")
-    execute: bool = Field(True, description="eval: run Python tests whose records name a project (pass rate, "
-                                            "coverage)")
-    candidates: int = Field(4, ge=1, description="testgen generate: candidate tests per function (--n)")
-    temperature: float = Field(0.8, gt=0, description="sampling temperature of candidates (the first is greedy)")
-    max_new_tokens: int = Field(256, ge=8)
-    workers: int = Field(0, ge=0, description="sandbox runs in parallel (0: one per CPU core)")
-    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    source: str
+    path: str = Field(default="module.py", description="the module's path in its project (its import name follows)")
+    functions: list[str] | None = Field(default=None, description="names or Class.method; default: every public one")
+    n: int | None = Field(default=None, ge=1, le=64, description="candidates per function (default: the recipe's)")
+    seed: int = 0
+    model: str | None = None  # the served testgen run; default: the only one
 
 
 @dataclass
@@ -81,6 +68,38 @@ class TestGenApp(App):
             else:
                 rest.append(item)
         return out + (App.inputs(self, rest, recipe) if rest else [])
+
+    def serve_request(self):
+        return GenerateRequest
+
+    def serve(self, engine, runs: dict[str, Path], request: GenerateRequest) -> dict[str, Any]:
+        """Candidates for each function of the module (one greedy, n - 1 sampled), each as the model's text
+        and as the whole test module that would run."""
+        import tempfile
+        from pathlib import PurePosixPath
+
+        from peft_apps.core.config import load_recipe
+
+        from .generate import assemble, targets_in_files
+        from .pipeline import TestGenerator
+
+        rel = PurePosixPath(request.path)
+        if rel.is_absolute() or ".." in rel.parts or rel.suffix != ".py":
+            raise UserError(f"path {request.path!r}: give a relative path of a .py file, e.g. pkg/module.py")
+        name = self.served_run(runs, request.model)
+        generator = TestGenerator(engine([name]), load_recipe(runs[name] / "recipe.yaml"))
+        with tempfile.TemporaryDirectory(prefix="peft-apps-serve-") as tmp:
+            target_file = Path(tmp) / rel
+            target_file.parent.mkdir(parents=True, exist_ok=True)
+            target_file.write_text(request.source, encoding="utf-8")
+            problems: list[str] = []
+            items = [f"{rel}::{f}" for f in request.functions] if request.functions else [str(rel)]
+            targets = targets_in_files(items, Path(tmp), problems)
+        if problems:
+            raise UserError("; ".join(p.replace(tmp, "") for p in problems))
+        texts = generator.candidates(targets, request.n, request.seed) if targets else []
+        return {"functions": [{"target": t.id, "candidates": [{"output": x, "test": assemble(t, x)} for x in xs]}
+                              for t, xs in zip(targets, texts)]}
 
     def generate(self, pipeline, examples: list[Record], recipe: Recipe) -> list[str]:
         from peft_apps.core.loop import generation_options

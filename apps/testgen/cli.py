@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from peft_apps.core.errors import UserError
+from peft_apps.core.endpoint import API_KEY_ENV_HELP, ENDPOINT_HELP, MODEL_HELP, endpoint_options
 
 console = Console(stderr=True)
 cli = typer.Typer(help="Unit-test generation commands.", no_args_is_help=True, add_completion=False,
@@ -134,7 +135,9 @@ def generate_cmd(
     project: Path = typer.Option(Path("."), "--project", "-p", help="the project (a git work tree for --changed)"),
     adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="a testgen run folder from `peft-apps "
                                           "train testgen`"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="base model (default: the adapter's)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help=ENDPOINT_HELP),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="VAR", help=API_KEY_ENV_HELP),
     n: Optional[int] = typer.Option(None, "--n", min=1, help="candidates per function (default: task.candidates, 4)"),
     candidates: Optional[Path] = typer.Option(None, "--candidates", help='JSONL of {"target", "test"}: check '
                                               'these instead of generating'),
@@ -176,7 +179,8 @@ def generate_cmd(
     recipe, task = _task(adapter, overrides)
     generator = None
     if adapter:
-        generator = TestGenerator.from_pretrained(model, adapter)
+        ep = endpoint_options(endpoint, model, api_key_env)
+        generator = TestGenerator.from_pretrained(None if ep else model, adapter, endpoint=ep)
         generator.task = task
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

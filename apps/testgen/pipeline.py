@@ -19,9 +19,10 @@ from typing import Callable, Sequence
 from peft_apps.core.config import Recipe, run_recipe, validate_task
 from peft_apps.core.data import Record, render_prompt
 from peft_apps.core.engine import Engine, GenerationOptions, PrefixTree
+from peft_apps.core.engine.remote import open_engine
 from peft_apps.core.prompts import render
 
-from .app import TestGenTask
+from .task import TestGenTask
 from .check import Checker
 from .generate import (GenerationResult, Target, changed_targets, check_candidates, kept_modules, load_candidates,
                        targets_in_files)
@@ -36,9 +37,12 @@ class TestGenerator:
         self.task: TestGenTask = validate_task(recipe, TestGenTask)
 
     @classmethod
-    def from_pretrained(cls, base: str | None, adapter: str | Path) -> "TestGenerator":
+    def from_pretrained(cls, base: str | None, adapter: str | Path, endpoint: str | None = None,
+                        model: str | None = None, api_key_env: str | None = None) -> "TestGenerator":
+        """`endpoint`: a server's URL to generate on instead of loading the model here (`model`: its name for
+        the adapter, default the run folder's name; `api_key_env`: the variable holding the API key)."""
         recipe = run_recipe(adapter, "testgen")  # (first: a folder that is no run's is named before loading)
-        return cls(Engine.from_pretrained(base, adapter), recipe)
+        return cls(open_engine(base, adapter, endpoint, model, api_key_env), recipe)
 
     def _ids(self, lang: str, code_prompt: str) -> list[int]:
         msgs = Record.simple("", render("testgen", lang, prompt=code_prompt, lang=lang), "",

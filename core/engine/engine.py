@@ -64,6 +64,12 @@ class Engine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def context_length(self) -> int:
+        """The longest sequence (prompt and output, in tokens) the model takes."""
+        cfg = self.model.config
+        return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 4096)
+
     # ---- generation --------------------------------------------------------------------------
     def chat(self, conversations: Sequence[list[dict[str, str]]], adapter: str | Sequence[str] | None = None,
              **opts: Any) -> list[str]:
@@ -250,8 +256,34 @@ class Engine:
                     out_text[i] = t
         return out_text
 
+    def generate_token_ids(self, rows: Sequence[Sequence[int]], adapter: str | None = None,
+                           options: GenerationOptions | None = None) -> list[list[int]]:
+        """Like `generate_ids`, returning each row's new token ids (an end-of-sequence id included where the
+        row ended at one; stop strings are not applied)."""
+        o = options or GenerationOptions()
+        rows = [list(r) for r in rows]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        out: list[list[int]] = [[] for _ in rows]
+        for start in range(0, len(rows), o.batch_size):
+            idx = order[start:start + o.batch_size]
+            new = self._generate([rows[i] for i in idx], [adapter or self._default()] * len(idx), o)
+            eos = stop_ids(self.model, self.tokenizer) | {self.tokenizer.pad_token_id}
+            for i, row in zip(idx, new.tolist()):
+                end = next((k + 1 for k, t in enumerate(row) if t in eos), len(row))
+                out[i] = row[:end]
+        return out
+
+    def _default(self) -> str:
+        return self.adapters[0] if self.adapters else BASE
+
     @torch.inference_mode()
     def _generate_ids(self, rows: list[list[int]], adapters: list[str], o: GenerationOptions) -> list[str]:
+        texts = self.tokenizer.batch_decode(self._generate(rows, adapters, o), skip_special_tokens=True)
+        return [cut_at_stop(t, o.stop) for t in texts] if o.stop else texts
+
+    @torch.inference_mode()
+    def _generate(self, rows: list[list[int]], adapters: list[str], o: GenerationOptions) -> torch.Tensor:
+        """The new token ids of left-padded `rows` (HF generate), one adapter per row."""
         pad = self.tokenizer.pad_token_id
         ids, mask = left_pad(rows, pad, self.device)
         width = ids.shape[1]
@@ -273,11 +305,7 @@ class Engine:
                 gen = self.model.generate(**kw)
         else:
             gen = self.model.generate(**kw, adapter_names=adapters)
-        new = gen[:, width:]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        if o.stop:
-            texts = [cut_at_stop(t, o.stop) for t in texts]
-        return texts
+        return gen[:, width:]
 
 
 class _AdapterScope:

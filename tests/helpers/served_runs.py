@@ -1,0 +1,27 @@
+"""Run folders for the server tests: a LoRA adapter with random (non-zero) weights on the tiny base for an
+app's demo recipe, made in a second (no training: the tests compare generation paths, not quality)."""
+
+from pathlib import Path
+
+
+def make_run(out: Path, app_name: str, seed: int = 0, *overrides: str, rank: int = 4) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from peft_apps.core.config import load_recipe
+    from peft_apps.core.registry import get_app
+    from peft_apps.core.tiny import builtin_model_path
+
+    app = get_app(app_name)
+    recipe = load_recipe(app.recipe_path("demo"), ["model.base=builtin:tiny", "model.quantization=none",
+                                                   "model.dtype=float32", "peft.modules_to_save=[]", *overrides],
+                         app=app_name)
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(builtin_model_path("tiny")),
+                           LoraConfig(r=rank, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"],
+                                      init_lora_weights=False, task_type="CAUSAL_LM"))
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    (out / "recipe.yaml").write_text(recipe.to_yaml())
+    return out

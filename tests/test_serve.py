@@ -1,0 +1,342 @@
+"""`peft-apps serve` with the official `openai` client, the app endpoints, and every app's pipeline generating
+through `--endpoint`: greedy outputs equal an in-process run, concurrent requests of three adapters equal
+each adapter alone, bad requests get JSON 4xx errors, a client leaving mid-stream leaves nothing running,
+SIGTERM finishes the requests in flight."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from helpers.preloaded import run_cli
+from helpers.served_runs import make_run
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = [("autore-run", "autore", ()), ("review-run", "codereview", ()), ("testgen-run", "testgen", ()),
+        ("exam-run", "exam", ()), ("alpha", "sft", ()), ("beta", "sft", ()), ("gamma", "sft", ())]
+DOC = ("Marie Curie was a physicist born in Warsaw . She won the Nobel Prize in Physics in 1903 . "
+       "Pierre Curie , her husband , was born in Paris .")
+ROME = '{"entity": "Rome", "sentence": "Rome is the capital of Italy ."}'
+MODULE = "def add(a, b):\n    return a + b\n\n\ndef clamp(x, lo, hi):\n    return max(lo, min(x, hi))\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: list[str], port: int, cwd: Path, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-c", "from peft_apps.core.cli import main; main()", "serve", *args, "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=dict(os.environ))
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 180:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited ({proc.returncode}): {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"the server did not answer: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_path) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    for i, (name, app, extra) in enumerate(RUNS):
+        make_run(root / name, app, i, *extra)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(runs, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    proc = start_server([name for name, _, _ in RUNS] + ["--max-tokens", "256", "--max-body-mb", "1"], port, runs, log)
+    yield f"http://127.0.0.1:{port}"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0, log.read_text()[-2000:]
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def engine(runs):
+    """The same runs loaded in-process: the reference every served output must equal."""
+    from peft_apps.core.engine import Engine
+
+    return Engine.from_pretrained(None, {n: runs / n for n, app, _ in RUNS if app == "sft"}, dtype="float32")
+
+
+def ids_of(engine, text: str) -> list[int]:
+    return engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+# ---- the OpenAI endpoints with the official client ------------------------------------------------------
+
+def test_models_completions_chat_and_streaming(client, engine):
+    models = {m.id: m for m in client.models.list()}
+    assert set(models) == {"builtin:tiny", *(n for n, _, _ in RUNS)}
+    assert models["alpha"].parent == "builtin:tiny" and models["builtin:tiny"].parent is None
+    assert models["alpha"].owned_by == "peft-apps" and models["alpha"].max_model_len == engine.context_length
+
+    ids = ids_of(engine, "The capital of France is")
+    want = engine.generate_ids([ids], adapter="beta", max_new_tokens=12)[0]
+    got = client.completions.create(model="beta", prompt=ids, max_tokens=12, temperature=0)
+    assert got.choices[0].text == want and got.usage.prompt_tokens == len(ids)
+    assert got.choices[0].finish_reason in ("length", "stop")
+    streamed = client.completions.create(model="beta", prompt=ids, max_tokens=12, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == want
+
+    base = engine.generate_ids([ids], adapter="__base__", max_new_tokens=8)[0]
+    assert client.completions.create(model="builtin:tiny", prompt=ids, max_tokens=8, temperature=0).choices[0].text == base
+
+    conv = [{"role": "user", "content": "Name a river in France."}]
+    want_chat = engine.chat([conv], adapter="gamma", max_new_tokens=10)[0]
+    chat = client.chat.completions.create(model="gamma", messages=conv, max_tokens=10, temperature=0)
+    assert chat.choices[0].message.content == want_chat and chat.choices[0].message.role == "assistant"
+    parts = list(client.chat.completions.create(model="gamma", messages=conv, max_tokens=10, temperature=0, stream=True))
+    assert parts[0].choices[0].delta.role == "assistant"
+    assert "".join(p.choices[0].delta.content or "" for p in parts) == want_chat
+    assert parts[-1].choices[0].finish_reason in ("length", "stop")
+
+    two = client.completions.create(model="alpha", prompt=[ids, ids[:3]], max_tokens=6, temperature=0)
+    assert [c.text for c in two.choices] == engine.generate_ids([ids, ids[:3]], adapter="alpha", max_new_tokens=6)
+
+
+def test_sampling_with_a_seed_repeats(client, engine):
+    ids = ids_of(engine, "Once upon a time")
+    a = client.completions.create(model="alpha", prompt=ids, max_tokens=10, temperature=0.9, seed=7)
+    b = client.completions.create(model="alpha", prompt=ids, max_tokens=10, temperature=0.9, seed=7)
+    assert a.choices[0].text == b.choices[0].text
+
+
+def test_concurrent_requests_of_three_adapters_equal_each_alone(client, engine, server):
+    prompts = ["The river Seine flows", "def fibonacci(n):", "Kyiv is the capital of", "A B C D E F",
+               "Warsaw lies on the Vistula", "import numpy as np"]
+    jobs = [(name, ids_of(engine, p)) for p in prompts for name in ("alpha", "beta", "gamma")]
+    alone = [engine.generate_ids([ids], adapter=name, max_new_tokens=16)[0] for name, ids in jobs]
+    before = httpx.get(server + "/health").json()
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        got = list(pool.map(lambda j: client.completions.create(model=j[0], prompt=j[1], max_tokens=16,
+                                                                 temperature=0).choices[0].text, jobs))
+    after = httpx.get(server + "/health").json()
+    assert got == alone
+    assert len({t for t in alone}) > 3  # the adapters answer differently: a mix-up would show
+    steps, tokens = after["steps"] - before["steps"], after["tokens"] - before["tokens"]
+    assert tokens > 2 * steps  # rows were decoded together, not one request after another
+
+
+# ---- bad requests ---------------------------------------------------------------------------------------
+
+def test_bad_requests_get_json_errors(client, server, engine):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.completions.create(model="nope", prompt="x", max_tokens=2)
+    assert "nope" in e.value.body["message"] and e.value.body["code"] == "model_not_found"
+    r = httpx.post(server + "/v1/completions", content=b'{"model": "alpha", "prompt": ',
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = httpx.post(server + "/v1/completions", content=b"x" * (2 << 20), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
+    with pytest.raises(openai.BadRequestError, match="at most 256"):
+        client.completions.create(model="alpha", prompt="x", max_tokens=1000)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="alpha", prompt=[1] * engine.context_length, max_tokens=8)
+    assert e.value.body["code"] == "context_length_exceeded"
+    r = httpx.post(server + "/v1/chat/completions", json={"model": "alpha", "messages": []})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = httpx.post(server + "/v1/apps/exam/answer", json={"question": "no options here"})
+    assert r.status_code == 400 and "no options found" in r.json()["error"]["message"]
+    r = httpx.post(server + "/v1/apps/autore/extract", json={"text": DOC, "model": "alpha"})
+    assert r.status_code == 400 and "not a served autore run" in r.json()["error"]["message"]
+    for r in (r, httpx.post(server + "/v1/completions", json={"model": "alpha"})):
+        assert "Traceback" not in r.text and set(r.json()["error"]) >= {"message", "type", "code"}
+
+
+def test_a_client_leaving_mid_stream_leaves_nothing_running(server, engine):
+    ids = ids_of(engine, "Tell a long story")
+    with httpx.stream("POST", server + "/v1/completions", json={"model": "alpha", "prompt": ids, "max_tokens": 250,
+                                                                  "temperature": 0, "stream": True}) as r:
+        first = next(r.iter_lines())
+        assert first.startswith("data: ")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 30:
+        h = httpx.get(server + "/health").json()
+        if h["running"] == 0 and h["waiting"] == 0:
+            break
+        time.sleep(0.1)
+    assert h["running"] == 0 and h["waiting"] == 0
+    ok = httpx.post(server + "/v1/completions", json={"model": "alpha", "prompt": ids, "max_tokens": 4, "temperature": 0})
+    assert ok.status_code == 200
+
+
+def test_openapi_schema_lists_every_endpoint(server):
+    paths = httpx.get(server + "/openapi.json").json()["paths"]
+    for p in ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/v1/apps/autore/extract",
+              "/v1/apps/codereview/review", "/v1/apps/testgen/generate", "/v1/apps/exam/answer"):
+        assert p in paths, p
+
+
+# ---- every app: in-process, through its endpoint, and with --endpoint -----------------------------------
+
+def test_autore_equal_in_process_endpoint_and_app_endpoint(runs, server):
+    from peft_apps.apps.autore import AutoRE
+
+    local = AutoRE.from_pretrained(None, runs / "autore-run").extract(DOC)
+    remote = AutoRE.from_pretrained(None, runs / "autore-run", endpoint=server).extract(DOC)
+    assert remote.raw == local.raw and remote.triples == local.triples
+    assert local.stats.get("relation_calls")  # the stages ran
+    body = httpx.post(server + "/v1/apps/autore/extract", json={"text": DOC}, timeout=300).json()
+    assert body["triples"] == local.triples and body["output"] == local.model_text()
+
+
+def test_codereview_equal_in_process_endpoint_and_app_endpoint(runs, server):
+    from peft_apps.apps.codereview import CodeReviewer
+    from peft_apps.apps.codereview.report import to_json
+
+    diff = (ROOT / "data/codereview/itsdangerous-0e255fc.diff").read_text()
+    local = CodeReviewer.from_pretrained(None, runs / "review-run").review(diff)
+    remote = CodeReviewer.from_pretrained(None, runs / "review-run", endpoint=server).review(diff)
+    assert to_json(remote) == to_json(local)
+    assert len(local.hunks) > 10 and any(h.necessity_output for h in local.hunks)
+    body = httpx.post(server + "/v1/apps/codereview/review", json={"diff": diff}, timeout=300).json()
+    assert body == json.loads(to_json(local))
+
+
+def test_testgen_equal_in_process_endpoint_and_app_endpoint(runs, server, tmp_path):
+    from peft_apps.apps.testgen import TestGenerator
+    from peft_apps.apps.testgen.generate import targets_in_files
+
+    (tmp_path / "calc.py").write_text(MODULE)
+    targets = targets_in_files(["calc.py"], tmp_path)
+    local = TestGenerator.from_pretrained(None, runs / "testgen-run").candidates(targets, n=1)
+    remote = TestGenerator.from_pretrained(None, runs / "testgen-run", endpoint=server).candidates(targets, n=1)
+    assert remote == local and len(local) == 2
+    body = httpx.post(server + "/v1/apps/testgen/generate", json={"source": MODULE, "path": "calc.py", "n": 1},
+                      timeout=300).json()
+    assert [f["target"] for f in body["functions"]] == ["calc.py::add", "calc.py::clamp"]
+    assert [[c["output"] for c in f["candidates"]] for f in body["functions"]] == local
+    assert body["functions"][0]["candidates"][0]["test"].startswith("import pytest\n\nfrom calc import add")
+    sampled = httpx.post(server + "/v1/apps/testgen/generate", json={"source": MODULE, "path": "calc.py", "n": 3,
+                                                                     "functions": ["clamp"]}, timeout=300).json()
+    assert len(sampled["functions"]) == 1 and len(sampled["functions"][0]["candidates"]) == 3
+
+
+def test_exam_equal_in_process_endpoint_and_app_endpoint(runs, server):
+    from peft_apps.apps.exam import ExamSolver
+    from peft_apps.core.registry import get_app
+
+    app = get_app("exam")
+    q = "Яке місто є столицею України?\nА) Київ\nБ) Львів\nВ) Одеса\nГ) Харків"
+    solver = ExamSolver.from_pretrained(None, runs / "exam-run")
+    local = solver.solve_records([app.from_text(q, "q", solver.recipe)])[0]
+    remote_solver = ExamSolver.from_pretrained(None, runs / "exam-run", endpoint=server)
+    remote = remote_solver.solve_records([app.from_text(q, "q", solver.recipe)])[0]
+    assert remote == local and local.output
+    body = httpx.post(server + "/v1/apps/exam/answer", json={"question": q}, timeout=300).json()
+    assert body["output"] == local.output and body["answer"] == local.answer
+    options = httpx.post(server + "/v1/apps/exam/answer", timeout=300, json={
+        "question": "Яке місто є столицею України?", "options": [["А", "Київ"], ["Б", "Львів"], ["В", "Одеса"],
+                                                                  ["Г", "Харків"]]}).json()
+    assert options["output"] == local.output  # the same question, its options given apart
+    voted = httpx.post(server + "/v1/apps/exam/answer", json={"question": q, "samples": 3}, timeout=300).json()
+    assert len(voted["samples"]) == 3
+
+
+def test_cli_predict_and_review_with_endpoint_equal_in_process(runs, server):
+    local = run_cli(["peft-apps", "predict", "sft", "--adapter", str(runs / "beta"), ROME])
+    remote = run_cli(["peft-apps", "predict", "sft", "--adapter", str(runs / "beta"), "--endpoint", server,
+                      ROME])
+    assert local.returncode == 0 and remote.returncode == 0, remote.stderr
+    assert remote.stdout == local.stdout and json.loads(local.stdout)["output"]
+    named = run_cli(["peft-apps", "predict", "sft", "--adapter", str(runs / "beta"), "--endpoint", server,
+                     "--model", "gamma", ROME])
+    assert named.returncode == 0 and named.stdout != local.stdout  # another served adapter answered
+    diff = str(ROOT / "data/codereview/itsdangerous-0e255fc.diff")
+    args = ["peft-apps", "codereview", "review", "--adapter", str(runs / "review-run"), "--diff", diff, "-f", "json"]
+    a, b = run_cli(args), run_cli(args + ["--endpoint", server])
+    assert a.returncode == 0 and b.returncode == 0, b.stderr
+    assert json.loads(a.stdout)["hunks"] == json.loads(b.stdout)["hunks"]
+    wrong = run_cli(["peft-apps", "predict", "sft", "--adapter", str(runs / "beta"), "--endpoint", server,
+                     "--model", "nope", ROME])
+    assert wrong.returncode == 2 and "does not serve 'nope'" in wrong.stderr and "alpha" in wrong.stderr
+    gone = run_cli(["peft-apps", "predict", "sft", "--adapter", str(runs / "beta"), "--endpoint",
+                    f"http://127.0.0.1:{free_port()}", ROME])
+    assert gone.returncode == 2 and "cannot reach the server" in gone.stderr and "Traceback" not in gone.stderr
+
+
+# ---- the server's command line ------------------------------------------------------------------------
+
+def test_serve_refuses_bad_runs_before_loading(runs, tmp_path, server):
+    not_run = tmp_path / "empty"
+    not_run.mkdir()
+    r = run_cli(["peft-apps", "serve", str(not_run)])
+    assert r.returncode == 2 and "not an adapter folder" in r.stderr
+    other = make_run(tmp_path / "other-base", "sft", 9, "model.base=builtin:small")
+    r = run_cli(["peft-apps", "serve", str(runs / "alpha"), str(other)])
+    assert r.returncode == 2 and "different base models" in r.stderr and "builtin:small" in r.stderr
+    r = run_cli(["peft-apps", "serve", str(runs / "alpha"), f"alpha={runs / 'beta'}"])
+    assert r.returncode == 2 and "two runs are named 'alpha'" in r.stderr
+    port = server.rsplit(":", 1)[1]
+    r = run_cli(["peft-apps", "serve", str(runs / "alpha"), "--port", port])
+    assert r.returncode == 2 and f"port {port} on 127.0.0.1 is in use" in r.stderr
+    r = run_cli(["peft-apps", "serve", str(runs / "alpha"), "--engine", "vllm", "--port", str(free_port())])
+    assert r.returncode == 2 and "vLLM" in r.stderr and len(r.stderr.strip().splitlines()) <= 2
+
+
+def test_vllm_command_line_from_the_recipes(runs, tmp_path, tiny_path):
+    from peft_apps.core.serve.runs import read_runs
+    from peft_apps.core.serve.vllm import vllm_command
+
+    wide = make_run(tmp_path / "wide", "codereview", 3, rank=12)
+    served = read_runs([str(runs / "alpha"), f"review={wide}"])
+    cmd = vllm_command(served, None, 8001)
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    flags = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--")}
+    assert flags["--model"] == str(tiny_path) and flags["--served-model-name"] == "builtin:tiny"
+    assert flags["--port"] == "8001" and flags["--host"] == "127.0.0.1"
+    assert flags["--max-lora-rank"] == "16" and flags["--max-loras"] == "2" and flags["--dtype"] == "float32"
+    longest = max(r.recipe.data.max_length for r in served)
+    assert flags["--max-model-len"] == str(longest + 1024)
+    modules = cmd[cmd.index("--lora-modules") + 1:]
+    assert modules == [f"alpha={(runs / 'alpha').resolve()}", f"review={wide.resolve()}"]
+    assert "--enable-lora" in cmd and "--quantization" not in cmd
+
+
+def test_sigterm_finishes_the_request_in_flight(runs, tmp_path, engine):
+    port = free_port()
+    proc = start_server([str(runs / "alpha")], port, tmp_path, tmp_path / "log")
+    ids = ids_of(engine, "Tell a long story")
+    want = engine.generate_ids([ids], adapter="alpha", max_new_tokens=250)[0]
+    got: dict = {}
+
+    def ask():
+        got["r"] = httpx.post(f"http://127.0.0.1:{port}/v1/completions", timeout=120,
+                              json={"model": "alpha", "prompt": ids, "max_tokens": 250, "temperature": 0})
+
+    t = threading.Thread(target=ask)
+    t.start()
+    while httpx.get(f"http://127.0.0.1:{port}/health").json()["running"] == 0 and t.is_alive():
+        time.sleep(0.01)
+    assert t.is_alive()  # the request is being generated when the signal comes
+    proc.send_signal(signal.SIGTERM)
+    t.join(120)
+    assert proc.wait(60) == 0
+    assert got["r"].status_code == 200 and got["r"].json()["choices"][0]["text"] == want
