@@ -10,7 +10,9 @@ clone on a CPU machine cannot have is stood in for, and only that:
   (`eval.limit=2`): the same code paths, seconds instead of hours;
 - a synopsis's placeholders (APP, RUN, GOLD, PRED, INPUT..., OUT) get values, `a|b|c` runs once per
   choice, `[...]` options are given and `[KEY=VALUE]...` is left out;
-- a line whose comment says `error: MESSAGE` must fail with exit code 2 and that message.
+- a line whose comment says `error: MESSAGE` must fail with exit code 2 and that message;
+- `peft-apps serve ... &` starts the server in the background (on a free port: `8000` in every command
+  and Python block becomes that port) until the test ends; the commands after it use it.
 Each command runs in a fork of one interpreter that imported the heavy libraries once (the console
 script's own entry point, a process of its own: `helpers/preloaded.py`), which saves 5-7 s a command;
 the installed console script itself runs once, as a shell runs it.
@@ -59,7 +61,8 @@ def readme_blocks(lang: str) -> list[str]:
 
 
 def readme_commands() -> list[tuple[str, str]]:
-    """(command, comment) for each command line of the README's bash blocks, in order."""
+    """(command, comment) for each command line of the README's bash blocks, in order (a background command
+    keeps its trailing `&`)."""
     out = []
     for block in readme_blocks("bash"):
         for line in block.splitlines():
@@ -158,6 +161,26 @@ def before(argv: list[str], tmp: Path) -> None:
 
 def check(argv: list[str], p: subprocess.CompletedProcess, tmp: Path) -> None:
     """What a command made is what the README says it makes."""
+    if "--endpoint" in argv and p.returncode == 0:
+        # generated on the README's server: the same as in-process (greedy)
+        from helpers.preloaded import run_cli
+
+        at = argv.index("--endpoint")
+        local = [*argv[:at], *argv[at + 2:]]
+        if "-o" in local:
+            local[local.index("-o") + 1] = "local-" + local[local.index("-o") + 1]
+        q = run_cli(local, cwd=tmp)
+        assert q.returncode == 0, q.stderr[-2000:]
+        if "-o" in argv:
+            a = json.loads((tmp / argv[argv.index("-o") + 1]).read_text())
+            b = json.loads((tmp / local[local.index("-o") + 1]).read_text())
+            if "hunks" in a:  # a review
+                assert a["hunks"] == b["hunks"]
+            else:  # testgen: each function's first candidate is the greedy one
+                assert [f["candidates"][0]["test"] for f in a["functions"]] == \
+                    [f["candidates"][0]["test"] for f in b["functions"]] and a["functions"]
+        else:
+            assert p.stdout == q.stdout and p.stdout.strip()
     if argv[:3] == ["peft-apps", "eval", "sft"]:
         run = tmp / "runs" / "sft-lora"
         em = json.loads((run / "eval_metrics.json").read_text())
@@ -225,18 +248,61 @@ def run_command(argv: list[str], tmp: Path, comment: str) -> subprocess.Complete
     return p
 
 
+def start_server(argv: list[str], tmp: Path, env: dict) -> subprocess.Popen:
+    """A README `peft-apps serve ... &`: started with the console script's entry point, ready when /health answers."""
+    import httpx
+
+    port = argv[argv.index("--port") + 1]
+    proc = subprocess.Popen([sys.executable, "-c", "from peft_apps.core.cli import main; main()", *argv[1:]], cwd=tmp,
+                            env=env, stdout=(tmp / "serve.log").open("w"), stderr=subprocess.STDOUT)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 180:
+        assert proc.poll() is None, (tmp / "serve.log").read_text()[-3000:]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise AssertionError("the README's server did not start: " + (tmp / "serve.log").read_text()[-3000:])
+
+
+def free_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 @pytest.mark.slow
 def test_every_readme_command_runs_as_written(tmp_path):
+    workspace(tmp_path)
+    env = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
+    port = free_port()
+    servers: list[subprocess.Popen] = []
+    try:
+        readme_commands_and_blocks(tmp_path, env, port, servers)
+    finally:
+        for proc in servers:
+            proc.send_signal(2)  # Ctrl-C: the requests in flight finish, then it exits 0
+            assert proc.wait(60) == 0, (tmp_path / "serve.log").read_text()[-3000:]
+
+
+def readme_commands_and_blocks(tmp_path: Path, env: dict, port: str, servers: list) -> None:
     from helpers.preloaded import ENTRY_POINTS
 
-    workspace(tmp_path)
     bindir = Path(sys.executable).parent
-    env = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
     ran = []
     for command, comment in readme_commands():
         if skipped(command):
             continue
-        for argv in expand(command):
+        command = command.replace("127.0.0.1:8000", f"127.0.0.1:{port}").replace("--port 8000", f"--port {port}")
+        background = command.endswith("&")
+        for argv in expand(command.rstrip("&").strip()):
+            if background:
+                servers.append(start_server(argv, tmp_path, env))
+                continue
             p = run_command(argv, tmp_path, comment)
             ran.append(" ".join(argv))
             check(argv, p, tmp_path)
@@ -257,8 +323,9 @@ def test_every_readme_command_runs_as_written(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     for block in readme_blocks("python"):
-        if "from_pretrained" not in block:
+        if "from_pretrained" not in block and "openai.OpenAI" not in block:
             continue  # the walk-through app's listing: tests/helpers/toy_app is that code, run by the contract test
+        block = block.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
         q = subprocess.run([sys.executable, "-c", block.replace('"..."', '"Marie Curie was born in Warsaw ."')],
                            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
         assert q.returncode == 0, f"{block}\n{q.stderr[-3000:]}"

@@ -340,3 +340,32 @@ def test_sigterm_finishes_the_request_in_flight(runs, tmp_path, engine):
     t.join(120)
     assert proc.wait(60) == 0
     assert got["r"].status_code == 200 and got["r"].json()["choices"][0]["text"] == want
+
+
+def test_scheduler_rows_join_a_running_batch_and_share_prefixes(engine):
+    """In-process: rows submitted while others decode join the running batch; rows of one adapter with a
+    long common prefix prefill it once; every row's text equals its adapter's run alone."""
+    from peft_apps.core.serve.scheduler import Row, Scheduler
+
+    doc = "Marie Curie was a physicist born in Warsaw . She won the Nobel Prize in Physics in 1903 . " * 2
+    first = [Row(ids=ids_of(engine, "Tell a long story"), adapter="alpha", max_new_tokens=60)]
+    shared = [Row(ids=ids_of(engine, doc + q), adapter="beta", max_new_tokens=12)
+              for q in (" Who won?", " Where was she born?", " When?")]
+    others = [Row(ids=ids_of(engine, "import numpy as np"), adapter="gamma", max_new_tokens=12),
+              Row(ids=ids_of(engine, "import numpy as np"), adapter="__base__", max_new_tokens=12)]
+    scheduler = Scheduler(engine).start()
+    try:
+        scheduler.submit(first)
+        while not scheduler.rows and first[0].finish_reason is None:
+            time.sleep(0.001)
+        scheduler.submit(shared + others)
+        for r in first + shared + others:
+            assert r.done.wait(60)
+    finally:
+        scheduler.close()
+    for r in first + shared + others:
+        alone = engine.generate_ids([r.ids], adapter=r.adapter, max_new_tokens=r.max_new_tokens)[0]
+        assert r.text(engine.tokenizer) == alone and r.finish_reason in ("stop", "length")
+    assert scheduler.stats["joined_running"] >= 1
+    common = len(os.path.commonprefix([r.ids for r in shared]))
+    assert scheduler.stats["shared_prefix_tokens"] == common * (len(shared) - 1) and common > 30

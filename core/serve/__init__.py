@@ -48,7 +48,8 @@ def local_served(runs: list[Run], base: str | None, limits: Limits, dtype: str |
         run_apps={r.name: r.recipe.app for r in runs}, context=engine.context_length, start_rows=start_rows,
         engine=lambda names, cancel: RowEngine(engine.tokenizer, names, completer(scheduler, cancel),
                                                engine.context_length),
-        load=lambda: {**scheduler.load, "steps": scheduler.stats["steps"], "tokens": scheduler.stats["tokens"]},
+        load=lambda: {**scheduler.load, **{k: round(v, 3) if isinstance(v, float) else v
+                                           for k, v in sorted(scheduler.stats.items())}},
         close=scheduler.close)
 
 

@@ -39,6 +39,7 @@ class Limits:
     max_waiting: int = 256
     max_batch: int = 32
     max_app_requests: int = 64
+    api_key: str | None = None  # when set, /v1/* needs `Authorization: Bearer <key>`
 
 
 @dataclass
@@ -154,6 +155,8 @@ def build_app(served: Served, limits: Limits):
         return JSONResponse(_error_body(500, f"internal error: {type(exc).__name__}", "server_error"), 500)
 
     api.add_middleware(_BodyLimit, limit=limits.max_body_bytes)
+    if limits.api_key:
+        api.add_middleware(_ApiKey, key=limits.api_key)
 
     # ---- models -------------------------------------------------------------------------------------------
     def model_card(name: str) -> dict[str, Any]:
@@ -474,6 +477,23 @@ class _BodyLimit:
         except _TooLarge:
             await _send_json(send, 413, _error_body(413, f"the request body is over the limit of {self.limit} bytes",
                                                     "invalid_request_error"))
+
+
+class _ApiKey:
+    """401 for a /v1 request without `Authorization: Bearer <key>` (what OpenAI clients send)."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key
+
+    async def __call__(self, scope, receive, send):
+        import hmac
+
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            given = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.key}".encode()):
+                return await _send_json(send, 401, _error_body(401, "missing or wrong API key (Authorization: Bearer "
+                                                                    "KEY)", "invalid_request_error", "invalid_api_key"))
+        return await self.app(scope, receive, send)
 
 
 class _TooLarge(Exception):

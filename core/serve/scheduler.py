@@ -181,9 +181,13 @@ class Scheduler:
                     take = self._take()
                 try:
                     if take:
+                        t0 = time.perf_counter()
                         self._admit(take)
+                        self.stats["prefill_s"] += time.perf_counter() - t0
                     if self.rows:
+                        t0 = time.perf_counter()
                         self._step()
+                        self.stats["step_s"] += time.perf_counter() - t0
                 except Exception as e:  # a failed pass fails its rows, never the server
                     log.exception("generation failed")
                     for r in take + self.rows:
