@@ -89,8 +89,17 @@ def load_json_state(path: str | Path) -> dict[str, Any]:
     return _unjson(json.loads(Path(path).read_text()))
 
 
-def save_rng(folder: str | Path) -> None:
+def _rng_files(rank: int) -> tuple[str, str]:
+    """Rank 0's RNG files keep their one-process names; rank r's carry `_r`."""
+    if rank == 0:
+        return RNG, RNG_META
+    return RNG.replace(".", f"_{rank}.", 1), RNG_META.replace(".", f"_{rank}.", 1)
+
+
+def save_rng(folder: str | Path, rank: int = 0) -> None:
+    """This process's RNG states (each rank of a multi-process run its own files)."""
     folder = Path(folder)
+    rng, rng_meta = _rng_files(rank)
     py = random.getstate()
     np_state = np.random.get_state()
     tensors = {"torch_cpu": torch.random.get_rng_state(),
@@ -99,16 +108,21 @@ def save_rng(folder: str | Path) -> None:
         for i, s in enumerate(torch.cuda.random.get_rng_state_all()):
             tensors[f"cuda_{i}"] = s
     meta = {"python": _jsonable(py), "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]}
-    save_file(tensors, str(folder / RNG))
-    (folder / RNG_META).write_text(json.dumps(meta))
+    save_file(tensors, str(folder / rng))
+    (folder / rng_meta).write_text(json.dumps(meta))
 
 
-def load_rng(folder: str | Path) -> bool:
+def load_rng(folder: str | Path, rank: int = 0) -> bool:
+    """Restore this rank's RNG states; a rank the checkpoint has no files for (it was written by fewer
+    processes) takes rank 0's."""
     folder = Path(folder)
-    if not (folder / RNG).is_file():
+    rng, rng_meta = _rng_files(rank)
+    if not (folder / rng).is_file():
+        rng, rng_meta = RNG, RNG_META
+    if not (folder / rng).is_file():
         return False
-    tensors = load_file(str(folder / RNG))
-    meta = json.loads((folder / RNG_META).read_text())
+    tensors = load_file(str(folder / rng))
+    meta = json.loads((folder / rng_meta).read_text())
     random.setstate(_unjson(meta["python"]))
     name, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((name, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))

@@ -141,12 +141,27 @@ def train_cmd(
     print_recipe: bool = typer.Option(False, "--print-recipe", help="print the resolved recipe and exit"),
     subtask: Optional[str] = typer.Option(None, "--task", "--target", "-t",
                                           help="the app's sub-task or target variant (see `peft-apps apps`)"),
+    num_processes: int = typer.Option(1, "--num-processes", min=1, metavar="N",
+                                      help="train in N processes through accelerate (GPUs, or CPU processes over "
+                                           "gloo); train.distributed picks ddp, fsdp or deepspeed"),
 ) -> None:
     """Train an adapter for APP with a recipe."""
     a, r = _recipe(app_name, recipe, overrides, subtask=subtask, name_run=True)
     if print_recipe:
         typer.echo(r.to_yaml())
         return
+    from peft_apps.core import distributed
+
+    here = distributed.world()
+    if not here.main:
+        console.quiet = True  # rank 0 speaks for the run
+    if num_processes > 1 and here.size == 1:
+        if resume and force:
+            raise UserError("--resume continues the folder's run and --force replaces it: give one of them")
+        raise typer.Exit(_launch(r, num_processes, resume, force))
+    if here.size > 1 and num_processes not in (1, here.size):
+        raise UserError(f"--num-processes {num_processes}, but the launcher started {here.size} processes",
+                        hint="leave --num-processes out under accelerate launch or torchrun")
     _prepare()
     console.print(f"[bold]train[/] {a.name} / {r.name}: {r.peft.method} on {r.model.base} -> {r.output_dir()}")
     from peft_apps.core.trainer import TrainingInterrupted
@@ -159,7 +174,8 @@ def train_cmd(
         import shlex
 
         again = shlex.join(["peft-apps", "train", app_name, *(["-r", recipe] if recipe else []),
-                            *(["--task", subtask] if subtask else []), *(overrides or []), "--resume"])
+                            *(["--task", subtask] if subtask else []), *(overrides or []), "--resume",
+                            *(["--num-processes", str(here.size)] if here.size > 1 else [])])
         where = f"checkpoint saved in {stop.checkpoint}" if stop.checkpoint else "no checkpoint was saved"
         console.print(f"[yellow]interrupted at step {stop.step}[/]: {where}")
         if stop.checkpoint:
@@ -205,6 +221,54 @@ def inspect_cmd(
                                                       "truncated", "dropped")}, ensure_ascii=False))
         return
     render(views, r, tokenizer, out_console)
+
+
+def _launch(r, processes: int, resume: bool, force: bool) -> int:
+    """Start this same command in `processes` processes through `accelerate launch` (its config written from
+    the recipe, in a temporary folder: rank 0 writes the run folder's copy); returns their exit code. The
+    launcher runs in its own session: Ctrl-C reaches it once, and it passes one SIGINT to every rank (each
+    stops after the same step and saves a checkpoint)."""
+    import signal
+    import subprocess
+    import tempfile
+
+    import torch
+
+    from peft_apps.core import distributed, run_folder
+
+    cuda = torch.cuda.is_available()
+    distributed.check(r, processes, torch.cuda.device_count() if cuda else 0)
+    out = r.output_dir()
+    if resume:
+        run_folder.resume_point(out, r)
+    else:
+        run_folder.check_new(out, force)
+    args = _without_option(sys.argv[1:], ("--num-processes",))
+    with tempfile.TemporaryDirectory(prefix="peft-apps-launch-") as tmp:
+        config = distributed.write_launch_files(Path(tmp), r, processes, cuda)
+        cmd = distributed.launch_command(config, args)
+        console.print(f"[bold]launch[/] {processes} processes ({distributed.backend(r, processes)}"
+                      f"{', CPU over gloo' if not cuda else ''}): accelerate launch -m peft_apps.core.cli "
+                      f"{' '.join(args)}", highlight=False, soft_wrap=True)
+        proc = subprocess.Popen(cmd, start_new_session=True)
+        previous = signal.signal(signal.SIGINT, lambda *_: proc.send_signal(signal.SIGINT))
+        try:
+            return proc.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _without_option(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """`argv` without the option `names` and its value (`--opt V` or `--opt=V`)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in names:
+            skip = True
+        elif not any(a.startswith(n + "=") for n in names if n.startswith("--")):
+            out.append(a)
+    return out
 
 
 def _train(a, r, resume: bool = False, split: dict | None = None, force: bool = False,

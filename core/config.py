@@ -82,7 +82,7 @@ class TrainConfig(_Section):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, description="overrides epochs when > 0")
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, description="records per step over all processes (each of N takes 1/N)")
     grad_accum: int = Field(1, ge=1)
     batching: Literal["auto", "group_by_length", "packing", "random"] = "auto"
     gradient_checkpointing: bool = True
@@ -101,6 +101,10 @@ class TrainConfig(_Section):
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
     loss_kernel: Literal["auto", "torch", "liger"] = "auto"
     memory_check: bool = Field(True, description="on a GPU, refuse before loading when the estimate exceeds free memory")
+    distributed: Literal["none", "ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"] = Field(
+        "none", description="several processes (--num-processes N, accelerate launch, torchrun): ddp, fsdp, "
+                            "deepspeed-zero2 or deepspeed-zero3; none with N > 1 is ddp")
+    offload: bool = Field(False, description="fsdp / deepspeed: parameters and optimizer state in CPU memory")
 
 
     @field_validator("mixed_precision", mode="before")

@@ -32,7 +32,9 @@ RUN_FILE = "run.json"
 RUN_MARKERS = ("recipe.yaml", "adapter_config.json", "model.safetensors", "metrics.json")
 # Settings that do not change the weights a run ends on: a resumed run may change them.
 NOT_TRAJECTORY = {"train.output_dir", "train.report_to", "train.logging_steps", "train.save_total_limit",
-                  "train.memory_check", "train.save_steps"}
+                  "train.memory_check", "train.save_steps", "train.distributed", "train.offload"}
+# What a run writes before its first checkpoint (with the launch config of a multi-process run).
+RUN_FILES = {RUN_FILE, "checkpoints", "tensorboard", "accelerate.yaml", "deepspeed.json"}
 
 
 def trajectory(recipe: Recipe) -> dict[str, Any]:
@@ -55,7 +57,7 @@ def holds_run(folder: Path) -> bool:
 
 
 def only_run_file(folder: Path) -> bool:
-    return folder.is_dir() and {p.name for p in folder.iterdir()} <= {RUN_FILE, "checkpoints", "tensorboard"}
+    return folder.is_dir() and {p.name for p in folder.iterdir()} <= RUN_FILES
 
 
 def check_new(folder: Path, force: bool = False) -> None:

@@ -62,12 +62,15 @@ class CoreSFTTrainer(SFTTrainer):
                             f"{self.select_key.removeprefix('eval_')!r}", hint=f"it has: {names}")
         value = float(metrics[self.select_key])
         record = self.best_dir / "best.json"
-        best = json.loads(record.read_text()) if record.is_file() else None
+        if not hasattr(self, "_best"):  # read once: every rank decides from the same record
+            self._best = json.loads(record.read_text()) if record.is_file() else None
+        best = self._best
         if best is not None and not (value > best["value"] if self.greater_is_better else value < best["value"]):
             return
-        self.model.save_pretrained(str(self.best_dir), safe_serialization=True)
-        record.write_text(json.dumps({"step": self.state.global_step, "metric": self.select_key.removeprefix("eval_"),
-                                      "value": value}))
+        self.save_adapter(self.best_dir)
+        self._best = {"step": self.state.global_step, "metric": self.select_key.removeprefix("eval_"), "value": value}
+        if self.args.should_save:
+            record.write_text(json.dumps(self._best))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Loss from the completion positions' logits only.
@@ -84,18 +87,52 @@ class CoreSFTTrainer(SFTTrainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         # accelerate wraps only model.forward in autocast; these direct calls need their own
         with self.accelerator.autocast():
-            return completion_only_loss(lm, inputs, num_items_in_batch, kernel=self.loss_kernel)
+            loss = completion_only_loss(lm, inputs, num_items_in_batch, kernel=self.loss_kernel)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # divided by the completion tokens of every rank, and DDP / FSDP average the gradients over the
+            # ranks: scaled back by N, each token counts as in one process (the trainer's own loss does this)
+            loss = loss * self.accelerator.num_processes
+        return loss
+
+    def _rank_batches(self) -> bool:
+        """Batches drawn by `distributed.RankBatches` (all but packing, whose rows the packer made)."""
+        return not self.args.padding_free and "length" in self.train_dataset.column_names
+
+    def get_train_dataloader(self):
+        if not self._rank_batches():
+            return super().get_train_dataloader()
+        from peft_apps.core.distributed import MaskedCopies
+
+        return self._get_dataloader(dataset=MaskedCopies(self.train_dataset), description="Training",
+                                    batch_size=self._train_batch_size, sampler_fn=self._get_train_sampler,
+                                    is_training=True)
 
     def _get_train_sampler(self, train_dataset=None):
-        # `train_dataset` arrives with unused columns removed; `self.train_dataset` keeps "length"
-        # in the same row order.
-        full = self.train_dataset
-        if self.args.train_sampling_strategy != "group_by_length" or "length" not in full.column_names:
+        # `self.train_dataset` keeps "length" in the dataset's row order
+        if not self._rank_batches():
             return super()._get_train_sampler(train_dataset)
-        from peft_apps.core.sampling import SortedBatchSampler
+        from transformers.trainer_pt_utils import BatchRebalanceSampler
 
-        return SortedBatchSampler(full["length"], self.args.per_device_train_batch_size,
-                                  seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+        from peft_apps.core.distributed import RankBatches
+
+        class RankBatchSampler(RankBatches, BatchRebalanceSampler):
+            """transformers hands a `BatchRebalanceSampler` to the DataLoader as its batch sampler, unsharded."""
+
+        a = self.args
+        return RankBatchSampler(self.train_dataset["length"], a.per_device_train_batch_size * a.world_size,
+                                a.world_size, a.process_index, seed=a.data_seed if a.data_seed is not None else a.seed,
+                                order="sorted" if a.train_sampling_strategy == "group_by_length" else "random")
+
+    def save_adapter(self, path) -> None:
+        """The adapter as safetensors in `path`, from every rank (FSDP and ZeRO-3 gather the shards), written
+        by rank 0."""
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            state = self.accelerator.get_state_dict(self.model)
+            if self.args.should_save:
+                self.accelerator.unwrap_model(self.model).save_pretrained(str(path), state_dict=state,
+                                                                          safe_serialization=True)
+        elif self.args.should_save:
+            self.model.save_pretrained(str(path), safe_serialization=True)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         am = inputs.get("attention_mask")
@@ -107,6 +144,11 @@ class CoreSFTTrainer(SFTTrainer):
 
     # checkpoint state as safetensors + JSON
     def _save_optimizer_and_scheduler(self, output_dir):
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            # sharded optimizer state: gathered and written by the backend's own checkpointing
+            return super()._save_optimizer_and_scheduler(output_dir)
+        if not self.args.should_save:  # DDP: every rank holds the same state; rank 0 writes it
+            return
         os.makedirs(output_dir, exist_ok=True)
         ckpt.save_optimizer(self.optimizer.state_dict(), output_dir)
         ckpt.save_json_state(self.lr_scheduler.state_dict(), Path(output_dir) / ckpt.SCHEDULER)
@@ -114,6 +156,8 @@ class CoreSFTTrainer(SFTTrainer):
     def _load_optimizer_and_scheduler(self, checkpoint):
         if checkpoint is None:
             return
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_optimizer_and_scheduler(checkpoint)
         if not (Path(checkpoint) / ckpt.OPTIMIZER).is_file():
             raise UserError(f"checkpoint {checkpoint} has no {ckpt.OPTIMIZER}: it was not written by peft-apps")
         self.optimizer.load_state_dict(ckpt.load_optimizer(checkpoint))
@@ -123,7 +167,7 @@ class CoreSFTTrainer(SFTTrainer):
 
     def _save_scaler(self, output_dir):
         scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is not None:
+        if scaler is not None and self.args.should_save:
             ckpt.save_json_state(scaler.state_dict(), Path(output_dir) / ckpt.SCALER)
 
     def _load_scaler(self, checkpoint):
@@ -134,14 +178,16 @@ class CoreSFTTrainer(SFTTrainer):
 
     def _save_rng_state(self, output_dir):
         os.makedirs(output_dir, exist_ok=True)
-        ckpt.save_rng(output_dir)
+        ckpt.save_rng(output_dir, self.args.process_index)
 
     def _load_rng_state(self, checkpoint):
         if checkpoint is not None:
-            ckpt.load_rng(checkpoint)
+            ckpt.load_rng(checkpoint, self.args.process_index)
 
     def _save(self, output_dir=None, state_dict=None):
         super()._save(output_dir, state_dict)
+        if not self.args.should_save:
+            return
         out = Path(output_dir or self.args.output_dir)
         (out / "training_args.bin").unlink(missing_ok=True)
         (out / "training_args.json").write_text(self.args.to_json_string())

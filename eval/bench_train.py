@@ -13,6 +13,13 @@ Records: the relation stage of document-level RE built from real Re-DocRED dev d
 relation names), a real long-tailed length distribution. Prints one JSON line per run, then the ratio.
 
     python eval/bench_train.py [--docs 96] [--repeats 3] [--data ../shared/data/redocred/dev_revised.json]
+
+With `--processes N` it compares the core trainer in N processes (DDP through torchrun: GPUs, or CPU
+processes over gloo) against the core trainer in one, at the same global batch: useful tokens/s of all
+ranks together over the slowest rank's training time, as a ratio. On a 2-core CPU, 2 processes share
+the cores one process already used, so the figure there says little; it is the GPU figure that counts.
+
+    python eval/bench_train.py --processes 2 [--repeats 3]
 """
 
 from __future__ import annotations
@@ -173,13 +180,21 @@ def main() -> None:
     ap.add_argument("--core-set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="recipe overrides for the core run (e.g. train.mixed_precision=no)")
     ap.add_argument("--out", type=Path, default=None, help="write the results JSON here")
+    ap.add_argument("--processes", type=int, default=1, help="compare the core trainer in N processes with 1")
     a = ap.parse_args()
     if not a.data.is_file():
         sys.exit(f"error: {a.data} not found (pass --data PATH to a DocRED-format JSON file)")
     if a.one:
+        rank = int(os.environ.get("RANK", 0))
+        # every rank trains in the same folder's run: rank 0's temporary folder, passed down by the parent
+        shared = os.environ.get("BENCH_TRAIN_DIR")
         with tempfile.TemporaryDirectory() as tmp:
-            print(json.dumps(run_one(a.one, a.data, a.docs, a.batch, Path(tmp), a.core_set, a.model)))
+            out = Path(shared or tmp)
+            print(json.dumps({**run_one(a.one, a.data, a.docs, a.batch, out / "run", a.core_set, a.model),
+                              "rank": rank}), flush=True)
         return
+    if a.processes > 1:
+        return compare_processes(a)
     import statistics
 
     runs: list[dict] = []
@@ -216,6 +231,42 @@ def main() -> None:
           f"{summary['peak_memory_ratio']} ({mem}); core used {c['batching']} + {c['precision']}")
     if a.out:
         a.out.write_text(json.dumps({**results, "summary": summary}, indent=2))
+
+
+def compare_processes(a) -> None:
+    """The core trainer in `a.processes` processes against one, `a.repeats` times alternating; median ratio."""
+    import statistics
+
+    base = [__file__, "--one", "core", "--data", str(a.data), "--docs", str(a.docs), "--batch", str(a.batch),
+            "--model", a.model, "--core-set", *a.core_set]
+    ratios, results = [], []
+    for rep in range(a.repeats):
+        pair = {}
+        for n in (1, a.processes):
+            with tempfile.TemporaryDirectory() as tmp:
+                launcher = [sys.executable] if n == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                            "--nproc-per-node", str(n)]
+                p = subprocess.run([*launcher, *base], capture_output=True, text=True,
+                                   env={**os.environ, "BENCH_TRAIN_DIR": tmp})
+            if p.returncode != 0:
+                sys.exit(f"the {n}-process run failed:\n{p.stderr[-3000:]}")
+            ranks = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+            tokens = sum(r["useful_tokens"] for r in ranks)
+            seconds = max(r["train_seconds"] for r in ranks)
+            pair[n] = {"processes": n, "repeat": rep, "useful_tokens": tokens, "train_seconds": seconds,
+                       "useful_tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
+                       "peak_rss_mib_per_rank": max(r["peak_rss_mib"] for r in ranks),
+                       "peak_gpu_mib_per_rank": max((r["peak_gpu_mib"] or 0) for r in ranks) or None}
+            print(json.dumps(pair[n]), flush=True)
+            results.append(pair[n])
+        ratios.append(pair[a.processes]["useful_tokens_per_s"] / pair[1]["useful_tokens_per_s"])
+    summary = {"processes": a.processes, "useful_tokens_per_s_ratio": round(statistics.median(ratios), 2),
+               "ratios": [round(x, 2) for x in ratios]}
+    print(json.dumps(summary))
+    print(f"core trainer, {a.processes} processes vs 1 (median of {a.repeats}): "
+          f"{summary['useful_tokens_per_s_ratio']}x useful tokens/s at the same global batch")
+    if a.out:
+        a.out.write_text(json.dumps({"runs": results, "summary": summary}, indent=2))
 
 
 if __name__ == "__main__":

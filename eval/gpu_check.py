@@ -14,7 +14,9 @@ choice, memory check, trl underneath), in its own process so its peak memory is 
     python eval/gpu_check.py --phases train --shapes 8b --methods qlora      # one part only
     python eval/gpu_check.py --smoke                                         # the code paths, CPU too
 
-Phases: tests, train, bench_train, bench_autore (default: all). Results go to `--out` (JSON). bench_train
+Phases: tests, train, bench_train, bench_autore, multi_gpu (default: all; multi_gpu runs where there are
+2+ GPUs: DDP, FSDP, FSDP+QLoRA and ZeRO-3 through `peft-apps train --num-processes N`, then
+`bench_train.py --processes N`). Results go to `--out` (JSON). bench_train
 compares trl's defaults with the core under each of `--variants` (padding-free packing with SDPA's
 packed-sequence masks or flex attention, no gradient checkpointing, liger's fused loss): the GPU levers to
 keep or drop by what they measure.
@@ -28,6 +30,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -140,7 +143,7 @@ def run_child(args: list[str], timeout: int) -> tuple[int, str, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--phases", default="tests,train,bench_train,bench_autore")
+    ap.add_argument("--phases", default="tests,train,bench_train,bench_autore,multi_gpu")
     ap.add_argument("--shapes", default="1b,8b")
     ap.add_argument("--methods", default="lora16,qlora")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -209,6 +212,35 @@ def main() -> None:
             key = f"bench_autore_{dtype}"
             results[key] = out.strip().splitlines()[-1:] if code == 0 else err.strip().splitlines()[-5:]
             print("\n".join(results[key]), flush=True)
+    gpus = torch.cuda.device_count()
+    if "multi_gpu" in phases and gpus > 1:
+        # training in N processes: DDP, FSDP (LoRA and QLoRA) and, where DeepSpeed is installed, ZeRO-3, a few
+        # steps each through `peft-apps train --num-processes N`; then bench_train's N-vs-1 tokens/s
+        results["multi_gpu"] = {"gpus": gpus}
+        base = [f"model.base={model}", "data.max_length=512", "train.max_steps=6", "train.save_steps=3",
+                "train.report_to=[]", "train.batch_size=" + str(2 * gpus)]
+        runs = {"ddp": ["train.distributed=ddp", "model.quantization=none"],
+                "fsdp": ["train.distributed=fsdp", "model.quantization=none"],
+                "fsdp_qlora": ["train.distributed=fsdp", "model.quantization=nf4"],
+                "zero3": ["train.distributed=deepspeed-zero3", "model.quantization=none"]}
+        for name, sets in runs.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                t = time.perf_counter()
+                code, out, err = run_child(["-m", "peft_apps.core.cli", "train", "sft", "-r", "demo", *base, *sets,
+                                            f"train.output_dir={tmp}/run", "--num-processes", str(gpus)], 1800)
+                row = {"exit_code": code, "seconds": round(time.perf_counter() - t, 1),
+                       "tail": (out + err).strip().splitlines()[-3:]}
+                metrics = Path(tmp) / "run" / "metrics.json"
+                if metrics.is_file():
+                    m = json.loads(metrics.read_text())
+                    row.update({k: m.get(k) for k in ("steps", "first_logged_loss", "last_logged_loss",
+                                                      "useful_tokens_per_second", "distributed", "processes")})
+            results["multi_gpu"][name] = row
+            print(f"[multi_gpu {name}]", json.dumps(row), flush=True)
+        code, out, err = run_child([str(HERE / "bench_train.py"), "--processes", str(gpus), "--model", model,
+                                    "--data", str(a.data), "--docs", "64", "--repeats", "1"], 3600)
+        results["multi_gpu"]["bench_train"] = out.strip().splitlines()[-2:] if code == 0 else err.strip().splitlines()[-5:]
+        print("\n".join(results["multi_gpu"]["bench_train"]), flush=True)
     if a.out:
         a.out.write_text(json.dumps(results, indent=2))
 

@@ -250,21 +250,9 @@ def run_command(argv: list[str], tmp: Path, comment: str) -> subprocess.Complete
 
 def start_server(argv: list[str], tmp: Path, env: dict) -> subprocess.Popen:
     """A README `peft-apps serve ... &`: started with the console script's entry point, ready when /health answers."""
-    import httpx
+    from helpers.served_runs import start_server as launch
 
-    port = argv[argv.index("--port") + 1]
-    proc = subprocess.Popen([sys.executable, "-c", "from peft_apps.core.cli import main; main()", *argv[1:]], cwd=tmp,
-                            env=env, stdout=(tmp / "serve.log").open("w"), stderr=subprocess.STDOUT)
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 180:
-        assert proc.poll() is None, (tmp / "serve.log").read_text()[-3000:]
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("the README's server did not start: " + (tmp / "serve.log").read_text()[-3000:])
+    return launch(argv[2:], tmp, tmp / "serve.log", env)
 
 
 def free_port() -> str:

@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ import openai
 import pytest
 
 from helpers.preloaded import run_cli
+from helpers import served_runs
 from helpers.served_runs import make_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,19 +39,7 @@ def free_port() -> int:
 
 
 def start_server(args: list[str], port: int, cwd: Path, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", "from peft_apps.core.cli import main; main()", "serve", *args, "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=dict(os.environ))
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 180:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited ({proc.returncode}): {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError(f"the server did not answer: {log.read_text()[-2000:]}")
+    return served_runs.start_server([*args, "--port", str(port)], cwd, log, dict(os.environ))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from .attention import install_attention
 from .caches import cache_of, grouped_by_root, left_pad, private_batch, root_of, sliding_window, stack_prefix_caches
 from .decode import PrefixDecoder, cut_at_stop, stop_ids
 from .loading import load
-from .options import BASE, GenerationOptions, Prefix
+from .options import BASE, GenerationOptions, Prefix, adapter_per_row
 
 
 class Engine:
@@ -83,14 +83,7 @@ class Engine:
         n = len(prompts)
         if n == 0:
             return []
-        per_row = list(adapter) if isinstance(adapter, (list, tuple)) else [adapter] * n
-        if len(per_row) != n:
-            raise UserError(f"{len(per_row)} adapter names for {n} prompts")
-        default = self.adapters[0] if self.adapters else BASE
-        per_row = [default if a is None else a for a in per_row]
-        for a in set(per_row) - {BASE}:
-            if a not in self.adapters:
-                raise UserError(f"unknown adapter {a!r}; loaded: {', '.join(self.adapters) or '(none)'}")
+        per_row = adapter_per_row(adapter, n, self.adapters)
         enc = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         return self._batched(enc, per_row, o)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -65,3 +65,17 @@ class Prefix:
         return len(self.ids)
 
 
+def adapter_per_row(adapter: str | Sequence[str | None] | None, n: int, loaded: Sequence[str]) -> list[str]:
+    """Each of `n` rows' adapter: one name for all, or one per row; None is the first loaded adapter (the
+    base when none is loaded). An unknown name or a wrong count is a UserError."""
+    from peft_apps.core.errors import UserError
+
+    per_row = list(adapter) if isinstance(adapter, (list, tuple)) else [adapter] * n
+    if len(per_row) != n:
+        raise UserError(f"{len(per_row)} adapter names for {n} prompts")
+    default = loaded[0] if loaded else BASE
+    per_row = [default if a is None else a for a in per_row]
+    for a in set(per_row) - {BASE}:
+        if a not in loaded:
+            raise UserError(f"unknown adapter {a!r}; loaded: {', '.join(loaded) or '(none)'}")
+    return per_row

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from peft_apps.core.data import render_prompt
-from peft_apps.core.errors import UserError
 
-from .options import BASE, GenerationOptions, Prefix
+from .options import GenerationOptions, Prefix, adapter_per_row
 
 
 @dataclass
@@ -59,15 +58,7 @@ class RowEngine:
         self.decode_stats = {"forwards": 0, "tokens": 0, "drafted": 0, "accepted": 0}
 
     def _names(self, adapter: str | Sequence[str | None] | None, n: int) -> list[str]:
-        per_row = list(adapter) if isinstance(adapter, (list, tuple)) else [adapter] * n
-        if len(per_row) != n:
-            raise UserError(f"{len(per_row)} adapter names for {n} prompts")
-        default = self.adapters[0] if self.adapters else BASE
-        per_row = [default if a is None else a for a in per_row]
-        for a in set(per_row) - {BASE}:
-            if a not in self.adapters:
-                raise UserError(f"unknown adapter {a!r}; loaded: {', '.join(self.adapters) or '(none)'}")
-        return per_row
+        return adapter_per_row(adapter, n, self.adapters)
 
     def chat(self, conversations: Sequence[list[dict[str, str]]], adapter: str | Sequence[str] | None = None,
              **opts: Any) -> list[str]:

@@ -75,11 +75,15 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
                                                                console)
     plan = _plan(recipe, train_rep, headline)
     model, plan = _load_model(recipe, plan, train_cols)
-    if last is None:  # a new run: the folder's old run (with --force) goes only now, once the model loaded
-        from peft_apps.core import run_folder
-
-        run_folder.start(out, recipe, force)
     trainer = _build_trainer(recipe, plan, model, tokenizer, out / "checkpoints", train_cols, eval_cols)
+    if plan.world.main:
+        from peft_apps.core import distributed, run_folder
+
+        if last is None:  # a new run: the folder's old run (with --force) goes only now, once the model loaded
+            run_folder.start(out, recipe, force)
+        if plan.world.size > 1:
+            distributed.write_launch_files(out, recipe, plan.world.size, plan.runtime.device == "cuda", plan.config)
+    trainer.accelerator.wait_for_everyone()  # (the other ranks: once rank 0 has made the folder theirs too)
     _set_evaluation(trainer, plan, task_eval, out / "best", resume)
     _add_callbacks(trainer, recipe, out, console, stop_after_steps, extra_callbacks)
 
@@ -97,6 +101,7 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
 
     metrics = _metrics(recipe, plan, trainer, result, train_seconds, last, train_rep, eval_rep)
     _write_artefacts(out, recipe, trainer, tokenizer, metrics, t_start, plan)
+    trainer.accelerator.wait_for_everyone()
     return TrainResult(out, metrics)
 
 

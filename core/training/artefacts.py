@@ -61,7 +61,9 @@ def _metrics(recipe: Recipe, plan: _Plan, trainer, result, train_seconds: float,
         "dtype": str(rt.dtype).removeprefix("torch."), "device": rt.device, "loss_kernel": plan.loss_kernel,
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss, "train_seconds": round(train_seconds, 2),
-        "useful_tokens_per_second": round(trainer.useful_tokens / max(train_seconds, 1e-9), 1),
+        "useful_tokens_per_second": round(_all_ranks(trainer, trainer.useful_tokens) / max(train_seconds, 1e-9), 1),
+        "processes": plan.world.size,
+        "distributed": _backend(recipe, plan),
         "resumed_from": last,
         "data": {"train": train_rep.as_dict(), "eval": eval_rep.as_dict()},
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
@@ -84,23 +86,43 @@ def _metrics(recipe: Recipe, plan: _Plan, trainer, result, train_seconds: float,
     return metrics
 
 
+def _all_ranks(trainer, count: int) -> int:
+    """`count` summed over the ranks (each counted its own batches)."""
+    if trainer.args.world_size <= 1:
+        return count
+    import torch
+
+    return int(trainer.accelerator.reduce(torch.tensor(count, device=trainer.args.device), reduction="sum").item())
+
+
+def _backend(recipe: Recipe, plan: _Plan) -> str:
+    from peft_apps.core.distributed import backend
+
+    return backend(recipe, plan.world.size)
+
+
 def _write_artefacts(out: Path, recipe: Recipe, trainer, tokenizer, metrics: dict, t_start: float,
                      plan: _Plan) -> None:
     """The adapter (safetensors: the last one, or the best by `train.select_by`), tokenizer, resolved
-    recipe, metrics.json and loss.png."""
+    recipe, metrics.json and loss.png; written by rank 0 (every rank takes part in gathering a sharded
+    adapter)."""
     import shutil
 
     from peft_apps.core.io import atomic_write
 
-    out.mkdir(parents=True, exist_ok=True)
     best = trainer.best_dir / "best.json" if trainer.best_dir is not None else None
-    if best is not None and best.is_file():
+    # (the trainer's record of its best, else the file: every rank decides alike)
+    selected = best is not None and (getattr(trainer, "_best", None) is not None or best.is_file())
+    if not selected:
+        trainer.save_adapter(out)
+    if not plan.world.main:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    if selected:
         for f in trainer.best_dir.iterdir():
             if f.name.startswith(("adapter_", "model", "config.json", "generation_config")) or f.name == "README.md":
                 shutil.copy2(f, out / f.name)
         metrics["selected"] = json.loads(best.read_text())
-    else:
-        trainer.model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     # the base model as plain peft, vLLM and TGI resolve it: the hub id as the recipe names it, or the model's
     # local folder (a builtin model's is its built copy; the builtin name stays in recipe.yaml)

@@ -18,13 +18,16 @@ def _build_trainer(recipe: Recipe, plan: _Plan, model, tokenizer, ckpt_dir: Path
     from datasets import Dataset
     from trl import SFTConfig
 
-    from peft_apps.core import sft_trainer
+    from peft_apps.core import distributed, sft_trainer
 
     tc = recipe.train
     precision = plan.runtime.precision
+    processes = plan.world.size
+    backend_args = distributed.trainer_arguments(recipe, processes, plan.runtime.device == "cuda", plan.config,
+                                                 ckpt_dir.parent)
     args = SFTConfig(
         output_dir=str(ckpt_dir),
-        per_device_train_batch_size=tc.batch_size,
+        per_device_train_batch_size=tc.batch_size // processes,  # train.batch_size is the global batch
         per_device_eval_batch_size=recipe.eval.batch_size,
         gradient_accumulation_steps=tc.grad_accum,
         learning_rate=tc.lr,
@@ -40,8 +43,9 @@ def _build_trainer(recipe: Recipe, plan: _Plan, model, tokenizer, ckpt_dir: Path
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=plan.runtime.device != "cuda",
-        activation_checkpointing=tc.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if tc.gradient_checkpointing else None,
+        activation_checkpointing=tc.gradient_checkpointing and not backend_args.get("fsdp"),  # FSDP: its own
+        activation_checkpointing_kwargs=({"use_reentrant": False} if tc.gradient_checkpointing
+                                         and not backend_args.get("fsdp") else None),
         logging_steps=tc.logging_steps,
         save_strategy="steps",
         save_steps=tc.save_steps,
@@ -59,6 +63,7 @@ def _build_trainer(recipe: Recipe, plan: _Plan, model, tokenizer, ckpt_dir: Path
         dataset_num_proc=None,
         dataloader_num_workers=0,
         remove_unused_columns=True,
+        **backend_args,
     )
     eval_ds = Dataset.from_dict(eval_cols) if eval_cols and eval_cols["input_ids"] else None
     if tc.eval_steps and eval_ds is None:

@@ -81,6 +81,9 @@ class _StampCheckpoints(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         from peft_apps.core import run_folder
 
+        if not state.is_world_process_zero:
+            return
+
         run_folder.stamp_checkpoint(self.out, Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
 
@@ -120,6 +123,14 @@ class _CtrlC(TrainerCallback):
             self.previous = signal.signal(signal.SIGINT, self._handler)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if args.world_size > 1:
+            # the ranks stop after the same step, or the next step's collectives would wait forever
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor([int(self.requested)], device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            self.requested = bool(flag.item())
         if self.requested:
             control.should_training_stop = True
             control.should_save = True
@@ -149,13 +160,15 @@ def _add_callbacks(trainer, recipe: Recipe, out: Path, console, stop_after_steps
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    if "tensorboard" in recipe.train.report_to:
+    main = trainer.args.process_index == 0  # rank 0 alone logs and shows progress
+    if "tensorboard" in recipe.train.report_to and main:
         from torch.utils.tensorboard import SummaryWriter
 
         tb = TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out / "tensorboard")))
         tb.logging_dir = str(out / "tensorboard")  # where it reopens after train end (final eval)
         trainer.add_callback(tb)
-    trainer.add_callback(RichProgressCallback(trainer, console))
+    if main:
+        trainer.add_callback(RichProgressCallback(trainer, console))
     trainer.add_callback(_StampCheckpoints(out))
     if recipe.peft.method == "adalora":
         trainer.add_callback(AdaLoraCallback(trainer.model))

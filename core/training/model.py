@@ -27,7 +27,7 @@ def _load_model(recipe: Recipe, plan: _Plan, train_cols: dict[str, list]):
     tc = recipe.train
     set_seed(tc.seed)  # adapter initialisation is random too: same seed, same starting adapter
     if plan.runtime.device == "cuda" and tc.memory_check:
-        _check_gpu_memory(recipe, train_cols, plan.config, plan.runtime.dtype.itemsize)
+        _check_gpu_memory(recipe, train_cols, plan.config, plan.runtime.dtype.itemsize, plan.world.size)
     # With bf16 autocast the frozen base weights are kept in bf16 (no per-step fp32 -> bf16 casts, half
     # the memory); the trainable parameters stay fp32 for the optimizer (see `choose_runtime`).
     if recipe.peft.method == "prefix_tuning":

@@ -44,17 +44,24 @@ def choose_loss_kernel(recipe: Recipe, runtime) -> str:
     return "torch"
 
 
-def _check_gpu_memory(recipe: Recipe, cols: dict[str, list], config, weight_bytes: int = 2) -> None:
-    """Refuse before loading when the run's estimated need exceeds the GPU's free memory (see core.memory)."""
+def _check_gpu_memory(recipe: Recipe, cols: dict[str, list], config, weight_bytes: int = 2,
+                      processes: int = 1) -> None:
+    """Refuse before loading when the run's estimated need exceeds the GPU's free memory (see core.memory).
+    In N processes each GPU holds its share of the batch, and FSDP / ZeRO shard the weights and optimizer
+    state (`distributed.shard_factors`)."""
+    from peft_apps.core.distributed import shard_factors
     from peft_apps.core.memory import check_fits, estimate_training_memory
 
-    batch = recipe.train.batch_size
+    batch = recipe.train.batch_size // max(1, processes)
     try:
         est = estimate_training_memory(config, recipe, batch * max(cols["length"]),
                                        batch * max(sum(m) for m in cols["completion_mask"]), weight_bytes)
     except Exception as e:  # noqa: BLE001 - an architecture the estimate cannot build: train unchecked
         warnings.warn(f"GPU memory check skipped: cannot size this architecture ({e})", stacklevel=2)
         return
+    weights, optimizer = shard_factors(recipe, processes)
+    est.weights *= weights
+    est.adapter *= optimizer
     free, _ = torch.cuda.mem_get_info()
     check_fits(est, free, recipe, torch.cuda.get_device_name(0))
 
@@ -71,6 +78,7 @@ class _Plan:
     quantized: bool = False
     select_key: str | None = None  # the logged key `train.select_by` keeps the best adapter by
     greater_is_better: bool = True
+    world: Any = None  # core.distributed.World: this process's rank among how many
 
 
 def _tokenize(recipe: Recipe, tokenizer, train_records, eval_records, console):
@@ -107,14 +115,19 @@ def _selection(recipe: Recipe, headline: tuple[str, ...]) -> tuple[str | None, b
 def _plan(recipe: Recipe, train_rep: TokenizeReport, headline: tuple[str, ...] = ()) -> _Plan:
     """Runtime (device, precision, dtype, attention), loss kernel, schedule length and adapter selection,
     before any loading: a choice the machine cannot honour fails here."""
+    from peft_apps.core import distributed
     from peft_apps.core.modeling import choose_runtime, load_config, model_class_for
 
     config = load_config(recipe.model)
     runtime = choose_runtime(recipe.model, recipe.train.mixed_precision, training=True,
                              model_class=model_class_for(config))
+    w = distributed.world()
+    distributed.check(recipe, w.size, torch.cuda.device_count() if runtime.device == "cuda" else 0)
+    if distributed.backend(recipe, w.size) == "fsdp":
+        distributed.layer_classes(config)  # an architecture FSDP cannot wrap: say so before loading
     tc = recipe.train
     steps_per_epoch = math.ceil(train_rep.kept / (tc.batch_size * tc.grad_accum))
     total_steps = tc.max_steps if tc.max_steps > 0 else math.ceil(steps_per_epoch * tc.epochs)
     select_key, greater = _selection(recipe, headline)
     return _Plan(runtime, config, choose_loss_kernel(recipe, runtime), total_steps, select_key=select_key,
-                 greater_is_better=greater)
+                 greater_is_better=greater, world=w)
