@@ -7,6 +7,7 @@ torch, transformers and peft are imported inside the commands that need them, so
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -158,7 +159,7 @@ def train_cmd(
     if num_processes > 1 and here.size == 1:
         if resume and force:
             raise UserError("--resume continues the folder's run and --force replaces it: give one of them")
-        raise typer.Exit(_launch(r, num_processes, resume, force))
+        raise typer.Exit(_launch(a, r, num_processes, resume, force))
     if here.size > 1 and num_processes not in (1, here.size):
         raise UserError(f"--num-processes {num_processes}, but the launcher started {here.size} processes",
                         hint="leave --num-processes out under accelerate launch or torchrun")
@@ -223,7 +224,7 @@ def inspect_cmd(
     render(views, r, tokenizer, out_console)
 
 
-def _launch(r, processes: int, resume: bool, force: bool) -> int:
+def _launch(a, r, processes: int, resume: bool, force: bool) -> int:
     """Start this same command in `processes` processes through `accelerate launch` (its config written from
     the recipe, in a temporary folder: rank 0 writes the run folder's copy); returns their exit code. The
     launcher runs in its own session: Ctrl-C reaches it once, and it passes one SIGINT to every rank (each
@@ -234,7 +235,7 @@ def _launch(r, processes: int, resume: bool, force: bool) -> int:
 
     import torch
 
-    from peft_apps.core import distributed, run_folder
+    from peft_apps.core import distributed, loop, run_folder
 
     cuda = torch.cuda.is_available()
     distributed.check(r, processes, torch.cuda.device_count() if cuda else 0)
@@ -243,6 +244,7 @@ def _launch(r, processes: int, resume: bool, force: bool) -> int:
         run_folder.resume_point(out, r)
     else:
         run_folder.check_new(out, force)
+    loop.splits(a, r)  # bad data: one message here, not one from every rank
     args = _without_option(sys.argv[1:], ("--num-processes",))
     with tempfile.TemporaryDirectory(prefix="peft-apps-launch-") as tmp:
         config = distributed.write_launch_files(Path(tmp), r, processes, cuda)
@@ -250,7 +252,8 @@ def _launch(r, processes: int, resume: bool, force: bool) -> int:
         console.print(f"[bold]launch[/] {processes} processes ({distributed.backend(r, processes)}"
                       f"{', CPU over gloo' if not cuda else ''}): accelerate launch -m peft_apps.core.cli "
                       f"{' '.join(args)}", highlight=False, soft_wrap=True)
-        proc = subprocess.Popen(cmd, start_new_session=True)
+        # torch's launcher logs each signal it passes on as a warning: only its errors are shown
+        proc = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, "LOGLEVEL": "ERROR"})
         previous = signal.signal(signal.SIGINT, lambda *_: proc.send_signal(signal.SIGINT))
         try:
             return proc.wait()
@@ -493,8 +496,6 @@ def serve_cmd(
     Ctrl-C or SIGTERM finishes the requests in flight, then exits."""
     from peft_apps.core.serve import Limits, serve
 
-    import os
-
     key = None
     if api_key_env is not None:
         key = os.environ.get(api_key_env)
@@ -521,6 +522,49 @@ def merge_cmd(
 
     path = merge_adapter(adapter, out, model)
     console.print(f"merged model -> {path}")
+
+
+@app.command("export")
+def export_cmd(
+    adapter: str = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP),
+    to: str = typer.Option(..., "--to", help="merged (HF safetensors, base + adapter) or vllm (the LoRA folder "
+                                             "vLLM loads, with its serve line)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="export folder (default: RUN-TARGET beside the run)"),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="prompts for the parity check: JSONL with "
+                                           "'prompt' (text or chat messages), or one text a line (default: the "
+                                           "app's eval records)"),
+    check: bool = typer.Option(True, "--check/--no-check", help="compare the export with the adapter on fixed "
+                                                                "prompts (greedy outputs, top-1 agreement)"),
+    force: bool = typer.Option(False, "--force", help="replace an export folder that exists"),
+) -> None:
+    """Export a run and check it against the adapter: exit 1 (the export left in OUT.failed) when it answers
+    differently, or lost the chat template or the end-of-turn ids."""
+    from peft_apps.core.export import check_target
+
+    check_target(to)
+    target = out or Path(f"{str(adapter).rstrip('/')}-{to}")
+    _prepare()
+    from peft_apps.core.export import export
+
+    with console.status(f"exporting {adapter} to {to} and checking it"):
+        path, parity = export(Path(adapter), to, target, prompts_file=prompts, check=check, force=force,
+                              console=console)
+    if parity is None:
+        console.print(f"{to} export -> {path} (not checked: --no-check)")
+        return
+    d = parity.as_dict()
+    line = (f"{d['greedy_equal']}/{d['prompts']} greedy outputs equal, mean top-1 agreement "
+            f"{d['mean_agreement']:.4f}")
+    if not parity.passed:
+        console.print(f"[red]parity check failed[/]: {line}", highlight=False)
+        for p in d["problems"]:
+            console.print(f"  {p}", highlight=False)
+        console.print(f"the export was left in {path} (report: {path / 'parity.md'})", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"[green]{to} export[/] -> {path}: {line} (report: parity.md)", highlight=False)
+    serve_line = path / "vllm_serve.txt"
+    if serve_line.is_file():
+        console.print(serve_line.read_text().strip(), highlight=False, soft_wrap=True)
 
 
 @app.command("tiny-model")
