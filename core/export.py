@@ -51,13 +51,16 @@ class Parity:
         d = self.as_dict()
         lines = [f"# Parity of the {self.target} export: {'passed' if self.passed else 'FAILED'}", "",
                  f"{d['greedy_equal']}/{d['prompts']} greedy outputs equal; mean top-1 agreement "
-                 f"{d['mean_agreement']:.4f}", ""]
-        lines += [f"- {p}" for p in self.problems]
-        lines += ["", "| prompt | greedy equal | top-1 agreement | first differing token |", "|---|---|---|---|"]
+                 f"{d['mean_agreement']:.4f}"]
+        lines += [""] + [f"- {p}" for p in self.problems] if self.problems else []
+        lines += ["", "| prompt | adapter's output | greedy equal | top-1 agreement | first differing token |",
+                  "|---|---|---|---|---|"]
         for p in self.prompts:
             first = p["first_difference"]
             where = "-" if first is None else f"{first['position']}: {first['adapter']!r} vs {first['export']!r}"
-            lines.append(f"| {p['id']} | {'yes' if p['equal'] else 'no'} | {p['agreement']:.4f} | {where} |")
+            shown = p["adapter"].replace("|", "\\|").replace("\n", " ")
+            shown = shown if len(shown) <= 40 else shown[:39] + "…"
+            lines.append(f"| {p['id']} | `{shown}` | {'yes' if p['equal'] else 'no'} | {p['agreement']:.4f} | {where} |")
         return "\n".join(lines) + "\n"
 
 

@@ -30,7 +30,7 @@ def test_merged_export_answers_as_the_adapter_and_keeps_template_and_stop_ids(ru
     d = json.loads((path / "parity.json").read_text())
     assert d["prompts"] == 8 and d["greedy_equal"] == 8 and d["mean_agreement"] == 1.0
     assert any(len(p["adapter"]) > 10 for p in d["per_prompt"])  # real outputs were compared, not empty ones
-    assert "| prompt | greedy equal |" in (path / "parity.md").read_text()
+    assert "| prompt | adapter's output | greedy equal |" in (path / "parity.md").read_text()
     # plain transformers loads it; the template and the end-of-turn ids came along
     model = AutoModelForCausalLM.from_pretrained(str(path))
     tok = AutoTokenizer.from_pretrained(str(path))
