@@ -527,8 +527,10 @@ def merge_cmd(
 @app.command("export")
 def export_cmd(
     adapter: str = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP),
-    to: str = typer.Option(..., "--to", help="merged (HF safetensors, base + adapter) or vllm (the LoRA folder "
-                                             "vLLM loads, with its serve line)"),
+    to: str = typer.Option(..., "--to", help="merged (HF safetensors, base + adapter), gguf (llama.cpp), ollama "
+                                             "(GGUF + Modelfile) or vllm (the LoRA folder vLLM loads)"),
+    quant: Optional[str] = typer.Option(None, "--quant", help="gguf / ollama: f16 (default), q8_0 or q4_k_m "
+                                        "(q4_k_m needs llama.cpp's llama-quantize)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="export folder (default: RUN-TARGET beside the run)"),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="prompts for the parity check: JSONL with "
                                            "'prompt' (text or chat messages), or one text a line (default: the "
@@ -541,20 +543,20 @@ def export_cmd(
     differently, or lost the chat template or the end-of-turn ids."""
     from peft_apps.core.export import check_target
 
-    check_target(to)
+    check_target(to, quant)
     target = out or Path(f"{str(adapter).rstrip('/')}-{to}")
     _prepare()
     from peft_apps.core.export import export
 
     with console.status(f"exporting {adapter} to {to} and checking it"):
-        path, parity = export(Path(adapter), to, target, prompts_file=prompts, check=check, force=force,
-                              console=console)
+        path, parity = export(Path(adapter), to, target, quant=quant, prompts_file=prompts, check=check,
+                              force=force, console=console)
     if parity is None:
         console.print(f"{to} export -> {path} (not checked: --no-check)")
         return
     d = parity.as_dict()
-    line = (f"{d['greedy_equal']}/{d['prompts']} greedy outputs equal, mean top-1 agreement "
-            f"{d['mean_agreement']:.4f}")
+    line = (f"{d['greedy_equal']}/{d['prompts']} greedy outputs equal, top-1 agreement "
+            f"{d['top1_agreement']:.4f}")
     if not parity.passed:
         console.print(f"[red]parity check failed[/]: {line}", highlight=False)
         for p in d["problems"]:
@@ -562,9 +564,9 @@ def export_cmd(
         console.print(f"the export was left in {path} (report: {path / 'parity.md'})", highlight=False)
         raise typer.Exit(1)
     console.print(f"[green]{to} export[/] -> {path}: {line} (report: parity.md)", highlight=False)
-    serve_line = path / "vllm_serve.txt"
-    if serve_line.is_file():
-        console.print(serve_line.read_text().strip(), highlight=False, soft_wrap=True)
+    for hint in ("vllm_serve.txt", "ollama_create.txt"):
+        if (path / hint).is_file():
+            console.print((path / hint).read_text().strip(), highlight=False, soft_wrap=True)
 
 
 @app.command("tiny-model")
@@ -664,9 +666,11 @@ def run_typer(typer_app: typer.Typer, argv: list[str] | None, prog_name: str) ->
     try:
         typer_app(args=argv, prog_name=prog_name)  # typer/click report usage errors themselves
     except UserError as e:
-        console.print(f"[bold red]error:[/] {e.args[0]}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # a message's own brackets (".[export]", [a, b]) are text, not markup
+
+        console.print(f"[bold red]error:[/] {escape(str(e.args[0]))}", highlight=False, soft_wrap=True)
         if e.hint:
-            console.print(f"[dim]hint:[/] {e.hint}", highlight=False, soft_wrap=True)
+            console.print(f"[dim]hint:[/] {escape(e.hint)}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

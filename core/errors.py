@@ -34,10 +34,12 @@ def warn(message: str, hint: str | None = None) -> None:
     _ISSUED.append(message)
     from rich.console import Console
 
+    from rich.markup import escape
+
     console = Console(stderr=True)
-    console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
     if hint:
-        console.print(f"[dim]hint:[/] {hint}", highlight=False, soft_wrap=True)
+        console.print(f"[dim]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
 
 
 def issued_warnings() -> list[str]:

@@ -1,18 +1,28 @@
-"""`peft-apps export`: a run as merged weights or as the LoRA folder vLLM loads, checked against the adapter
-before it is handed over.
+"""`peft-apps export`: a run as merged weights, a GGUF (llama.cpp, Ollama) or the LoRA folder vLLM loads,
+checked against the adapter before it is handed over.
 
     merged   HF safetensors of base + adapter (4-bit bases dequantized, `core.merge`), the tokenizer with the
              chat template, and a generation_config whose eos ids end a turn
+    gguf     the merged model through llama.cpp's own `convert_hf_to_gguf.py` (chat template and eos id in the
+             metadata), f16 or q8_0 by the converter, q4_k_m by llama.cpp's `llama-quantize` where it is built
+    ollama   the GGUF and a Modelfile: TEMPLATE cut from the training template's rendered pieces, PARAMETER
+             stop for each end-of-turn token, and the `ollama create` line
     vllm     the adapter as vLLM loads it (safetensors, its own config, the base resolved to a path or hub id,
              the tokenizer), and the `vllm serve ... --enable-lora --lora-modules ...` line
 
 The parity check (on by default; `--no-check` skips it): fixed prompts (the app's eval records, or
 `--prompts FILE`) go through the adapter in the engine and through the export (transformers for
-`merged`, a plain-peft reload for `vllm`). Per prompt it records greedy-output equality, teacher-forced
-top-1 agreement over the adapter's output and the first differing token. The export fails when a greedy
-output differs (fp32), when agreement falls below 1.0, or when the chat template or the end-of-turn ids
-are missing. The report goes to `parity.json` and `parity.md` in the export. A failed export is left in
-`OUT.failed/` with its report, never in `OUT`.
+`merged`, a plain-peft reload for `vllm`, llama-cpp-python for `gguf` / `ollama`). Per prompt it records
+greedy-output equality, teacher-forced top-1 agreement over the adapter's output and the first differing
+token. The export fails when the chat template or the end-of-turn ids are missing, when a greedy output
+differs (merged and vllm: fp32, exact) or when top-1 agreement falls below the quantization's threshold
+(`AGREEMENT`: f16 0.98, q8_0 0.95, q4_k_m 0.85), when llama.cpp tokenizes a prompt differently, or when the
+Modelfile's TEMPLATE renders a prompt differently from the training template. The report goes to
+`parity.json` and `parity.md` in the export. A failed export is left in `OUT.failed/` with its report,
+never in `OUT`.
+
+Why a Go-template renderer here (`render_go`): no Python package renders Ollama's templates, and the check
+must render the Modelfile it wrote; it renders exactly the subset `go_template` writes.
 """
 
 from __future__ import annotations
@@ -26,7 +36,11 @@ from typing import Any
 from peft_apps.core.errors import UserError
 
 TARGETS = ("merged", "vllm", "gguf", "ollama")
-BUILT = ("merged", "vllm")
+BUILT = TARGETS
+QUANTS = ("f16", "q8_0", "q4_k_m")
+# Top-1 agreement with the adapter (teacher-forced over its greedy output) a GGUF must reach, per quantization:
+# f16 rounds the fp32 weights once; q8_0 keeps 8 bits per weight; q4_k_m about 4.8.
+AGREEMENT = {"f16": 0.98, "q8_0": 0.95, "q4_k_m": 0.85}
 MAX_NEW_TOKENS = 24
 
 
@@ -36,22 +50,36 @@ class Parity:
     prompts: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
+    threshold: float = 1.0  # the least top-1 agreement that passes
+    exact: bool = True  # greedy outputs must be equal (fp32 exports)
+
+    @property
+    def agreement(self) -> float:
+        """Top-1 agreement over every compared position of every prompt."""
+        n = sum(p["positions"] for p in self.prompts)
+        return sum(p["agreement"] * p["positions"] for p in self.prompts) / n if n else 1.0
+
     @property
     def passed(self) -> bool:
-        return not self.problems and all(p["equal"] and p["agreement"] >= 1.0 for p in self.prompts)
+        if self.problems:
+            return False
+        if self.exact:  # fp32 exports: every greedy output equal, every position agreeing
+            return all(p["equal"] and p["agreement"] >= 1.0 for p in self.prompts)
+        return self.agreement >= self.threshold
 
     def as_dict(self) -> dict[str, Any]:
         n = len(self.prompts)
-        return {"target": self.target, "passed": self.passed, "prompts": n,
+        return {"target": self.target, "passed": self.passed, "prompts": n, "threshold": self.threshold,
                 "greedy_equal": sum(p["equal"] for p in self.prompts),
-                "mean_agreement": round(sum(p["agreement"] for p in self.prompts) / max(1, n), 6),
+                "top1_agreement": round(self.agreement, 6),
                 "problems": self.problems, "per_prompt": self.prompts}
 
     def markdown(self) -> str:
         d = self.as_dict()
         lines = [f"# Parity of the {self.target} export: {'passed' if self.passed else 'FAILED'}", "",
-                 f"{d['greedy_equal']}/{d['prompts']} greedy outputs equal; mean top-1 agreement "
-                 f"{d['mean_agreement']:.4f}"]
+                 f"{d['greedy_equal']}/{d['prompts']} greedy outputs equal; top-1 agreement "
+                 f"{d['top1_agreement']:.4f} over all positions (to pass: "
+                 f"{'every output equal' if self.exact else f'at least {self.threshold}'})"]
         lines += [""] + [f"- {p}" for p in self.problems] if self.problems else []
         lines += ["", "| prompt | adapter's output | greedy equal | top-1 agreement | first differing token |",
                   "|---|---|---|---|---|"]
@@ -64,20 +92,35 @@ class Parity:
         return "\n".join(lines) + "\n"
 
 
-def check_target(to: str) -> None:
+def check_target(to: str, quant: str | None = None) -> None:
+    """An unknown target or quantization, or a quantization that needs llama.cpp's tools where they are not
+    built: one message before any work."""
     if to not in TARGETS:
         raise UserError(f"--to {to}: unknown export target", hint="one of: " + ", ".join(TARGETS))
-    if to not in BUILT:
-        raise UserError(f"--to {to}: the GGUF and Ollama exports are not built yet", hint="--to merged or --to vllm")
+    if quant is not None and to not in ("gguf", "ollama"):
+        raise UserError(f"--quant is for --to gguf / ollama (--to {to} keeps the weights' own precision)")
+    if quant is not None and quant not in QUANTS:
+        raise UserError(f"--quant {quant}: unknown quantization", hint="one of: " + ", ".join(QUANTS))
+    if quant == "q4_k_m" and shutil.which("llama-quantize") is None:
+        raise UserError("--quant q4_k_m needs llama.cpp's llama-quantize, which is not on PATH",
+                        hint="build llama.cpp's tools (cmake -B build && cmake --build build -t llama-quantize), "
+                             "or --quant f16 / q8_0 (written by the converter itself)")
+    if to in ("gguf", "ollama"):
+        import importlib.util
+
+        if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("gguf") is None:
+            raise UserError(f"--to {to} needs llama-cpp-python and gguf (the check runs the GGUF in llama.cpp)",
+                            hint='pip install -e ".[export]"')
 
 
-def export(adapter: Path, to: str, out: Path, *, prompts_file: Path | None = None, check: bool = True,
-           force: bool = False, console=None) -> tuple[Path, Parity | None]:
+def export(adapter: Path, to: str, out: Path, *, quant: str | None = None, prompts_file: Path | None = None,
+           check: bool = True, force: bool = False, console=None) -> tuple[Path, Parity | None]:
     """Export `adapter` to `out` (see the module docstring); returns where it went and the parity report."""
     from peft_apps.core import run_folder
     from peft_apps.core.engine import adapter_base_config
 
-    check_target(to)
+    check_target(to, quant)
+    quant = quant or ("f16" if to in ("gguf", "ollama") else None)
     adapter, out = Path(adapter), Path(out)
     run_folder.check_run_folder(adapter)
     if run_folder.is_full_model(adapter):
@@ -91,13 +134,21 @@ def export(adapter: Path, to: str, out: Path, *, prompts_file: Path | None = Non
     prompts = _prompts(adapter, recipe, prompts_file)  # bad prompt files fail before any work
     work = out.with_name(out.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
-    if to == "merged":
-        _export_merged(adapter, work)
-    else:
-        _export_vllm(adapter, work, recipe)
-    parity = None
-    if check:
-        parity = _parity(adapter, work, to, prompts, console)
+    try:
+        if to == "merged":
+            _export_merged(adapter, work)
+        elif to == "vllm":
+            _export_vllm(adapter, work, recipe)
+        else:
+            _export_gguf(adapter, work, quant, ollama=to == "ollama", prompts=prompts)
+        parity = None
+        if check:
+            parity = (_parity(adapter, work, to, prompts, console) if to in ("merged", "vllm")
+                      else _parity_gguf(adapter, work, to, quant, prompts))
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # nothing half-written stays behind
+        raise
+    if parity is not None:
         (work / "parity.json").write_text(json.dumps(parity.as_dict(), indent=2, ensure_ascii=False))
         (work / "parity.md").write_text(parity.markdown())
     final = out if parity is None or parity.passed else out.with_name(out.name + ".failed")
@@ -260,7 +311,8 @@ def _parity(adapter: Path, work: Path, to: str, prompts, console=None) -> Parity
         ref = [t for t in ref if t not in want]  # (an end-of-turn id ends the output; the export's is cut too)
         got = _greedy(exported, ids, MAX_NEW_TOKENS, set(want))
         agree, first = _agreement(exported, ids, ref, tok)
-        report.prompts.append({"id": pid, "equal": got == ref, "agreement": agree, "first_difference": first,
+        report.prompts.append({"id": pid, "equal": got == ref, "agreement": agree, "positions": len(ref),
+                               "first_difference": first,
                                "adapter": tok.decode(ref), "export": tok.decode(got)})
     return report
 
@@ -293,3 +345,264 @@ def _agreement(model, ids: list[int], ref: list[int], tok) -> tuple[float, dict 
     where = None if first is None else {"position": first, "adapter": tok.decode([ref[first]]),
                                         "export": tok.decode([top[first]])}
     return sum(same) / len(same), where
+
+
+# ---- GGUF and Ollama ---------------------------------------------------------------------------------------
+
+GGUF_NAME = "model-{quant}.gguf"
+
+
+def converter() -> Path:
+    """llama.cpp's `convert_hf_to_gguf.py`: `$PEFT_APPS_LLAMA_CPP` (a llama.cpp checkout), else the copy
+    vendored in the source package of the installed llama-cpp-python, fetched once from the package index
+    into the cache (its converter, gguf-py and conversion/ only)."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+    import tempfile
+    from importlib.metadata import version
+
+    env = os.environ.get("PEFT_APPS_LLAMA_CPP")
+    if env:
+        path = Path(env).expanduser() / "convert_hf_to_gguf.py"
+        if not path.is_file():
+            raise UserError(f"PEFT_APPS_LLAMA_CPP={env}: no convert_hf_to_gguf.py there")
+        return path
+    v = version("llama-cpp-python")
+    home = Path(os.environ.get("PEFT_APPS_CACHE", Path.home() / ".cache" / "peft-apps")) / f"llama.cpp-{v}"
+    script = home / "convert_hf_to_gguf.py"
+    if script.is_file():
+        return script
+    with tempfile.TemporaryDirectory() as tmp:
+        p = subprocess.run([sys.executable, "-m", "pip", "download", "-q", f"llama-cpp-python=={v}", "--no-deps",
+                            "--no-binary", ":all:", "-d", tmp], capture_output=True, text=True)
+        sdists = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        if p.returncode != 0 or not sdists:
+            raise UserError(f"could not fetch llama-cpp-python {v}'s source package for llama.cpp's converter",
+                            hint="set PEFT_APPS_LLAMA_CPP to a llama.cpp checkout")
+        keep = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/gguf-py/", "vendor/llama.cpp/conversion/")
+        with tarfile.open(sdists[0]) as tar:
+            members = [m for m in tar.getmembers() if any(k in m.name for k in keep) and m.isfile()]
+            stage = Path(tmp) / "x"
+            tar.extractall(stage, members=members, filter="data")
+        src = next(stage.glob("*/vendor/llama.cpp"))
+        home.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.copytree(src, home)
+    return script
+
+
+def _export_gguf(adapter: Path, work: Path, quant: str, ollama: bool, prompts) -> None:
+    """The merged model through llama.cpp's converter (chat template and end-of-turn ids in the metadata);
+    q4_k_m through llama-quantize. With `ollama`, a Modelfile beside it."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        merged = Path(tmp) / "merged"
+        _export_merged(adapter, merged)
+        work.mkdir(parents=True)
+        gguf = work / GGUF_NAME.format(quant=quant)
+        first = "f16" if quant == "q4_k_m" else quant
+        target = gguf if first == quant else Path(tmp) / "f16.gguf"
+        p = subprocess.run([sys.executable, str(converter()), str(merged), "--outfile", str(target), "--outtype",
+                            first], capture_output=True, text=True)
+        if p.returncode != 0:
+            tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+            raise UserError("llama.cpp's converter refused the model: " + " / ".join(tail),
+                            hint="an architecture or tokenizer llama.cpp does not know cannot go to GGUF: --to merged")
+        if quant == "q4_k_m":
+            p = subprocess.run(["llama-quantize", str(target), str(gguf), "Q4_K_M"], capture_output=True, text=True)
+            if p.returncode != 0:
+                raise UserError("llama-quantize failed: " + (p.stderr or p.stdout).strip().splitlines()[-1])
+        for f in ("tokenizer_config.json", "tokenizer.json", "chat_template.jinja", "generation_config.json"):
+            if (merged / f).is_file():
+                shutil.copy2(merged / f, work / f)
+    if ollama:
+        (work / "Modelfile").write_text(modelfile(work, gguf.name))
+        (work / "ollama_create.txt").write_text(f"ollama create {adapter.name} -f {work.with_name(work.name.removesuffix('.partial')).resolve()}/Modelfile\n")
+
+
+def _gguf_metadata(path: Path) -> dict[str, Any]:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    out = {}
+    for key in ("tokenizer.chat_template", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
+                "tokenizer.ggml.bos_token_id", "general.architecture"):
+        field = reader.fields.get(key)
+        if field is None:
+            continue
+        value = field.parts[field.data[0]]
+        out[key] = bytes(value).decode("utf-8") if value.dtype.kind == "u" and value.dtype.itemsize == 1 \
+            else int(value[0])
+    return out
+
+
+def _parity_gguf(adapter: Path, work: Path, to: str, quant: str, prompts) -> Parity:
+    """The GGUF in llama.cpp (llama-cpp-python) against the adapter in the engine: the same token ids from
+    llama.cpp's own tokenizer, the template and end-of-turn ids in the metadata, greedy outputs and top-1
+    agreement (the threshold of the quantization)."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    from peft_apps.core.data import render_prompt
+    from peft_apps.core.engine import Engine, GenerationOptions
+    from peft_apps.core.engine.decode import stop_ids
+
+    report = Parity(to, threshold=AGREEMENT[quant], exact=False)
+    engine = Engine.from_pretrained(None, adapter, dtype="float32")
+    tok = engine.tokenizer
+    want = sorted(stop_ids(engine.model, tok))
+    gguf = work / GGUF_NAME.format(quant=quant)
+    meta = _gguf_metadata(gguf)
+    if not meta.get("tokenizer.chat_template"):
+        report.problems.append("the GGUF has no chat template (tokenizer.chat_template)")
+    elif meta["tokenizer.chat_template"] != tok.chat_template:
+        report.problems.append("the GGUF's chat template differs from the one the run trained with")
+    ends = {meta.get("tokenizer.ggml.eos_token_id"), meta.get("tokenizer.ggml.eot_token_id")} - {None}
+    if not ends & set(want):
+        report.problems.append(f"the GGUF's eos/eot ids {sorted(ends)} miss the end-of-turn ids {want}")
+    if to == "ollama":
+        report.problems += check_modelfile(work / "Modelfile", tok, [m for _, m in prompts], want)
+    texts = [(pid, render_prompt(tok, m)) for pid, m in prompts]
+    longest = max(len(tok(t, add_special_tokens=False)["input_ids"]) for _, t in texts)
+    llm = Llama(model_path=str(gguf), n_ctx=longest + MAX_NEW_TOKENS + 8, logits_all=True, verbose=False,
+                n_threads=2, seed=0)
+    for pid, text in texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        theirs = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        if theirs != ids:
+            report.problems.append(f"prompt {pid}: llama.cpp tokenizes it differently ({len(theirs)} vs {len(ids)} "
+                                   "tokens)")
+        ref = engine.generate_token_ids([ids], options=GenerationOptions(max_new_tokens=MAX_NEW_TOKENS))[0]
+        ref = [t for t in ref if t not in want]
+        llm.reset()
+        llm.eval(ids + ref)
+        scores = np.asarray(llm.scores[: len(ids) + len(ref)])
+        top = scores[len(ids) - 1: len(ids) - 1 + len(ref)].argmax(-1).tolist() if ref else []
+        same = [a == b for a, b in zip(top, ref)]
+        first = next((i for i, x in enumerate(same) if not x), None)
+        got = []
+        llm.reset()
+        for t in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+            if t in want or len(got) >= MAX_NEW_TOKENS:
+                break
+            got.append(int(t))
+        report.prompts.append({
+            "id": pid, "equal": got == ref, "agreement": sum(same) / len(same) if same else 1.0,
+            "positions": len(same),
+            "first_difference": None if first is None else {"position": first, "adapter": tok.decode([ref[first]]),
+                                                            "export": tok.decode([top[first]])},
+            "adapter": tok.decode(ref), "export": tok.decode(got)})
+    return report
+
+
+# ---- Ollama's Modelfile --------------------------------------------------------------------------------------
+
+PROBE = {"system": "\x01SYS\x01", "user": "\x01USER\x01"}
+
+
+def _pieces(tokenizer) -> dict[str, str]:
+    """The training template cut, by rendering probe conversations, into what comes before and after the
+    system text, before the user text with and without a system turn, and after it up to where the model
+    answers: the parts Ollama's `.System` / `.Prompt` / `.Response` template says."""
+    def render(msgs):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+    s, u = PROBE["system"], PROBE["user"]
+    both = render([{"role": "system", "content": s}, {"role": "user", "content": u}])
+    alone = render([{"role": "user", "content": u}])
+    if both.count(s) != 1 or both.count(u) != 1 or alone.count(u) != 1:
+        raise UserError("the chat template could not be cut into the pieces of a Modelfile TEMPLATE",
+                        hint="--to gguf, and write the Modelfile's TEMPLATE by hand")
+    system_open, rest = both.split(s)
+    between, answer_open = rest.split(u)
+    user_open, answer_open_alone = alone.split(u)
+    if answer_open != answer_open_alone:
+        raise UserError("the chat template opens the answer differently with and without a system turn: "
+                        "a Modelfile TEMPLATE cannot say it", hint="--to gguf")
+    return {"system_open": system_open, "between": between, "user_open": user_open, "answer_open": answer_open}
+
+
+def go_template(p: dict[str, str]) -> str:
+    """Ollama's template for the pieces (Go template syntax)."""
+    return ("{{ if .System }}" + p["system_open"] + "{{ .System }}" + p["between"] + "{{ else }}" + p["user_open"]
+            + "{{ end }}{{ .Prompt }}" + p["answer_open"] + "{{ .Response }}")
+
+
+def render_go(template: str, **values: str) -> str:
+    """Render the Go-template subset `go_template` writes (`{{ .X }}`, `{{ if .X }}...{{ else }}...{{ end }}`),
+    as Ollama would; anything else is an error. The check renders the Modelfile with it."""
+    import re
+
+    out, stack = [], [True]  # stack: whether the current branch is emitted
+    for part in re.split(r"({{.*?}})", template, flags=re.S):
+        m = re.fullmatch(r"{{\s*(.*?)\s*}}", part, flags=re.S)
+        if not m:
+            if all(stack):
+                out.append(part)
+            continue
+        action = m.group(1)
+        if action.startswith("if "):
+            stack.append(bool(values.get(action[3:].strip().lstrip("."), "")))
+        elif action == "else":
+            stack[-1] = not stack[-1]
+        elif action == "end":
+            stack.pop()
+        elif re.fullmatch(r"\.\w+", action):
+            if all(stack):
+                out.append(values.get(action[1:], ""))
+        else:
+            raise ValueError(f"unsupported template action {{{{ {action} }}}}")
+    return "".join(out)
+
+
+def _stop_texts(tok, want: list[int]) -> list[str]:
+    return sorted({tok.decode([i]) for i in want} - {""})
+
+
+def modelfile(work: Path, gguf_name: str) -> str:
+    """A Modelfile: the GGUF, a TEMPLATE built from the training template's pieces, and the end-of-turn
+    tokens as stop parameters."""
+    import json as _json
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(work))
+    gen = _json.loads((work / "generation_config.json").read_text()).get("eos_token_id")
+    want = gen if isinstance(gen, list) else [gen]
+    template = go_template(_pieces(tok))
+    lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
+    lines += [f"PARAMETER stop {_json.dumps(s)}" for s in _stop_texts(tok, want)]
+    return "\n".join(lines) + "\n"
+
+
+def check_modelfile(path: Path, tok, conversations, want: list[int]) -> list[str]:
+    """What keeps the Modelfile from reproducing the training template on these prompts, or from stopping at
+    the end-of-turn tokens (empty: nothing)."""
+    import json as _json
+    import re
+
+    text = path.read_text()
+    m = re.search(r'TEMPLATE """(.*?)"""', text, flags=re.S)
+    if not m:
+        return ["the Modelfile has no TEMPLATE"]
+    problems = []
+    stops = set(_json.loads(s) for s in re.findall(r"^PARAMETER stop (.+)$", text, flags=re.M))
+    missing = set(_stop_texts(tok, want)) - stops
+    if missing:
+        problems.append(f"the Modelfile does not stop at {sorted(missing)}")
+    for n, messages in enumerate(conversations):
+        roles = [x["role"] for x in messages]
+        if roles not in (["user"], ["system", "user"]):
+            problems.append(f"prompt {n}: a {'/'.join(roles)} conversation does not fit .System/.Prompt")
+            continue
+        want_text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        system = messages[0]["content"] if roles[0] == "system" else ""
+        if render_go(m.group(1), System=system, Prompt=messages[-1]["content"]) != want_text:
+            problems.append(f"prompt {n}: the Modelfile's TEMPLATE renders it differently from the training template")
+            break
+    return problems

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 
-def make_run(out: Path, app_name: str, seed: int = 0, *overrides: str, rank: int = 4) -> Path:
+def make_run(out: Path, app_name: str, seed: int = 0, *overrides: str, rank: int = 4,
+             base: str = "builtin:tiny") -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -17,11 +18,11 @@ def make_run(out: Path, app_name: str, seed: int = 0, *overrides: str, rank: int
     from peft_apps.core.tiny import builtin_model_path
 
     app = get_app(app_name)
-    recipe = load_recipe(app.recipe_path("demo"), ["model.base=builtin:tiny", "model.quantization=none",
+    recipe = load_recipe(app.recipe_path("demo"), [f"model.base={base}", "model.quantization=none",
                                                    "model.dtype=float32", "peft.modules_to_save=[]", *overrides],
                          app=app_name)
     torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(builtin_model_path("tiny")),
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(builtin_model_path(base.removeprefix("builtin:"))),
                            LoraConfig(r=rank, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"],
                                       init_lora_weights=False, task_type="CAUSAL_LM"))
     out.mkdir(parents=True, exist_ok=True)
