@@ -116,6 +116,16 @@ def test_export_command_and_its_errors(run, tmp_path):
         assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
     p = run_cli(["peft-apps", "export", "--adapter", str(tmp_path), "--to", "merged"], cwd=tmp_path)
     assert p.returncode == 2 and "not an adapter folder" in p.stderr
+    # a run whose base is a hub model this machine does not have: refused before any work
+    import shutil
+
+    elsewhere = tmp_path / "hub-run"
+    shutil.copytree(run, elsewhere)
+    recipe = (elsewhere / "recipe.yaml").read_text().replace("base: builtin:tiny", "base: someorg/not-downloaded-7b")
+    (elsewhere / "recipe.yaml").write_text(recipe)
+    p = run_cli(["peft-apps", "export", "--adapter", str(elsewhere), "--to", "merged"], cwd=tmp_path)
+    assert p.returncode == 2 and "'someorg/not-downloaded-7b' is not available here" in p.stderr, p.stderr[-2000:]
+    assert not list(tmp_path.glob("hub-run-*"))
 
 
 # ---- GGUF and Ollama: llama.cpp's converter, checked in llama-cpp-python ------------------------------------
