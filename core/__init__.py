@@ -6,12 +6,14 @@ Nothing here imports torch at module import time, so the CLI starts fast; the he
 Layers, from the bottom; a module imports only from layers below its own (import-linter checks it:
 pyproject's [tool.importlinter], tests/test_layers.py). `errors`; `resources` (package paths, and the
 folders apps registered, recorded here by the registry so that nothing low imports it); files and
-small state (`io`, `checkpoint`, `sampling`, `quiet`); plain data and pure functions (`data`, `methods`,
-`run_folder`, `report`, `prompts`, `loss`); `config` (recipes and schemas as data); `real_tokenizers`;
-`tiny` and `memory`; `modeling` (runtime choice, loading a model); `engine` (inference); `loop` (the
-shared eval/predict/score loop); `registry` (apps; it calls the loop); the trl subclass `sft_trainer`
-and `training` above it (one module per concern; `trainer` keeps its old names); `inspect` and `merge`;
-`cli` on top. The apps sit above the core and never
+small state (`io`, `checkpoint`, `sampling`, `quiet`, `endpoint`: a remote server's options); plain data and pure functions (`data`, `methods`,
+`run_folder`, `report`, `prompts`, `loss`); `config`
+(recipes and schemas as data); `real_tokenizers`; `tiny`, `memory` and `distributed` (N-process training
+from the recipe); `modeling` (runtime choice, loading a model); `engine` (inference); `loop` (the shared
+eval/predict/score loop); `registry` (apps; it calls the loop); the trl subclass `sft_trainer` and
+`training` above it (one module per concern; `trainer` keeps its old names); `inspect`, `merge`, `serve`
+(the HTTP server) beside `trainer`; `export` (merged, GGUF, Ollama, vLLM, with the parity check) above
+`merge`; `cli` on top. The apps sit above the core and never
 import each other; the core imports no app (the registry discovers them by name).
 """
 
