@@ -321,8 +321,10 @@ def _greedy(model, ids: list[int], n: int, stops: set[int]) -> list[int]:
     import torch
 
     with torch.inference_mode():
-        out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
-                             max_new_tokens=n, do_sample=False, eos_token_id=sorted(stops), pad_token_id=sorted(stops)[0])
+        dev = model.device
+        out = model.generate(input_ids=torch.tensor([ids], device=dev),
+                             attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=dev), max_new_tokens=n,
+                             do_sample=False, eos_token_id=sorted(stops), pad_token_id=sorted(stops)[0])
     new = out[0, len(ids):].tolist()
     for i, t in enumerate(new):
         if t in stops:
@@ -338,7 +340,8 @@ def _agreement(model, ids: list[int], ref: list[int], tok) -> tuple[float, dict 
     if not ref:
         return 1.0, None
     with torch.inference_mode():
-        logits = model(input_ids=torch.tensor([ids + ref])).logits[0, len(ids) - 1:len(ids) - 1 + len(ref)]
+        logits = model(input_ids=torch.tensor([ids + ref], device=model.device)).logits
+    logits = logits[0, len(ids) - 1:len(ids) - 1 + len(ref)]
     top = logits.argmax(-1).tolist()
     same = [a == b for a, b in zip(top, ref)]
     first = next((i for i, s in enumerate(same) if not s), None)
@@ -422,7 +425,8 @@ def _export_gguf(adapter: Path, work: Path, quant: str, ollama: bool, prompts) -
                 shutil.copy2(merged / f, work / f)
     if ollama:
         (work / "Modelfile").write_text(modelfile(work, gguf.name))
-        (work / "ollama_create.txt").write_text(f"ollama create {adapter.name} -f {work.with_name(work.name.removesuffix('.partial')).resolve()}/Modelfile\n")
+        final = work.with_name(work.name.removesuffix(".partial")).resolve()
+        (work / "ollama_create.txt").write_text(f"ollama create {adapter.name} -f {final}/Modelfile\n")
 
 
 def _gguf_metadata(path: Path) -> dict[str, Any]:

@@ -401,18 +401,20 @@ async def _stream(rows, events: asyncio.Queue, rid: str, model: str, kind: str, 
             for i, r in enumerate(rows):
                 if reported[i]:
                     continue
-                full = tokenizer.decode(r.produced, skip_special_tokens=True)
-                if r.finish_reason is None:
-                    safe = _safe_prefix(full, r.stop)
+                # the reason first: the worker sets it after the row's last token, so a finished row's text
+                # read after it is whole (read before it, the last token could be missing from what is sent)
+                reason = r.finish_reason
+                if reason is None:
+                    safe = _safe_prefix(tokenizer.decode(r.produced, skip_special_tokens=True), r.stop)
                 else:
                     safe = r.text(tokenizer)
                 if len(safe) > len(sent[i]) and safe.startswith(sent[i]):
                     yield chunk(i, safe[len(sent[i]):], None)
                     sent[i] = safe
-                if r.finish_reason is not None:
-                    if r.finish_reason == "error":
+                if reason is not None:
+                    if reason == "error":
                         yield f"data: {json.dumps(_error_body(500, f'generation failed: {r.error}', 'server_error'))}\n\n"
-                    yield chunk(i, None, r.finish_reason if r.finish_reason in ("stop", "length") else "stop")
+                    yield chunk(i, None, reason if reason in ("stop", "length") else "stop")
                     reported[i] = True
             if all(reported):
                 break
