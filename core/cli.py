@@ -151,14 +151,14 @@ def train_cmd(
     if print_recipe:
         typer.echo(r.to_yaml())
         return
+    if resume and force:
+        raise UserError("--resume continues the folder's run and --force replaces it: give one of them")
     from peft_apps.core import distributed
 
     here = distributed.world()
     if not here.main:
         console.quiet = True  # rank 0 speaks for the run
     if num_processes > 1 and here.size == 1:
-        if resume and force:
-            raise UserError("--resume continues the folder's run and --force replaces it: give one of them")
         raise typer.Exit(_launch(a, r, num_processes, resume, force))
     if here.size > 1 and num_processes not in (1, here.size):
         raise UserError(f"--num-processes {num_processes}, but the launcher started {here.size} processes",
@@ -167,8 +167,6 @@ def train_cmd(
     console.print(f"[bold]train[/] {a.name} / {r.name}: {r.peft.method} on {r.model.base} -> {r.output_dir()}")
     from peft_apps.core.trainer import TrainingInterrupted
 
-    if resume and force:
-        raise UserError("--resume continues the folder's run and --force replaces it: give one of them")
     try:
         res = _train(a, r, resume, force=force, allow_recipe_change=allow_recipe_change)
     except TrainingInterrupted as stop:
@@ -550,7 +548,7 @@ def export_cmd(
 
     with console.status(f"exporting {adapter} to {to} and checking it"):
         path, parity = export(Path(adapter), to, target, quant=quant, prompts_file=prompts, check=check,
-                              force=force, console=console)
+                              force=force)
     if parity is None:
         console.print(f"{to} export -> {path} (not checked: --no-check)")
         return

@@ -162,7 +162,7 @@ def deepspeed_config(recipe: Recipe, b: str) -> dict[str, Any]:
             "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}, "zero_optimization": zero}
 
 
-def trainer_arguments(recipe: Recipe, processes: int, cuda: bool, config, run_dir: Path) -> dict[str, Any]:
+def trainer_arguments(recipe: Recipe, processes: int, cuda: bool, config) -> dict[str, Any]:
     """The SFTConfig arguments of the backend (none for one process)."""
     b = backend(recipe, processes)
     if processes <= 1 and b == "none":
@@ -186,14 +186,11 @@ def accelerate_config(recipe: Recipe, processes: int, cuda: bool, config=None, m
                            "same_network": True, "downcast_bf16": "no", "use_cpu": not cuda,
                            "distributed_type": "MULTI_GPU"}
     if b == "fsdp":
-        fc = fsdp_config(recipe, layer_classes(config)) if config is not None else fsdp_config(recipe, [])
+        fc = fsdp_config(recipe, layer_classes(config) if config is not None else [])
+        fc["transformer_layer_cls_to_wrap"] = ",".join(fc["transformer_layer_cls_to_wrap"])
+        fc["offload_params"] = fc.pop("cpu_offload")  # accelerate's name for it
         cfg["distributed_type"] = "FSDP"
-        cfg["fsdp_config"] = {"fsdp_version": fc["version"], "fsdp_auto_wrap_policy": fc["auto_wrap_policy"],
-                              "fsdp_transformer_layer_cls_to_wrap": ",".join(fc["transformer_layer_cls_to_wrap"]),
-                              "fsdp_use_orig_params": True, "fsdp_cpu_ram_efficient_loading": True,
-                              "fsdp_sync_module_states": True, "fsdp_reshard_after_forward": True,
-                              "fsdp_state_dict_type": fc["state_dict_type"], "fsdp_offload_params": fc["cpu_offload"],
-                              "fsdp_activation_checkpointing": fc["activation_checkpointing"]}
+        cfg["fsdp_config"] = {f"fsdp_{k}": v for k, v in fc.items()}
     elif b.startswith("deepspeed"):
         cfg["distributed_type"] = "DEEPSPEED"
         cfg["deepspeed_config"] = {"deepspeed_config_file": DEEPSPEED_FILE, "zero3_init_flag": b.endswith("3")}

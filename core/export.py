@@ -36,7 +36,6 @@ from typing import Any
 from peft_apps.core.errors import UserError
 
 TARGETS = ("merged", "vllm", "gguf", "ollama")
-BUILT = TARGETS
 QUANTS = ("f16", "q8_0", "q4_k_m")
 # Top-1 agreement with the adapter (teacher-forced over its greedy output) a GGUF must reach, per quantization:
 # f16 rounds the fp32 weights once; q8_0 keeps 8 bits per weight; q4_k_m about 4.8.
@@ -114,10 +113,9 @@ def check_target(to: str, quant: str | None = None) -> None:
 
 
 def export(adapter: Path, to: str, out: Path, *, quant: str | None = None, prompts_file: Path | None = None,
-           check: bool = True, force: bool = False, console=None) -> tuple[Path, Parity | None]:
+           check: bool = True, force: bool = False) -> tuple[Path, Parity | None]:
     """Export `adapter` to `out` (see the module docstring); returns where it went and the parity report."""
     from peft_apps.core import run_folder
-    from peft_apps.core.engine import adapter_base_config
 
     check_target(to, quant)
     quant = quant or ("f16" if to in ("gguf", "ollama") else None)
@@ -128,9 +126,8 @@ def export(adapter: Path, to: str, out: Path, *, quant: str | None = None, promp
     for folder in (out, out.with_name(out.name + ".failed")):
         if folder.exists() and any(folder.iterdir()) and not force:
             raise UserError(f"{folder} already exists", hint="pass --force to replace it, or choose another -o")
-    mcfg = adapter_base_config(adapter)
-    _check_base_available(mcfg.base)
     recipe = _recipe(adapter)
+    _check_base_available(recipe.model.base)
     prompts = _prompts(adapter, recipe, prompts_file)  # bad prompt files fail before any work
     work = out.with_name(out.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
@@ -140,10 +137,10 @@ def export(adapter: Path, to: str, out: Path, *, quant: str | None = None, promp
         elif to == "vllm":
             _export_vllm(adapter, work, recipe)
         else:
-            _export_gguf(adapter, work, quant, ollama=to == "ollama", prompts=prompts)
+            _export_gguf(adapter, work, quant, ollama=to == "ollama")
         parity = None
         if check:
-            parity = (_parity(adapter, work, to, prompts, console) if to in ("merged", "vllm")
+            parity = (_parity(adapter, work, to, prompts) if to in ("merged", "vllm")
                       else _parity_gguf(adapter, work, to, quant, prompts))
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)  # nothing half-written stays behind
@@ -160,7 +157,7 @@ def export(adapter: Path, to: str, out: Path, *, quant: str | None = None, promp
 
 
 def _check_base_available(base: str) -> None:
-    from peft_apps.core.modeling import resolve_base
+    from peft_apps.core.modeling import _offline_hint, resolve_base
 
     if base.startswith("builtin:"):
         return
@@ -173,7 +170,7 @@ def _check_base_available(base: str) -> None:
         snapshot_download(base, local_files_only=True, allow_patterns=["config.json"])
     except Exception:  # noqa: BLE001 - not in the local cache, hub offline or unreachable
         raise UserError(f"the run's base model {base!r} is not available here (not a folder, not in the local "
-                        "hub cache)", hint="download it first, or point the run at a local copy") from None
+                        "hub cache)", hint=_offline_hint(base)) from None
 
 
 def _recipe(adapter: Path):
@@ -182,8 +179,7 @@ def _recipe(adapter: Path):
     path = adapter / "recipe.yaml"
     if not path.is_file():
         raise UserError(f"{adapter} has no recipe.yaml: export needs the run folder `peft-apps train` wrote")
-    data = __import__("yaml").safe_load(path.read_text())
-    return load_recipe(path, [], app=data.get("app"))
+    return load_recipe(path)
 
 
 def _prompts(adapter: Path, recipe, prompts_file: Path | None, limit: int = 8) -> list[tuple[str, list[dict]]]:
@@ -221,18 +217,22 @@ def _prompts(adapter: Path, recipe, prompts_file: Path | None, limit: int = 8) -
 
 
 def _export_merged(adapter: Path, work: Path) -> None:
-    from transformers import GenerationConfig
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     from peft_apps.core.engine.decode import stop_ids
     from peft_apps.core.merge import merge_adapter
 
     merge_adapter(adapter, work)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(str(work))
-    model = AutoModelForCausalLM.from_pretrained(str(work))
-    eos = sorted(stop_ids(model, tok))
-    gen = GenerationConfig.from_model_config(model.config)
+    # the generation config the merged model loads with (its file, else one from its config), read without
+    # loading its weights again
+    try:
+        gen = GenerationConfig.from_pretrained(str(work))
+    except OSError:
+        gen = GenerationConfig.from_model_config(AutoConfig.from_pretrained(str(work)))
+    eos = sorted(stop_ids(SimpleNamespace(generation_config=gen), tok))
     gen.eos_token_id = eos if len(eos) > 1 else eos[0]
     gen.pad_token_id = tok.pad_token_id
     gen.save_pretrained(str(work))
@@ -258,10 +258,9 @@ def _export_vllm(adapter: Path, work: Path, recipe) -> None:
                             or f.name in ("recipe.yaml", "README.md")):
             shutil.copy2(f, work / f.name)
     if not (work / "tokenizer_config.json").is_file():  # a run folder without its tokenizer: the base's
-        from peft_apps.core.engine import adapter_base_config
         from peft_apps.core.modeling import load_tokenizer
 
-        load_tokenizer(adapter_base_config(adapter)).save_pretrained(str(work))
+        load_tokenizer(recipe.model).save_pretrained(str(work))
     rank = adapter_rank(adapter)
     rank = next((v for v in VLLM_RANKS if v >= rank), rank)
     name = adapter.name
@@ -270,50 +269,74 @@ def _export_vllm(adapter: Path, work: Path, recipe) -> None:
     (work / "vllm_serve.txt").write_text(line + "\n")
 
 
-def _parity(adapter: Path, work: Path, to: str, prompts, console=None) -> Parity:
+def _reference(adapter: Path):
+    """The adapter in the engine, in fp32 (what every export is checked against), and its end-of-turn ids."""
+    from peft_apps.core.engine import Engine
+    from peft_apps.core.engine.decode import stop_ids
+
+    engine = Engine.from_pretrained(None, adapter, dtype="float32")
+    return engine, sorted(stop_ids(engine.model, engine.tokenizer))
+
+
+def _adapter_tokens(engine, ids: list[int], stops: list[int]) -> list[int]:
+    """The adapter's greedy tokens after `ids`; an end-of-turn id ends them (the export's are cut there too)."""
+    from peft_apps.core.engine import GenerationOptions
+
+    ref = engine.generate_token_ids([ids], options=GenerationOptions(max_new_tokens=MAX_NEW_TOKENS))[0]
+    return [t for t in ref if t not in stops]
+
+
+def _template_problems(template: str | None, tok, where: str) -> list[str]:
+    if not template:
+        return [f"{where} has no chat template"]
+    if template != tok.chat_template:
+        return [f"the chat template in {where} differs from the one the run trained with"]
+    return []
+
+
+def _entry(pid: str, ref: list[int], got: list[int], top: list[int], tok) -> dict[str, Any]:
+    """One prompt's line of the report: the export's greedy tokens `got` and its teacher-forced top-1 tokens
+    `top` against the adapter's `ref`."""
+    same = [a == b for a, b in zip(top, ref)]
+    first = next((i for i, x in enumerate(same) if not x), None)
+    return {"id": pid, "equal": got == ref, "agreement": sum(same) / len(same) if same else 1.0,
+            "positions": len(same),
+            "first_difference": None if first is None else {"position": first, "adapter": tok.decode([ref[first]]),
+                                                            "export": tok.decode([top[first]])},
+            "adapter": tok.decode(ref), "export": tok.decode(got)}
+
+
+def _parity(adapter: Path, work: Path, to: str, prompts) -> Parity:
+    """The merged model (transformers) or the vLLM folder (a plain-peft reload) against the adapter."""
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from peft_apps.core.data import render_prompt
-    from peft_apps.core.engine import Engine, GenerationOptions
 
     report = Parity(to)
-    engine = Engine.from_pretrained(None, adapter, dtype="float32")
+    engine, want = _reference(adapter)
     tok = engine.tokenizer
     if to == "merged":
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+        from transformers import GenerationConfig
 
         exported = AutoModelForCausalLM.from_pretrained(str(work), dtype=torch.float32).eval()
-        etok = AutoTokenizer.from_pretrained(str(work))
         gen = GenerationConfig.from_pretrained(str(work))
         eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+        if not set(want) <= {e for e in eos if e is not None}:
+            report.problems.append(f"generation_config's eos ids {eos} miss the end-of-turn ids {want}")
     else:
         from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         base = AutoModelForCausalLM.from_pretrained(json.loads((work / "adapter_config.json").read_text())
                                                     ["base_model_name_or_path"], dtype=torch.float32)
         exported = PeftModel.from_pretrained(base, str(work)).eval()
-        etok = AutoTokenizer.from_pretrained(str(work))
-        eos = None
-    from peft_apps.core.engine.decode import stop_ids
-
-    want = sorted(stop_ids(engine.model, tok))
-    if not getattr(etok, "chat_template", None):
-        report.problems.append("the export's tokenizer has no chat template")
-    elif etok.chat_template != tok.chat_template:
-        report.problems.append("the export's chat template differs from the one the run trained with")
-    if eos is not None and not set(want) <= {e for e in eos if e is not None}:
-        report.problems.append(f"generation_config's eos ids {eos} miss the end-of-turn ids {want}")
+    etok = AutoTokenizer.from_pretrained(str(work))
+    report.problems += _template_problems(getattr(etok, "chat_template", None), tok, "the export's tokenizer")
     for pid, messages in prompts:
-        text = render_prompt(tok, messages)
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        ref = engine.generate_token_ids([ids], options=GenerationOptions(max_new_tokens=MAX_NEW_TOKENS))[0]
-        ref = [t for t in ref if t not in want]  # (an end-of-turn id ends the output; the export's is cut too)
-        got = _greedy(exported, ids, MAX_NEW_TOKENS, set(want))
-        agree, first = _agreement(exported, ids, ref, tok)
-        report.prompts.append({"id": pid, "equal": got == ref, "agreement": agree, "positions": len(ref),
-                               "first_difference": first,
-                               "adapter": tok.decode(ref), "export": tok.decode(got)})
+        ids = tok(render_prompt(tok, messages), add_special_tokens=False)["input_ids"]
+        ref = _adapter_tokens(engine, ids, want)
+        report.prompts.append(_entry(pid, ref, _greedy(exported, ids, MAX_NEW_TOKENS, set(want)),
+                                     _top1(exported, ids, ref), tok))
     return report
 
 
@@ -332,22 +355,15 @@ def _greedy(model, ids: list[int], n: int, stops: set[int]) -> list[int]:
     return new
 
 
-def _agreement(model, ids: list[int], ref: list[int], tok) -> tuple[float, dict | None]:
-    """Top-1 agreement of `model` with the adapter's greedy tokens `ref`, teacher-forced, and the first
-    position where they differ."""
+def _top1(model, ids: list[int], ref: list[int]) -> list[int]:
+    """`model`'s top-1 token at each of the adapter's output positions, teacher-forced on `ref`."""
     import torch
 
     if not ref:
-        return 1.0, None
+        return []
     with torch.inference_mode():
         logits = model(input_ids=torch.tensor([ids + ref], device=model.device)).logits
-    logits = logits[0, len(ids) - 1:len(ids) - 1 + len(ref)]
-    top = logits.argmax(-1).tolist()
-    same = [a == b for a, b in zip(top, ref)]
-    first = next((i for i, s in enumerate(same) if not s), None)
-    where = None if first is None else {"position": first, "adapter": tok.decode([ref[first]]),
-                                        "export": tok.decode([top[first]])}
-    return sum(same) / len(same), where
+    return logits[0, len(ids) - 1:len(ids) - 1 + len(ref)].argmax(-1).tolist()
 
 
 # ---- GGUF and Ollama ---------------------------------------------------------------------------------------
@@ -396,7 +412,7 @@ def converter() -> Path:
     return script
 
 
-def _export_gguf(adapter: Path, work: Path, quant: str, ollama: bool, prompts) -> None:
+def _export_gguf(adapter: Path, work: Path, quant: str, ollama: bool) -> None:
     """The merged model through llama.cpp's converter (chat template and end-of-turn ids in the metadata);
     q4_k_m through llama-quantize. With `ollama`, a Modelfile beside it."""
     import subprocess
@@ -453,54 +469,40 @@ def _parity_gguf(adapter: Path, work: Path, to: str, quant: str, prompts) -> Par
     from llama_cpp import Llama
 
     from peft_apps.core.data import render_prompt
-    from peft_apps.core.engine import Engine, GenerationOptions
-    from peft_apps.core.engine.decode import stop_ids
 
     report = Parity(to, threshold=AGREEMENT[quant], exact=False)
-    engine = Engine.from_pretrained(None, adapter, dtype="float32")
+    engine, want = _reference(adapter)
     tok = engine.tokenizer
-    want = sorted(stop_ids(engine.model, tok))
     gguf = work / GGUF_NAME.format(quant=quant)
     meta = _gguf_metadata(gguf)
-    if not meta.get("tokenizer.chat_template"):
-        report.problems.append("the GGUF has no chat template (tokenizer.chat_template)")
-    elif meta["tokenizer.chat_template"] != tok.chat_template:
-        report.problems.append("the GGUF's chat template differs from the one the run trained with")
+    report.problems += _template_problems(meta.get("tokenizer.chat_template"), tok,
+                                          "the GGUF's metadata (tokenizer.chat_template)")
     ends = {meta.get("tokenizer.ggml.eos_token_id"), meta.get("tokenizer.ggml.eot_token_id")} - {None}
     if not ends & set(want):
         report.problems.append(f"the GGUF's eos/eot ids {sorted(ends)} miss the end-of-turn ids {want}")
     if to == "ollama":
         report.problems += check_modelfile(work / "Modelfile", tok, [m for _, m in prompts], want)
-    texts = [(pid, render_prompt(tok, m)) for pid, m in prompts]
-    longest = max(len(tok(t, add_special_tokens=False)["input_ids"]) for _, t in texts)
-    llm = Llama(model_path=str(gguf), n_ctx=longest + MAX_NEW_TOKENS + 8, logits_all=True, verbose=False,
-                n_threads=2, seed=0)
-    for pid, text in texts:
-        ids = tok(text, add_special_tokens=False)["input_ids"]
+    rows = [(pid, text, tok(text, add_special_tokens=False)["input_ids"])
+            for pid, text in ((pid, render_prompt(tok, m)) for pid, m in prompts)]
+    llm = Llama(model_path=str(gguf), n_ctx=max(len(ids) for _, _, ids in rows) + MAX_NEW_TOKENS + 8,
+                logits_all=True, verbose=False, n_threads=2, seed=0)
+    for pid, text, ids in rows:
         theirs = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         if theirs != ids:
             report.problems.append(f"prompt {pid}: llama.cpp tokenizes it differently ({len(theirs)} vs {len(ids)} "
                                    "tokens)")
-        ref = engine.generate_token_ids([ids], options=GenerationOptions(max_new_tokens=MAX_NEW_TOKENS))[0]
-        ref = [t for t in ref if t not in want]
+        ref = _adapter_tokens(engine, ids, want)
         llm.reset()
         llm.eval(ids + ref)
         scores = np.asarray(llm.scores[: len(ids) + len(ref)])
         top = scores[len(ids) - 1: len(ids) - 1 + len(ref)].argmax(-1).tolist() if ref else []
-        same = [a == b for a, b in zip(top, ref)]
-        first = next((i for i, x in enumerate(same) if not x), None)
         got = []
         llm.reset()
         for t in llm.generate(ids, temp=0.0, top_k=1, reset=True):
             if t in want or len(got) >= MAX_NEW_TOKENS:
                 break
             got.append(int(t))
-        report.prompts.append({
-            "id": pid, "equal": got == ref, "agreement": sum(same) / len(same) if same else 1.0,
-            "positions": len(same),
-            "first_difference": None if first is None else {"position": first, "adapter": tok.decode([ref[first]]),
-                                                            "export": tok.decode([top[first]])},
-            "adapter": tok.decode(ref), "export": tok.decode(got)})
+        report.prompts.append(_entry(pid, ref, got, top, tok))
     return report
 
 
@@ -571,23 +573,20 @@ def _stop_texts(tok, want: list[int]) -> list[str]:
 def modelfile(work: Path, gguf_name: str) -> str:
     """A Modelfile: the GGUF, a TEMPLATE built from the training template's pieces, and the end-of-turn
     tokens as stop parameters."""
-    import json as _json
-
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(work))
-    gen = _json.loads((work / "generation_config.json").read_text()).get("eos_token_id")
+    gen = json.loads((work / "generation_config.json").read_text()).get("eos_token_id")
     want = gen if isinstance(gen, list) else [gen]
     template = go_template(_pieces(tok))
     lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
-    lines += [f"PARAMETER stop {_json.dumps(s)}" for s in _stop_texts(tok, want)]
+    lines += [f"PARAMETER stop {json.dumps(s)}" for s in _stop_texts(tok, want)]
     return "\n".join(lines) + "\n"
 
 
 def check_modelfile(path: Path, tok, conversations, want: list[int]) -> list[str]:
     """What keeps the Modelfile from reproducing the training template on these prompts, or from stopping at
     the end-of-turn tokens (empty: nothing)."""
-    import json as _json
     import re
 
     text = path.read_text()
@@ -595,7 +594,7 @@ def check_modelfile(path: Path, tok, conversations, want: list[int]) -> list[str
     if not m:
         return ["the Modelfile has no TEMPLATE"]
     problems = []
-    stops = set(_json.loads(s) for s in re.findall(r"^PARAMETER stop (.+)$", text, flags=re.M))
+    stops = set(json.loads(s) for s in re.findall(r"^PARAMETER stop (.+)$", text, flags=re.M))
     missing = set(_stop_texts(tok, want)) - stops
     if missing:
         problems.append(f"the Modelfile does not stop at {sorted(missing)}")

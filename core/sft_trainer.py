@@ -13,11 +13,17 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from transformers.trainer_pt_utils import BatchRebalanceSampler
 from trl import SFTTrainer
 
 from peft_apps.core import checkpoint as ckpt
+from peft_apps.core.distributed import MaskedCopies, RankBatches
 from peft_apps.core.errors import UserError
 from peft_apps.core.loss import _causal_lm, completion_only_loss
+
+
+class RankBatchSampler(RankBatches, BatchRebalanceSampler):
+    """transformers hands a `BatchRebalanceSampler` to the DataLoader as its batch sampler, unsharded."""
 
 
 class CoreSFTTrainer(SFTTrainer):
@@ -101,8 +107,6 @@ class CoreSFTTrainer(SFTTrainer):
     def get_train_dataloader(self):
         if not self._rank_batches():
             return super().get_train_dataloader()
-        from peft_apps.core.distributed import MaskedCopies
-
         return self._get_dataloader(dataset=MaskedCopies(self.train_dataset), description="Training",
                                     batch_size=self._train_batch_size, sampler_fn=self._get_train_sampler,
                                     is_training=True)
@@ -111,13 +115,6 @@ class CoreSFTTrainer(SFTTrainer):
         # `self.train_dataset` keeps "length" in the dataset's row order
         if not self._rank_batches():
             return super()._get_train_sampler(train_dataset)
-        from transformers.trainer_pt_utils import BatchRebalanceSampler
-
-        from peft_apps.core.distributed import RankBatches
-
-        class RankBatchSampler(RankBatches, BatchRebalanceSampler):
-            """transformers hands a `BatchRebalanceSampler` to the DataLoader as its batch sampler, unsharded."""
-
         a = self.args
         return RankBatchSampler(self.train_dataset["length"], a.per_device_train_batch_size * a.world_size,
                                 a.world_size, a.process_index, seed=a.data_seed if a.data_seed is not None else a.seed,

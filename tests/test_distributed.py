@@ -189,7 +189,7 @@ def test_backend_configs_are_generated_from_the_recipe_and_accepted(tmp_path):
         return load_recipe(get_app("sft").recipe_path("demo"), list(o), app="sft")
 
     r = recipe("train.distributed=fsdp", "model.quantization=nf4")
-    args = distributed.trainer_arguments(r, 4, True, config, tmp_path)
+    args = distributed.trainer_arguments(r, 4, True, config)
     fc = args["fsdp_config"]
     assert fc["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"] and fc["use_orig_params"]
     assert fc["cpu_ram_efficient_loading"] and fc["activation_checkpointing"]

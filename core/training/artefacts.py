@@ -12,6 +12,7 @@ from typing import Any
 
 
 from peft_apps.core.config import Recipe
+from peft_apps.core.distributed import backend
 from peft_apps.core.training.plan import _Plan
 
 
@@ -63,7 +64,7 @@ def _metrics(recipe: Recipe, plan: _Plan, trainer, result, train_seconds: float,
         "train_loss": result.training_loss, "train_seconds": round(train_seconds, 2),
         "useful_tokens_per_second": round(_all_ranks(trainer, trainer.useful_tokens) / max(train_seconds, 1e-9), 1),
         "processes": plan.world.size,
-        "distributed": _backend(recipe, plan),
+        "distributed": backend(recipe, plan.world.size),
         "resumed_from": last,
         "data": {"train": train_rep.as_dict(), "eval": eval_rep.as_dict()},
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
@@ -93,12 +94,6 @@ def _all_ranks(trainer, count: int) -> int:
     import torch
 
     return int(trainer.accelerator.reduce(torch.tensor(count, device=trainer.args.device), reduction="sum").item())
-
-
-def _backend(recipe: Recipe, plan: _Plan) -> str:
-    from peft_apps.core.distributed import backend
-
-    return backend(recipe, plan.world.size)
 
 
 def _write_artefacts(out: Path, recipe: Recipe, trainer, tokenizer, metrics: dict, t_start: float,

@@ -23,8 +23,8 @@ def _build_trainer(recipe: Recipe, plan: _Plan, model, tokenizer, ckpt_dir: Path
     tc = recipe.train
     precision = plan.runtime.precision
     processes = plan.world.size
-    backend_args = distributed.trainer_arguments(recipe, processes, plan.runtime.device == "cuda", plan.config,
-                                                 ckpt_dir.parent)
+    backend_args = distributed.trainer_arguments(recipe, processes, plan.runtime.device == "cuda", plan.config)
+    checkpointing = tc.gradient_checkpointing and not backend_args.get("fsdp")  # FSDP checkpoints with its own
     args = SFTConfig(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=tc.batch_size // processes,  # train.batch_size is the global batch
@@ -43,9 +43,8 @@ def _build_trainer(recipe: Recipe, plan: _Plan, model, tokenizer, ckpt_dir: Path
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=plan.runtime.device != "cuda",
-        activation_checkpointing=tc.gradient_checkpointing and not backend_args.get("fsdp"),  # FSDP: its own
-        activation_checkpointing_kwargs=({"use_reentrant": False} if tc.gradient_checkpointing
-                                         and not backend_args.get("fsdp") else None),
+        activation_checkpointing=checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         logging_steps=tc.logging_steps,
         save_strategy="steps",
         save_steps=tc.save_steps,
