@@ -235,6 +235,9 @@ def _launch(a, r, processes: int, resume: bool, force: bool) -> int:
 
     from peft_apps.core import distributed, loop, run_folder
 
+    from peft_apps.core.methods import check_recipe
+
+    check_recipe(r)
     cuda = torch.cuda.is_available()
     distributed.check(r, processes, torch.cuda.device_count() if cuda else 0)
     out = r.output_dir()
@@ -508,12 +511,46 @@ def serve_cmd(
 
 @app.command("merge")
 def merge_cmd(
-    adapter: str = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP),
-    out: Path = typer.Option(..., "--out", "-o", help="folder for the merged model (HF format, safetensors)"),
+    adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help=ADAPTER_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for the merged model (HF format, safetensors), or "
+                                                      "with --checkpoints the averaged adapter"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="base model (default: the adapter's)"),
+    checkpoints: Optional[list[str]] = typer.Option(None, "--checkpoints", "-c", help="average these adapter "
+                                                    "checkpoints instead (RUN/checkpoints/checkpoint-*, a quoted "
+                                                    "glob, or a run folder for all of its checkpoints)"),
+    weights: str = typer.Option("uniform", "--weights", help="with --checkpoints: metric (proportional to the "
+                                "app's headline metric at each checkpoint's evaluation), loss (to 1 / eval loss) or "
+                                "uniform"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="with --weights metric: the metric (default: the "
+                                         "app's headline)"),
+    more: Optional[list[str]] = typer.Argument(None, metavar="[CHECKPOINT]...", show_default=False,
+                                               help="more checkpoints (what the shell expands "
+                                                    "--checkpoints RUN/checkpoints/checkpoint-* into)"),
     force: bool = typer.Option(False, "--force", help="write into a folder that already holds files"),
 ) -> None:
-    """Merge an adapter into a standalone model (4-bit bases: into the dequantized weights)."""
+    """Merge an adapter into a standalone model (4-bit bases: into the dequantized weights), or with
+    --checkpoints average adapter checkpoints, weighted by their metric, loss or uniformly."""
+    if more and not checkpoints:
+        raise UserError(f"unexpected argument(s): {' '.join(more)}", hint="checkpoints go after --checkpoints")
+    if checkpoints:
+        if adapter:
+            raise UserError("--adapter and --checkpoints do not go together: merge one adapter into its base, or "
+                            "average checkpoints into an adapter")
+        if weights not in ("metric", "loss", "uniform"):
+            raise UserError(f"--weights {weights}: choose metric, loss or uniform")
+        from peft_apps.core.merge import average_checkpoints, find_checkpoints
+
+        found = find_checkpoints(list(checkpoints) + list(more or []))
+        _out_folder(out, force)
+        report = average_checkpoints(found, out, weights, metric)
+        by = f" by {report['metric']}" if report["metric"] else ""
+        console.print(f"averaged {len(found)} checkpoints{by} ({weights}) -> {out}", highlight=False)
+        for c in report["checkpoints"]:
+            value = "" if c["value"] is None else f"  {report['metric']} {c['value']:.4g}"
+            console.print(f"  step {c['step']:>6}  weight {c['weight']:.3f}{value}", highlight=False)
+        return
+    if not adapter:
+        raise UserError("merge needs --adapter RUN (or --checkpoints to average checkpoints)")
     _out_folder(out, force)
     _prepare()
     from peft_apps.core.merge import merge_adapter
@@ -565,6 +602,53 @@ def export_cmd(
     for hint in ("vllm_serve.txt", "ollama_create.txt"):
         if (path / hint).is_file():
             console.print((path / hint).read_text().strip(), highlight=False, soft_wrap=True)
+
+
+@app.command("methods")
+def methods_cmd(
+    markdown: bool = typer.Option(False, "--markdown", help="the README's method table (markdown)"),
+) -> None:
+    """The PEFT methods `peft.method` names: where each comes from, 4-bit bases, merging, shared-prefix serving."""
+    from peft_apps.core.methods import method_table
+
+    if markdown:
+        print(method_table())
+        return
+    from rich.table import Table
+
+    from peft_apps.core.methods import METHODS
+
+    t = Table("method", "source", "4-bit base", "merges", "shared prefix", "what it is", show_lines=False)
+    yes = lambda v: "yes" if v else "no"  # noqa: E731
+    for name in sorted(METHODS):
+        m = METHODS[name]
+        t.add_row(name, m.source, yes(m.four_bit), yes(m.merges), yes(m.shared_prefix),
+                  (f"[red]not usable: {m.broken}[/] " if m.broken else "") + m.summary)
+    console.print(t)
+
+
+@app.command("sweep")
+def sweep_cmd(
+    app_name: str = typer.Argument(..., metavar="APP", help=APP_HELP),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="KEY=VALUE", help=OVERRIDES_HELP),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="recipe name or .yaml path"),
+    methods: str = typer.Option(..., "--methods", help="comma-separated PEFT methods (`peft-apps methods`)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="sweep folder (default: runs/APP-RECIPE-sweep)"),
+    force: bool = typer.Option(False, "--force", help="start over: forget the methods a previous sweep finished"),
+) -> None:
+    """Train and evaluate each method with the same recipe, data and budget; compare the headline metric,
+    trainable parameters, peak memory, tokens/s, adapter size and time (sweep.json, sweep.md, sweep.png).
+    Run again, it goes on where it stopped."""
+    from peft_apps.core.sweep import parse_methods, sweep
+
+    names = parse_methods(methods)
+    _app(app_name)
+    folder, rows = sweep(app_name, recipe or _app(app_name).default_recipe, names, list(overrides or []), out,
+                         force, console)
+    console.print((folder / "sweep.md").read_text(), highlight=False, markup=False, soft_wrap=True)
+    console.print(f"results: {folder / 'sweep.json'}, {folder / 'sweep.md'}, {folder / 'sweep.png'}")
+    if not any(r["status"] == "ok" for r in rows):
+        raise typer.Exit(1)
 
 
 @app.command("tiny-model")

@@ -56,10 +56,10 @@ class PeftConfig(_Section):
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
-        from peft_apps.core.methods import METHODS
+        from peft_apps.core.methods import METHODS, unknown_method_message
 
         if v not in METHODS:
-            raise ValueError(f"unknown PEFT method {v!r}; choose one of: {', '.join(METHODS)}")
+            raise ValueError(unknown_method_message(v))
         return v
 
 
@@ -190,7 +190,7 @@ def _allowed_values(model: type[BaseModel], path: list[str]) -> list[str]:
     if path and path[-1] == "method" and path[0] == "peft":
         from peft_apps.core.methods import METHODS
 
-        out = list(METHODS)
+        out = sorted(METHODS)
     return out
 
 

@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from peft_apps.core.errors import UserError
+from peft_apps.core.methods import METHODS
 
 if TYPE_CHECKING:
     from peft_apps.core.config import Recipe
 
 BACKENDS = ("none", "ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3")
-PROMPT_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning", "llama_adapter")
 LAUNCH_FILE = "accelerate.yaml"
 DEEPSPEED_FILE = "deepspeed.json"
 
@@ -88,7 +88,7 @@ def check(recipe: Recipe, processes: int, cuda_devices: int) -> None:
         raise UserError("train.distributed=fsdp needs CUDA GPUs: accelerate shards only across GPUs (CPU processes "
                         "would train unsharded, as DDP)", hint="train.distributed=ddp trains on CPUs (gloo)")
     if b in ("fsdp", "deepspeed-zero3"):
-        if method in PROMPT_METHODS:
+        if METHODS[method].prompt or METHODS[method].config == "peft:AdaptionPromptConfig":
             raise UserError(f"peft.method={method} cannot train under train.distributed={b}: its virtual tokens "
                             "are one parameter that sharding splits", hint="train.distributed=ddp or deepspeed-zero2")
         if method == "adalora":

@@ -267,12 +267,22 @@ def is_quantized(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
-def attach_peft(model, recipe, total_steps: int, gradient_checkpointing: bool):
+# LoRA initialisations that change the base weights (the adapter starts from their principal part and the
+# base keeps the residual): the run saves the trained adapter converted to a plain LoRA on the original base
+RESIDUAL_INITS = ("pissa", "olora", "corda")
+
+
+def attach_peft(model, recipe, total_steps: int, gradient_checkpointing: bool, calibration=None):
+    """The model with the recipe's adapter attached. `calibration()` gives a few training batches
+    (input_ids, attention_mask) for the methods that start from data: EVA and CorDA."""
+    import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
 
+    import peft_apps.core.tuners  # noqa: F401  registers this project's tuners with peft
     from peft_apps.core.methods import build_peft_config
 
-    if recipe.peft.method == "full":
+    method = recipe.peft.method
+    if method == "full":
         if is_quantized(model):
             raise UserError("peft.method=full trains the weights themselves: a quantized base cannot be fully "
                             "fine-tuned", hint="set model.quantization=none, or use lora / qlora")
@@ -288,8 +298,96 @@ def attach_peft(model, recipe, total_steps: int, gradient_checkpointing: bool):
     peft_cfg = build_peft_config(recipe.peft, model.config.model_type, total_steps)
     if hasattr(peft_cfg, "adapter_layers") and peft_cfg.adapter_layers is None:  # llama_adapter: all layers
         peft_cfg.adapter_layers = model.config.num_hidden_layers
+    if hasattr(peft_cfg, "hidden_size") and peft_cfg.hidden_size is None:  # xlora: the model's width
+        peft_cfg.hidden_size = model.config.hidden_size
+    batches = None
+    if method in ("eva", "corda"):
+        if calibration is None:
+            raise UserError(f"peft.method={method} starts from training batches: train it with `peft-apps train`")
+        batches = calibration()
     try:
-        return get_peft_model(model, peft_cfg)
+        if method == "corda":
+            from peft.tuners.lora.corda import preprocess_corda
+
+            def run_model():  # CorDA's hooks take one sequence a call (batch of 1, no padding)
+                for b in batches:
+                    for ids, mask in zip(b["input_ids"], b["attention_mask"]):
+                        model(input_ids=ids[mask.bool()].unsqueeze(0))
+
+            with torch.no_grad():
+                preprocess_corda(model, peft_cfg, run_model=run_model)
+        peft_model = get_peft_model(model, peft_cfg)
     except ValueError as e:
-        raise UserError(f"PEFT method {recipe.peft.method!r} cannot be applied to this model "
+        raise UserError(f"PEFT method {method!r} cannot be applied to this model "
                         f"({model.config.model_type}): {e}") from None
+    if method == "eva":
+        from peft import initialize_lora_eva_weights
+
+        initialize_lora_eva_weights(peft_model, batches, show_progress_bar=False)
+    elif method == "loftq":
+        from peft import replace_lora_weights_loftq
+
+        replace_lora_weights_loftq(peft_model, model_path=_safetensors_dir(model))
+    if method in RESIDUAL_INITS:
+        import atexit
+        import shutil
+        import tempfile
+
+        initial = tempfile.mkdtemp(prefix="peft-apps-initial-")
+        atexit.register(shutil.rmtree, initial, True)
+        peft_model.save_pretrained(initial, safe_serialization=True)
+        peft_model.peft_apps_initial = initial  # `save_adapter` converts against it
+    default_task_ids(peft_model)
+    return peft_model
+
+
+def _safetensors_dir(model) -> str:
+    """The local folder of the base's safetensors (LoftQ reads the unquantized weights from it)."""
+    path = Path(str(getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "")))
+    if path.is_dir() and any(path.glob("*.safetensors")):
+        return str(path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(str(path), allow_patterns=["*.safetensors", "*.json"], local_files_only=True)
+    except Exception:  # noqa: BLE001  not in the local cache
+        raise UserError(f"peft.method=loftq reads the base's unquantized weights: no local safetensors for {path}",
+                        hint="download the model first (huggingface-cli download), or use a local folder") from None
+
+
+def default_task_ids(model) -> None:
+    """Poly and multitask prompt tuning take `task_ids` on every call: default them to task 0 (one task)."""
+    import torch
+
+    cfgs = getattr(model, "peft_config", None) or {}
+    kinds = {str(getattr(c, "peft_type", "")) for c in cfgs.values()}
+    targets = []
+    if any(k.endswith("POLY") for k in kinds):
+        targets.append(model.base_model)
+    if any(k.endswith("MULTITASK_PROMPT_TUNING") for k in kinds):
+        targets.append(model)
+    for target in targets:
+        if getattr(target, "_peft_apps_task_ids", False):
+            continue
+
+        def pre_hook(module, args, kwargs):
+            if kwargs.get("task_ids") is None:
+                ref = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
+                if ref is None and args:
+                    ref = args[0]
+                if ref is not None:
+                    kwargs = {**kwargs, "task_ids": torch.zeros(ref.shape[0], dtype=torch.long, device=ref.device)}
+            return args, kwargs
+
+        target.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        generate = target.generate
+
+        def generate_with_task(*args, _generate=generate, **kwargs):
+            if kwargs.get("task_ids") is None:
+                ref = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else (args[0] if args else None)
+                if ref is not None:
+                    kwargs["task_ids"] = torch.zeros(ref.shape[0], dtype=torch.long, device=ref.device)
+            return _generate(*args, **kwargs)
+
+        target.generate = generate_with_task
+        target._peft_apps_task_ids = True

@@ -22,6 +22,25 @@ from peft_apps.core.errors import UserError
 from peft_apps.core.loss import _causal_lm, completion_only_loss
 
 
+def save_converted(model, path, initial: str, **kw) -> None:
+    """A PiSSA / OLoRA / CorDA adapter saved as the plain LoRA it amounts to on the original base (peft's
+    `path_initial_model_for_weight_conversion`), with the modules_to_save tensors that peft's conversion
+    leaves out put back from an ordinary save."""
+    import tempfile
+
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(str(path), safe_serialization=True, path_initial_model_for_weight_conversion=initial, **kw)
+    with tempfile.TemporaryDirectory() as plain:
+        model.save_pretrained(plain, safe_serialization=True, **kw)
+        full = load_file(str(Path(plain) / "adapter_model.safetensors"))
+    file = Path(path) / "adapter_model.safetensors"
+    converted = load_file(str(file))
+    missing = {k: v for k, v in full.items() if k not in converted and "lora_" not in k}
+    if missing:
+        save_file({**converted, **missing}, str(file), metadata={"format": "pt"})
+
+
 class RankBatchSampler(RankBatches, BatchRebalanceSampler):
     """transformers hands a `BatchRebalanceSampler` to the DataLoader as its batch sampler, unsharded."""
 
@@ -123,13 +142,38 @@ class CoreSFTTrainer(SFTTrainer):
     def save_adapter(self, path) -> None:
         """The adapter as safetensors in `path`, from every rank (FSDP and ZeRO-3 gather the shards), written
         by rank 0."""
+        # PiSSA / OLoRA / CorDA: the base holds the residual; saved as a plain LoRA on the original base
+        initial = getattr(self.accelerator.unwrap_model(self.model), "peft_apps_initial", None)
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             state = self.accelerator.get_state_dict(self.model)
             if self.args.should_save:
-                self.accelerator.unwrap_model(self.model).save_pretrained(str(path), state_dict=state,
-                                                                          safe_serialization=True)
+                model = self.accelerator.unwrap_model(self.model)
+                if initial:
+                    save_converted(model, path, initial, state_dict=state)
+                else:
+                    model.save_pretrained(str(path), state_dict=state, safe_serialization=True)
         elif self.args.should_save:
-            self.model.save_pretrained(str(path), safe_serialization=True)
+            if initial:
+                save_converted(self.model, path, initial)
+            else:
+                self.model.save_pretrained(str(path), safe_serialization=True)
+
+    loraplus_lr_ratio: float | None = None  # peft.method=lora_plus: B's learning rate over A's
+    loraplus_lr_embedding: float | None = None
+
+    def create_optimizer(self, model=None):
+        """LoRA+ (peft.method=lora_plus): peft's `create_loraplus_optimizer`, B matrices at a higher rate."""
+        if self.loraplus_lr_ratio is None or self.optimizer is not None:
+            return super().create_optimizer(model) if model is not None else super().create_optimizer()
+        from peft.optimizers import create_loraplus_optimizer
+
+        cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+        kwargs = {k: v for k, v in kwargs.items() if k != "lr"}
+        extra = {"loraplus_lr_embedding": self.loraplus_lr_embedding} if self.loraplus_lr_embedding else {}
+        self.optimizer = create_loraplus_optimizer(self.model, cls, lr=self.args.learning_rate,
+                                                   loraplus_lr_ratio=self.loraplus_lr_ratio,
+                                                   weight_decay=self.args.weight_decay, **kwargs, **extra)
+        return self.optimizer
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         am = inputs.get("attention_mask")

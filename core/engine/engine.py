@@ -106,6 +106,17 @@ class Engine:
         return out
 
     # ---- shared-prefix generation ------------------------------------------------------------------
+    def prefix_safe(self, adapter: str | None = None) -> bool:
+        """Whether `adapter`'s method can run on a cached prefix (methods.Method.shared_prefix): not for
+        methods that add virtual tokens or need per-call inputs; those rows are generated whole."""
+        from peft_apps.core.methods import shared_prefix_ok
+
+        name = adapter if adapter is not None else (self.adapters[0] if self.adapters else BASE)
+        if name == BASE:
+            return True
+        cfg = (getattr(self.model, "peft_config", None) or {}).get(name)
+        return cfg is None or shared_prefix_ok(cfg)
+
     @torch.inference_mode()
     def encode_prefix(self, prefix_ids: Sequence[int], adapter: str | None = None) -> Prefix:
         """The KV cache of `prefix_ids` under `adapter`, for `generate_prefixed`."""
@@ -212,6 +223,15 @@ class Engine:
         n = len(rows)
         out_text: list[str] = [""] * n
         limit = list(max_new_tokens_per_row) if max_new_tokens_per_row else [o.max_new_tokens] * n
+        if not self.prefix_safe(adapter):  # virtual tokens or per-call inputs: each row generated whole
+            for lim in sorted(set(limit)):
+                idx = [i for i in range(n) if limit[i] == lim]
+                got = self.generate_ids([prefixes[rows[i][0]].ids + list(rows[i][1]) for i in idx], adapter,
+                                        GenerationOptions(**{**o.for_rows(idx).__dict__, "row_seeds": None,
+                                                             "max_new_tokens": lim}))
+                for i, t in zip(idx, got):
+                    out_text[i] = t
+            return out_text
         window = sliding_window(next(iter(prefixes.values()))) if prefixes else None
         if window is not None:
             look = 0 if o.do_sample else max(0, o.lookahead)

@@ -72,7 +72,7 @@ def load(base: str | ModelConfig | None = None, adapters: str | Path | dict[str,
 def _load(base, adapters, quantize, dtype) -> tuple[Any, Any, list[str]]:
     from peft import PeftModel
 
-    from peft_apps.core.modeling import load_base_model, load_tokenizer
+    from peft_apps.core.modeling import default_task_ids, load_base_model, load_tokenizer
 
     if isinstance(adapters, (str, Path)):
         adapters = {"default": adapters}
@@ -116,6 +116,8 @@ def _load(base, adapters, quantize, dtype) -> tuple[Any, Any, list[str]]:
                 if isinstance(model, PeftModel):
                     model.load_adapter(str(path), adapter_name=name)
                 else:
+                    import peft_apps.core.tuners  # noqa: F401  this project's tuners, registered with peft
+
                     model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
             except RuntimeError as e:
                 if "size mismatch" not in str(e):
@@ -124,5 +126,6 @@ def _load(base, adapters, quantize, dtype) -> tuple[Any, Any, list[str]]:
                                 f"{str(e).splitlines()[1].strip()}",
                                 hint="pass the base model the adapter was trained on (--model)") from None
         model.set_adapter(first)
+        default_task_ids(model)
     return model, tokenizer, list(adapters)
 

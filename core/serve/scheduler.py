@@ -93,13 +93,16 @@ def _mixable(model) -> bool:
     cfgs = getattr(model, "peft_config", None)
     if not cfgs:
         return False
-    return all(str(getattr(c, "peft_type", "")).endswith("LORA") and not getattr(c, "use_dora", False)
+    return all(str(getattr(getattr(c, "peft_type", None), "value", "")) == "LORA" and not getattr(c, "use_dora", False)
                for c in cfgs.values())
 
 
 def _prompt_learning(model, adapter: str) -> bool:
+    """Rows of this adapter cannot decode on a cached prefix (virtual tokens, per-call inputs)."""
+    from peft_apps.core.methods import shared_prefix_ok
+
     cfg = (getattr(model, "peft_config", None) or {}).get(adapter)
-    return bool(getattr(cfg, "is_prompt_learning", False))
+    return cfg is not None and not shared_prefix_ok(cfg)
 
 
 def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:

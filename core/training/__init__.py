@@ -63,9 +63,11 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
     """
     from rich.console import Console
 
+    from peft_apps.core.methods import check_recipe
     from peft_apps.core.modeling import load_tokenizer
 
     console = console or Console(stderr=True)
+    check_recipe(recipe)  # a method that cannot work with the other settings: before any work
     if not train_records:
         raise UserError("no training records: check data.train and the app's converter report")
     t_start = time.perf_counter()

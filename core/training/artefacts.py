@@ -67,7 +67,8 @@ def _metrics(recipe: Recipe, plan: _Plan, trainer, result, train_seconds: float,
         "distributed": backend(recipe, plan.world.size),
         "resumed_from": last,
         "data": {"train": train_rep.as_dict(), "eval": eval_rep.as_dict()},
-        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        **_parameter_counts(trainer.model),
+        **_peak_memory(rt.device),
     }
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if losses:
@@ -85,6 +86,31 @@ def _metrics(recipe: Recipe, plan: _Plan, trainer, result, train_seconds: float,
     if history:
         metrics["eval_history"] = history
     return metrics
+
+
+def _parameter_counts(model) -> dict[str, int]:
+    """Trainable and all parameters (peft's count: a 4-bit weight counts its unpacked size)."""
+    unwrapped = getattr(model, "module", model)
+    if hasattr(unwrapped, "get_nb_trainable_parameters"):
+        trainable, total = unwrapped.get_nb_trainable_parameters()
+    else:
+        trainable = sum(p.numel() for p in unwrapped.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in unwrapped.parameters())
+    return {"trainable_parameters": int(trainable), "total_parameters": int(total)}
+
+
+def _peak_memory(device: str) -> dict[str, float]:
+    """This process's peak resident memory (MiB), and on CUDA the peak allocated GPU memory."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1024)
+    out = {"peak_rss_mib": round(rss, 1)}
+    if device == "cuda":
+        import torch
+
+        out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / (1 << 20), 1)
+    return out
 
 
 def _all_ranks(trainer, count: int) -> int:

@@ -73,6 +73,9 @@ def _build_trainer(recipe: Recipe, plan: _Plan, model, tokenizer, ckpt_dir: Path
         trainer = sft_trainer.CoreSFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict(train_cols),
                                              eval_dataset=eval_ds, processing_class=tokenizer)
     trainer.loss_kernel = plan.loss_kernel
+    if recipe.peft.method == "lora_plus":
+        trainer.loraplus_lr_ratio = float(recipe.peft.options.get("loraplus_lr_ratio", 16.0))
+        trainer.loraplus_lr_embedding = recipe.peft.options.get("loraplus_lr_embedding")
     # trl casts a quantized model's trainable parameters to bf16 (QLoRA paper); that breaks fp32 training on
     # devices without native bf16 and loses optimizer precision elsewhere: autocast does the half-precision math.
     _trainable_in_fp32(trainer.model)

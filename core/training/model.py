@@ -38,7 +38,8 @@ def _load_model(recipe: Recipe, plan: _Plan, train_cols: dict[str, list]):
                         hint="use peft.method=llama_adapter (learned prompts read by every layer, zero-init gated), "
                              "prompt_tuning (virtual tokens in the input) or lora")
     model = load_base_model(recipe.model, runtime=plan.runtime, config=plan.config)
-    model = attach_peft(model, recipe, plan.total_steps, tc.gradient_checkpointing)
+    model = attach_peft(model, recipe, plan.total_steps, tc.gradient_checkpointing,
+                        calibration=lambda: _calibration_batches(train_cols, tc.batch_size, model.device))
     plan.batching = choose_batching(recipe, plan.runtime)
     if recipe.peft.method in ("prompt_tuning", "prefix_tuning") and plan.batching == "packing":
         plan.batching = "group_by_length"  # virtual tokens are per sequence: packing would share them
@@ -54,3 +55,19 @@ def _load_model(recipe: Recipe, plan: _Plan, train_cols: dict[str, list]):
             if isinstance(m, BaseTunerLayer) and hasattr(m, "cast_input_dtype_enabled"):
                 m.cast_input_dtype_enabled = False
     return model, plan
+
+
+def _calibration_batches(train_cols: dict[str, list], batch_size: int, device, count: int = 8) -> list[dict]:
+    """Up to `count` right-padded batches of the training records, in order: what EVA and CorDA start from."""
+    ids = train_cols["input_ids"][: batch_size * count]
+    batches = []
+    for i in range(0, len(ids), batch_size):
+        rows = ids[i:i + batch_size]
+        width = max(len(r) for r in rows)
+        input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for j, r in enumerate(rows):
+            input_ids[j, :len(r)] = torch.tensor(r)
+            mask[j, :len(r)] = 1
+        batches.append({"input_ids": input_ids.to(device), "attention_mask": mask.to(device)})
+    return batches

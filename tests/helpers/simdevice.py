@@ -46,6 +46,13 @@ def device() -> torch.device:
             def get_amp_supported_dtype(self):
                 return [torch.float16, torch.bfloat16]
 
+            # `torch.random.fork_rng` (peft's EVA forks the RNG) saves and restores each device's state
+            def get_rng_state(self, device=None):
+                return torch.get_rng_state()
+
+            def set_rng_state(self, state, device=None) -> None:
+                pass
+
         class Hook(br._DummyPrivateUse1Hook):
             def is_available(self) -> bool:
                 return False
