@@ -6,14 +6,15 @@ Nothing here imports torch at module import time, so the CLI starts fast; the he
 Layers, from the bottom; a module imports only from layers below its own (import-linter checks it:
 pyproject's [tool.importlinter], tests/test_layers.py). `errors`; `resources` (package paths, and the
 folders apps registered, recorded here by the registry so that nothing low imports it); files and
-small state (`io`, `checkpoint`, `sampling`, `quiet`, `endpoint`: a remote server's options); plain data and pure functions (`data`, `methods`,
+small state (`io`, `checkpoint`, `sampling`, `quiet`, `endpoint`: a remote server's options) and `tuners` (this
+project's peft tuners, registered with peft); plain data and pure functions (`data`, `methods`,
 `run_folder`, `report`, `prompts`, `loss`); `config`
 (recipes and schemas as data); `real_tokenizers`; `tiny`, `memory` and `distributed` (N-process training
 from the recipe); `modeling` (runtime choice, loading a model); `engine` (inference); `loop` (the shared
 eval/predict/score loop); `registry` (apps; it calls the loop); the trl subclass `sft_trainer` and
 `training` above it (one module per concern; `trainer` keeps its old names); `inspect`, `merge`, `serve`
-(the HTTP server) beside `trainer`; `export` (merged, GGUF, Ollama, vLLM, with the parity check) above
-`merge`; `cli` on top. The apps sit above the core and never
+(the HTTP server) beside `trainer`; `export` (merged, GGUF, Ollama, vLLM, with the parity check) and `sweep`
+(every method with one recipe, in child processes) above `merge`; `cli` on top. The apps sit above the core and never
 import each other; the core imports no app (the registry discovers them by name).
 """
 

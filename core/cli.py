@@ -614,6 +614,7 @@ def methods_cmd(
     if markdown:
         print(method_table())
         return
+    from rich.markup import escape
     from rich.table import Table
 
     from peft_apps.core.methods import METHODS
@@ -623,7 +624,7 @@ def methods_cmd(
     for name in sorted(METHODS):
         m = METHODS[name]
         t.add_row(name, m.source, yes(m.four_bit), yes(m.merges), yes(m.shared_prefix),
-                  (f"[red]not usable: {m.broken}[/] " if m.broken else "") + m.summary)
+                  (f"[red]not usable: {escape(m.broken)}[/] " if m.broken else "") + escape(m.summary))
     console.print(t)
 
 

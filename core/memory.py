@@ -81,6 +81,19 @@ def estimate_training_memory(config, recipe, batch_tokens: int, completion_token
             # a square-ish guess of (in + out) from numel keeps this free of per-architecture shapes
             side = numel ** 0.5
             trainable += r * 2 * side
+    method = recipe.peft.method
+    if method == "full":
+        trainable = total
+    elif method == "layerwise":  # every weight of the top num_layers decoder layers
+        import re
+
+        n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
+        top = int(recipe.peft.options.get("num_layers", 2))
+        trainable = 0
+        for name, numel in linears:
+            found = re.search(r"\.(\d+)\.", name)
+            if found and int(found.group(1)) >= n_layers - top:
+                trainable += numel
     for m in recipe.peft.modules_to_save:
         if m in ("lm_head", "embed_tokens") and head is not None:
             trainable += head.weight.numel()

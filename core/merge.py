@@ -118,12 +118,28 @@ def find_checkpoints(paths: list[str]) -> list[Path]:
     return sorted(unique, key=_step)
 
 
+def _json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
+def _tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001  safetensors' own error types vary by cause
+        raise UserError(f"{path}: cannot read the tensors ({e})") from None
+
+
 def _step(ckpt: Path) -> int:
     state = ckpt / "trainer_state.json"
     if state.is_file():
-        import json
-
-        return int(json.loads(state.read_text()).get("global_step", 0))
+        return int(_json(state).get("global_step", 0))
     tail = ckpt.name.rsplit("-", 1)[-1]
     return int(tail) if tail.isdigit() else 0
 
@@ -135,15 +151,13 @@ def _run_of(ckpt: Path) -> Path | None:
 
 def _evaluation(ckpt: Path) -> dict | None:
     """The evaluation logged at the checkpoint's step: from its trainer_state.json, else the run's metrics.json."""
-    import json
-
     step = _step(ckpt)
     history: list[dict] = []
     if (ckpt / "trainer_state.json").is_file():
-        history = json.loads((ckpt / "trainer_state.json").read_text()).get("log_history", [])
+        history = _json(ckpt / "trainer_state.json").get("log_history", [])
     run = _run_of(ckpt)
     if run is not None and (run / "metrics.json").is_file():
-        history = history + json.loads((run / "metrics.json").read_text()).get("eval_history", [])
+        history = history + _json(run / "metrics.json").get("eval_history", [])
     at = [h for h in history if h.get("step") == step and any(k.startswith("eval_") for k in h)]
     return at[-1] if at else None
 
@@ -201,10 +215,10 @@ def average_checkpoints(ckpts: list[Path], out: Path, by: str = "uniform", metri
     import json
     import shutil
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     weights, values, name = checkpoint_weights(ckpts, by, metric)
-    configs = [json.loads((c / "adapter_config.json").read_text()) for c in ckpts]
+    configs = [_json(c / "adapter_config.json") for c in ckpts]
     first = {k: v for k, v in configs[0].items() if k not in _CONFIG_KEYS_FREE}
     for c, cfg in zip(ckpts[1:], configs[1:]):
         diff = sorted(k for k in set(first) | set(cfg) if k not in _CONFIG_KEYS_FREE and first.get(k) != cfg.get(k))
@@ -214,7 +228,7 @@ def average_checkpoints(ckpts: list[Path], out: Path, by: str = "uniform", metri
     total: dict[str, torch.Tensor] = {}
     dtypes: dict[str, torch.dtype] = {}
     for c, w in zip(ckpts, weights):
-        state = load_file(str(c / "adapter_model.safetensors"))
+        state = _tensors(c / "adapter_model.safetensors")
         if total and set(state) != set(total):
             missing = sorted(set(total) ^ set(state))[:3]
             raise UserError(f"{c} holds other tensors than {ckpts[0]} (e.g. {', '.join(missing)})")

@@ -176,11 +176,20 @@ def _ia3(cfg: PeftConfig, model_type: str, total_steps: int):
     return IA3Config(**{**kw, **{k: v for k, v in cfg.options.items() if k != "feedforward_modules"}})
 
 
+def _ignored_modules_to_save(cfg: PeftConfig, method: str) -> None:
+    if cfg.modules_to_save:
+        from peft_apps.core.errors import warn
+
+        warn(f"peft.modules_to_save ({', '.join(cfg.modules_to_save)}) is not used by {method}: only its virtual "
+             "tokens train")
+
+
 @register_method("prompt_tuning", "peft:PromptTuningConfig", prompt=True, merges=False, shared_prefix=False,
                  summary="learned virtual tokens before the input (Lester et al., 2021)")
 def _prompt_tuning(cfg: PeftConfig, model_type: str, total_steps: int):
     from peft import PromptTuningConfig, PromptTuningInit
 
+    _ignored_modules_to_save(cfg, "prompt_tuning")
     kw: dict[str, Any] = dict(task_type="CAUSAL_LM", num_virtual_tokens=cfg.num_virtual_tokens)
     if cfg.prompt_init_text:
         kw.update(prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text=cfg.prompt_init_text)
@@ -192,6 +201,7 @@ def _prompt_tuning(cfg: PeftConfig, model_type: str, total_steps: int):
 def _prefix_tuning(cfg: PeftConfig, model_type: str, total_steps: int):
     from peft import PrefixTuningConfig
 
+    _ignored_modules_to_save(cfg, "prefix_tuning")
     return PrefixTuningConfig(**{"task_type": "CAUSAL_LM", "num_virtual_tokens": cfg.num_virtual_tokens,
                                  **cfg.options})
 
@@ -203,10 +213,7 @@ def _llama_adapter(cfg: PeftConfig, model_type: str, total_steps: int):
     attention only (peft's `AdaptionPromptConfig`)."""
     from peft import AdaptionPromptConfig
 
-    if cfg.modules_to_save:
-        from peft_apps.core.errors import warn
-
-        warn(f"peft.modules_to_save ({', '.join(cfg.modules_to_save)}) is not supported by llama_adapter: ignored")
+    _ignored_modules_to_save(cfg, "llama_adapter")
     # adapter_layers: None = every layer; `attach_peft` fills it in from the model
     return AdaptionPromptConfig(**{"task_type": "CAUSAL_LM", "adapter_len": cfg.num_virtual_tokens,
                                    "adapter_layers": None, **cfg.options})

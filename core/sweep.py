@@ -57,35 +57,38 @@ def _error_line(log: Path) -> str:
     return (lines[-1] if lines else "no output")[:400]
 
 
-def _run(cmd: list[str], log: Path) -> int:
-    with log.open("a") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "120"}).returncode
+# One child process per method: `peft-apps train ...`, then (if it succeeded) `peft-apps eval ...`, in the same
+# interpreter (the libraries load once). Its peak memory is the method's alone.
+_CHILD = ("import sys\n"
+          "from peft_apps.core.cli import main\n"
+          "cut = sys.argv.index('--then')\n"
+          "sys.exit(main(sys.argv[1:cut]) or main(sys.argv[cut + 1:]))\n")
 
 
 def run_method(app: str, recipe: str, method: str, overrides: list[str], out: Path, headline: str) -> dict[str, Any]:
-    """Train and evaluate one method in child processes; its row of the table."""
+    """Train and evaluate one method in a child process; its row of the table."""
     run_dir = out / method
     log = out / "logs" / f"{method}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("")
-    cli = [sys.executable, "-m", "peft_apps.core.cli"]
+    train = ["train", app, "-r", recipe, *overrides, f"peft.method={method}", f"train.output_dir={run_dir}", "--force"]
+    evaluate = ["eval", app, "--adapter", str(run_dir), "--force"]
+    cmd = [sys.executable, "-c", _CHILD, *train, "--then", *evaluate]
+    for stale in ("metrics.json", "eval_metrics.json"):  # this method's earlier try (it trains with --force)
+        (run_dir / stale).unlink(missing_ok=True)
     t0 = time.perf_counter()
-    row: dict[str, Any] = {"method": method, "source": METHODS[method].source, "run": str(run_dir), "log": str(log)}
-    rc = _run([*cli, "train", app, "-r", recipe, *overrides, f"peft.method={method}",
-               f"train.output_dir={run_dir}", "--force"], log)
-    if rc == 0:
-        rc = _run([*cli, "eval", app, "--adapter", str(run_dir), "--force"], log)
-        step = "eval"
-    else:
-        step = "train"
-    row["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    if rc != 0:
+    with log.open("w") as f:
+        f.write("$ peft-apps " + " ".join(train) + "\n$ peft-apps " + " ".join(evaluate) + "\n")
+        f.flush()
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "120"}).returncode
+    row: dict[str, Any] = {"method": method, "source": METHODS[method].source, "run": str(run_dir), "log": str(log),
+                           "wall_seconds": round(time.perf_counter() - t0, 1)}
+    trained_file, evaluated_file = run_dir / "metrics.json", run_dir / "eval_metrics.json"
+    if rc != 0 or not evaluated_file.is_file():
+        step = "eval" if trained_file.is_file() else "train"
         return {**row, "status": "interrupted" if rc in (130, -2) else "failed", "failed_in": step,
                 "error": _error_line(log)}
-    trained = json.loads((run_dir / "metrics.json").read_text())
-    evaluated = json.loads((run_dir / "eval_metrics.json").read_text())
+    trained = json.loads(trained_file.read_text())
+    evaluated = json.loads(evaluated_file.read_text())
     trainable, total = trained.get("trainable_parameters"), trained.get("total_parameters")
     return {**row, "status": "ok", "metric": headline, "value": evaluated.get(headline),
             "eval_metrics": {k: v for k, v in evaluated.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},

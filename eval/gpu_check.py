@@ -143,7 +143,9 @@ def run_child(args: list[str], timeout: int) -> tuple[int, str, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--phases", default="tests,train,bench_train,bench_autore,multi_gpu")
+    ap.add_argument("--phases", default="tests,train,bench_train,bench_autore,sweep,multi_gpu")
+    ap.add_argument("--sweep-methods", default="lora,qlora,loftq,dora,pissa,ssf,layerwise,dept,ia3,prompt_tuning",
+                    help="the sweep phase: methods trained on the sft demo at builtin:1b's shape (CUDA peak memory)")
     ap.add_argument("--shapes", default="1b,8b")
     ap.add_argument("--methods", default="lora16,qlora")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -212,6 +214,18 @@ def main() -> None:
             key = f"bench_autore_{dtype}"
             results[key] = out.strip().splitlines()[-1:] if code == 0 else err.strip().splitlines()[-5:]
             print("\n".join(results[key]), flush=True)
+    if "sweep" in phases:
+        # every method of --sweep-methods on the sft demo at the 1B shape (QLoRA-style nf4 base unless the method
+        # refuses one): metric, trainable share, CUDA peak memory and tokens/s per method, through `peft-apps sweep`
+        with tempfile.TemporaryDirectory() as tmp:
+            sets = [f"model.base={model}", "model.quantization=nf4", "train.max_steps=" + ("3" if a.smoke else "30"),
+                    "eval.limit=" + ("4" if a.smoke else "60"), "train.report_to=[]"]
+            code, out, err = run_child(["-m", "peft_apps.core.cli", "sweep", "sft", "-r", "demo", "--methods",
+                                        "lora,ia3" if a.smoke else a.sweep_methods, *sets, "-o", f"{tmp}/sweep"], 3600)
+            table = Path(tmp) / "sweep" / "sweep.md"
+            results["sweep"] = {"exit_code": code, "table": table.read_text() if table.is_file() else None,
+                                "tail": (out + err).strip().splitlines()[-5:]}
+            print(results["sweep"]["table"] or "\n".join(results["sweep"]["tail"]), flush=True)
     gpus = torch.cuda.device_count()
     if "multi_gpu" in phases and gpus > 1:
         # training in N processes: DDP, FSDP (LoRA and QLoRA) and, where DeepSpeed is installed, ZeRO-3, a few

@@ -98,12 +98,22 @@ class Engine:
         n = len(enc)
         order = sorted(range(n), key=lambda i: len(enc[i]))
         out: list[str] = [""] * n
+        # peft's prompt-learning generation counts left padding as positions: such rows batch only with rows of
+        # their own length (no padding), so each row's output is the row's alone
+        exact = any(self._virtual_tokens(a) for a in set(per_row))
         for start in range(0, n, o.batch_size):
             idx = order[start:start + o.batch_size]
-            texts = self._generate_ids([enc[i] for i in idx], [per_row[i] for i in idx], o)
-            for i, t in zip(idx, texts):
-                out[i] = t
+            groups = [[i for i in idx if len(enc[i]) == w] for w in sorted({len(enc[i]) for i in idx})] \
+                if exact else [idx]
+            for group in groups:
+                texts = self._generate_ids([enc[i] for i in group], [per_row[i] for i in group], o)
+                for i, t in zip(group, texts):
+                    out[i] = t
         return out
+
+    def _virtual_tokens(self, adapter: str) -> bool:
+        cfg = (getattr(self.model, "peft_config", None) or {}).get(adapter)
+        return bool(getattr(cfg, "is_prompt_learning", False))
 
     # ---- shared-prefix generation ------------------------------------------------------------------
     def prefix_safe(self, adapter: str | None = None) -> bool:

@@ -8,6 +8,7 @@ import torch
 
 from peft_apps.core.config import Recipe
 from peft_apps.core.errors import UserError
+from peft_apps.core.methods import METHODS
 from peft_apps.core.training.plan import _Plan, _check_gpu_memory, choose_batching
 
 
@@ -41,7 +42,7 @@ def _load_model(recipe: Recipe, plan: _Plan, train_cols: dict[str, list]):
     model = attach_peft(model, recipe, plan.total_steps, tc.gradient_checkpointing,
                         calibration=lambda: _calibration_batches(train_cols, tc.batch_size, model.device))
     plan.batching = choose_batching(recipe, plan.runtime)
-    if recipe.peft.method in ("prompt_tuning", "prefix_tuning") and plan.batching == "packing":
+    if METHODS[recipe.peft.method].prompt and plan.batching == "packing":
         plan.batching = "group_by_length"  # virtual tokens are per sequence: packing would share them
     plan.quantized = is_quantized(model.get_base_model() if hasattr(model, "get_base_model") else model)
     _trainable_in_fp32(model)
@@ -64,10 +65,10 @@ def _calibration_batches(train_cols: dict[str, list], batch_size: int, device, c
     for i in range(0, len(ids), batch_size):
         rows = ids[i:i + batch_size]
         width = max(len(r) for r in rows)
-        input_ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        input_ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
         for j, r in enumerate(rows):
-            input_ids[j, :len(r)] = torch.tensor(r)
+            input_ids[j, :len(r)] = torch.tensor(r, device=device)
             mask[j, :len(r)] = 1
-        batches.append({"input_ids": input_ids.to(device), "attention_mask": mask.to(device)})
+        batches.append({"input_ids": input_ids, "attention_mask": mask})
     return batches
