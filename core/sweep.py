@@ -117,6 +117,8 @@ def _load_state(path: Path, identity: dict[str, Any], force: bool) -> dict[str, 
 
 def sweep(app_name: str, recipe_arg: str, methods: list[str], overrides: list[str], out: Path | None,
           force: bool, console) -> tuple[Path, list[dict[str, Any]]]:
+    from rich.markup import escape
+
     from peft_apps.core.config import load_recipe
     from peft_apps.core.registry import get_app
 
@@ -145,7 +147,7 @@ def sweep(app_name: str, recipe_arg: str, methods: list[str], overrides: list[st
             with console.status(f"{i}/{len(methods)} {m}: training and evaluating (log: {out / 'logs' / m}.log)"):
                 row = run_method(app_name, str(path), m, list(overrides), out, headline)
             results[m] = row
-            _write(out, state, console)
+            _write(out, state)
             if row["status"] == "interrupted":
                 raise KeyboardInterrupt
             if row["status"] == "ok":
@@ -153,10 +155,10 @@ def sweep(app_name: str, recipe_arg: str, methods: list[str], overrides: list[st
                               f"{row['trainable_parameters']:,} trainable, {row['wall_seconds']:.0f} s",
                               highlight=False)
             else:
-                console.print(f"{i}/{len(methods)} [red]{m} failed[/] in {row['failed_in']}: {row['error']}",
-                              highlight=False, markup=True)
+                console.print(f"{i}/{len(methods)} [red]{m} failed[/] in {row['failed_in']}: "
+                              f"{escape(row['error'])}", highlight=False)
     except KeyboardInterrupt:
-        _write(out, state, console)
+        _write(out, state)
         console.print(f"[yellow]interrupted[/]: the finished methods are kept in {out / STATE}; the same command "
                       "goes on from there")
         raise
@@ -230,7 +232,7 @@ def plot(state: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _write(out: Path, state: dict[str, Any], console) -> None:
+def _write(out: Path, state: dict[str, Any]) -> None:
     atomic_write(out / STATE, json.dumps(state, indent=2))
     atomic_write(out / "sweep.md", markdown(state))
     plot(state, out / "sweep.png")
