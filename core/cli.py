@@ -625,7 +625,7 @@ def methods_cmd(
         m = METHODS[name]
         t.add_row(name, m.source, yes(m.four_bit), yes(m.merges), yes(m.shared_prefix),
                   (f"[red]not usable: {escape(m.broken)}[/] " if m.broken else "") + escape(m.summary))
-    console.print(t)
+    out_console.print(t)
 
 
 @app.command("sweep")

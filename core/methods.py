@@ -62,6 +62,8 @@ class Method:
     shared_prefix: bool = True  # served by the engine's shared-prefix decoding (and the server's batches)
     extra_options: tuple[str, ...] = ()  # `peft.options` keys this project reads (not the peft config's)
     summary: str = ""
+    required: tuple[str, ...] = ()  # `peft.options` keys it cannot do without
+    required_hint: str = ""  # what to set them to
     needs_cuda: bool = False  # runs only on a CUDA GPU
     broken: str | None = None  # why it does not run with the installed peft (refused with this reason)
 
@@ -401,48 +403,39 @@ def _generic(name: str) -> Builder:
     return build
 
 
-@register_method("trainable_tokens", "peft:TrainableTokensConfig", four_bit=False,
+@register_method("trainable_tokens", "peft:TrainableTokensConfig", four_bit=False, required=("token_indices",),
+                 required_hint="the ids of the tokens whose embeddings train, e.g. peft.options='{token_indices: "
+                               "[128000, 128001]}' (new special tokens)",
                  summary="trains the embeddings of chosen tokens only (options.token_indices)")
 def _trainable_tokens(cfg: PeftConfig, model_type: str, total_steps: int):
     from peft import TrainableTokensConfig
 
-    from peft_apps.core.errors import UserError
-
-    if "token_indices" not in cfg.options:
-        raise UserError("peft.method=trainable_tokens trains chosen token embeddings: set peft.options.token_indices",
-                        hint="e.g. peft.options='{token_indices: [128000, 128001]}' (the ids of new special tokens)")
     kw = dict(task_type="CAUSAL_LM", target_modules=["embed_tokens"] if model_type in _LLAMA_LIKE else None)
     return TrainableTokensConfig(**{**{k: v for k, v in kw.items() if v is not None}, **cfg.options})
 
 
 @register_method("xlora", "peft:XLoraConfig", four_bit=False, merges=False, shared_prefix=False,
                  broken="peft 0.21's X-LoRA fails in its own forward hook (KeyError on the first adapter's name in "
-                        "disable_adapter_layers)",
+                        "disable_adapter_layers)", required=("adapters",),
+                 required_hint="the trained LoRA adapters it mixes, e.g. peft.options='{adapters: {code: runs/a, "
+                               "docs: runs/b}}'",
                  summary="X-LoRA: a learned classifier mixes trained LoRA adapters per token (options.adapters: "
                          "{name: run folder})")
 def _xlora(cfg: PeftConfig, model_type: str, total_steps: int):
     from peft import XLoraConfig
 
-    from peft_apps.core.errors import UserError
-
-    if not cfg.options.get("adapters"):
-        raise UserError("peft.method=xlora mixes trained LoRA adapters: set peft.options.adapters",
-                        hint="e.g. peft.options='{adapters: {code: runs/a, docs: runs/b}}'")
     # hidden_size: None is filled in from the model by `attach_peft`
     return XLoraConfig(**{"task_type": "CAUSAL_LM", "hidden_size": None, **cfg.options})
 
 
-@register_method("cpt", "peft:CPTConfig", merges=False, prompt=True, shared_prefix=False,
+@register_method("cpt", "peft:CPTConfig", merges=False, prompt=True, shared_prefix=False, required=("cpt_token_ids",),
+                 required_hint="the tokenized few-shot context (and cpt_tokens_type_mask: 1 input template, 2 input, "
+                               "3 output template, 4 output)",
                  summary="context-aware prompt tuning: the prompt is a few-shot context (options.cpt_token_ids, "
                          "cpt_tokens_type_mask) refined under a projection bound (Blau et al., 2024)")
 def _cpt(cfg: PeftConfig, model_type: str, total_steps: int):
     from peft import CPTConfig
 
-    from peft_apps.core.errors import UserError
-
-    if "cpt_token_ids" not in cfg.options:
-        raise UserError("peft.method=cpt starts from a tokenized few-shot context: set peft.options.cpt_token_ids "
-                        "(and cpt_tokens_type_mask: 1 input template, 2 input, 3 output template, 4 output)")
     return CPTConfig(**{"task_type": "CAUSAL_LM", **cfg.options})
 
 
@@ -450,14 +443,14 @@ def _cpt(cfg: PeftConfig, model_type: str, total_steps: int):
 # (trains on a 4-bit base, merges)
 _GENERIC_FACTS: dict[str, tuple[bool, bool]] = {
     "adamss": (False, True), "beft": (True, False), "c3a": (True, True), "cartridge": (True, False),
-"deft": (False, True), "delora": (False, True), "frod": (False, True),
+    "deft": (False, True), "delora": (False, True), "frod": (False, True),
     "glora": (False, True), "gralora": (True, True), "hira": (True, True), "lily": (True, False),
     "miss": (True, True), "multitask_prompt_tuning": (True, False), "osf": (False, True), "p_tuning": (True, False),
     "peanut": (False, True), "psoft": (False, True), "pvera": (True, True), "road": (True, True),
     "shadow": (True, False), "shira": (True, True), "supertuning": (False, True), "tinylora": (False, True),
     "unilora": (False, True), "vblora": (True, True), "waveft": (True, True),
 }
-_PROMPT_TYPES = ("p_tuning", "multitask_prompt_tuning", "cpt", "cartridge")
+_PROMPT_TYPES = ("p_tuning", "multitask_prompt_tuning", "cartridge")
 # per-call inputs or state the shared-prefix path does not carry: served by plain generation instead
 _NO_SHARED_PREFIX = ("shadow",)
 _SUMMARIES = {
@@ -526,7 +519,8 @@ def config_fields(method: str) -> set[str]:
 
 
 def check_options(method: str, options: dict[str, Any]) -> None:
-    """`peft.options` keys the method's config does not take: one message naming them and the ones it takes."""
+    """The `peft.options` keys the method cannot do without, and the keys its config does not take: one message
+    naming them (and the ones it takes)."""
     from peft_apps.core.errors import UserError
 
     m = METHODS[method]
@@ -534,6 +528,10 @@ def check_options(method: str, options: dict[str, Any]) -> None:
         if options:
             raise UserError(f"peft.options ({', '.join(sorted(options))}) do not apply to peft.method={method}")
         return
+    missing = [k for k in m.required if k not in options]
+    if missing:
+        raise UserError(f"peft.method={method} needs peft.options.{', peft.options.'.join(missing)}",
+                        hint=m.required_hint or None)
     fields = config_fields(method) | set(m.extra_options)
     bad = sorted(set(options) - fields)
     if bad:

@@ -282,10 +282,7 @@ def attach_peft(model, recipe, total_steps: int, gradient_checkpointing: bool, c
     from peft_apps.core.methods import build_peft_config
 
     method = recipe.peft.method
-    if method == "full":
-        if is_quantized(model):
-            raise UserError("peft.method=full trains the weights themselves: a quantized base cannot be fully "
-                            "fine-tuned", hint="set model.quantization=none, or use lora / qlora")
+    if method == "full":  # (a quantized base is refused before loading: methods.check_recipe)
         for p in model.parameters():
             p.requires_grad_(True)
         if gradient_checkpointing:
@@ -357,37 +354,26 @@ def _safetensors_dir(model) -> str:
 
 def default_task_ids(model) -> None:
     """Poly and multitask prompt tuning take `task_ids` on every call: default them to task 0 (one task)."""
-    import torch
-
     cfgs = getattr(model, "peft_config", None) or {}
-    kinds = {str(getattr(c, "peft_type", "")) for c in cfgs.values()}
-    targets = []
-    if any(k.endswith("POLY") for k in kinds):
-        targets.append(model.base_model)
-    if any(k.endswith("MULTITASK_PROMPT_TUNING") for k in kinds):
-        targets.append(model)
+    kinds = {str(getattr(getattr(c, "peft_type", None), "value", "")) for c in cfgs.values()}
+    targets = ([model.base_model] if "POLY" in kinds else []) + ([model] if "MULTITASK_PROMPT_TUNING" in kinds else [])
     for target in targets:
         if getattr(target, "_peft_apps_task_ids", False):
             continue
-
-        def pre_hook(module, args, kwargs):
-            if kwargs.get("task_ids") is None:
-                ref = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
-                if ref is None and args:
-                    ref = args[0]
-                if ref is not None:
-                    kwargs = {**kwargs, "task_ids": torch.zeros(ref.shape[0], dtype=torch.long, device=ref.device)}
-            return args, kwargs
-
-        target.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        target.register_forward_pre_hook(lambda module, args, kwargs: (args, _with_task_ids(args, kwargs)),
+                                         with_kwargs=True)
         generate = target.generate
-
-        def generate_with_task(*args, _generate=generate, **kwargs):
-            if kwargs.get("task_ids") is None:
-                ref = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else (args[0] if args else None)
-                if ref is not None:
-                    kwargs["task_ids"] = torch.zeros(ref.shape[0], dtype=torch.long, device=ref.device)
-            return _generate(*args, **kwargs)
-
-        target.generate = generate_with_task
+        target.generate = lambda *args, _generate=generate, **kwargs: _generate(*args, **_with_task_ids(args, kwargs))
         target._peft_apps_task_ids = True
+
+
+def _with_task_ids(args: tuple, kwargs: dict) -> dict:
+    """`kwargs` with `task_ids` all 0 (one per row of the input) when the call gives none."""
+    if kwargs.get("task_ids") is not None:
+        return kwargs
+    ref = next((x for x in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *args[:1]) if x is not None), None)
+    if ref is None:
+        return kwargs
+    import torch
+
+    return {**kwargs, "task_ids": torch.zeros(ref.shape[0], dtype=torch.long, device=ref.device)}

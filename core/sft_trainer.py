@@ -142,21 +142,18 @@ class CoreSFTTrainer(SFTTrainer):
     def save_adapter(self, path) -> None:
         """The adapter as safetensors in `path`, from every rank (FSDP and ZeRO-3 gather the shards), written
         by rank 0."""
+        model = self.accelerator.unwrap_model(self.model)
+        # FSDP / ZeRO: every rank takes part in gathering the state dict
+        kw = {"state_dict": self.accelerator.get_state_dict(self.model)} \
+            if self.is_fsdp_enabled or self.is_deepspeed_enabled else {}
+        if not self.args.should_save:
+            return
         # PiSSA / OLoRA / CorDA: the base holds the residual; saved as a plain LoRA on the original base
-        initial = getattr(self.accelerator.unwrap_model(self.model), "peft_apps_initial", None)
-        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            state = self.accelerator.get_state_dict(self.model)
-            if self.args.should_save:
-                model = self.accelerator.unwrap_model(self.model)
-                if initial:
-                    save_converted(model, path, initial, state_dict=state)
-                else:
-                    model.save_pretrained(str(path), state_dict=state, safe_serialization=True)
-        elif self.args.should_save:
-            if initial:
-                save_converted(self.model, path, initial)
-            else:
-                self.model.save_pretrained(str(path), safe_serialization=True)
+        initial = getattr(model, "peft_apps_initial", None)
+        if initial:
+            save_converted(model, path, initial, **kw)
+        else:
+            model.save_pretrained(str(path), safe_serialization=True, **kw)
 
     loraplus_lr_ratio: float | None = None  # peft.method=lora_plus: B's learning rate over A's
     loraplus_lr_embedding: float | None = None

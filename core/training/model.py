@@ -59,16 +59,14 @@ def _load_model(recipe: Recipe, plan: _Plan, train_cols: dict[str, list]):
 
 
 def _calibration_batches(train_cols: dict[str, list], batch_size: int, device, count: int = 8) -> list[dict]:
-    """Up to `count` right-padded batches of the training records, in order: what EVA and CorDA start from."""
+    """Up to `count` padded batches of the training records, in order: what EVA and CorDA start from."""
+    from peft_apps.core.engine.caches import left_pad
+
     ids = train_cols["input_ids"][: batch_size * count]
     batches = []
     for i in range(0, len(ids), batch_size):
-        rows = ids[i:i + batch_size]
-        width = max(len(r) for r in rows)
-        input_ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-        mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-        for j, r in enumerate(rows):
-            input_ids[j, :len(r)] = torch.tensor(r, device=device)
-            mask[j, :len(r)] = 1
-        batches.append({"input_ids": input_ids, "attention_mask": mask})
+        input_ids, mask = left_pad(ids[i:i + batch_size], 0, device)
+        # positions from the mask: each record's tokens sit where they would alone
+        batches.append({"input_ids": input_ids, "attention_mask": mask,
+                        "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)})
     return batches
