@@ -28,7 +28,11 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    base: str = Field("builtin:tiny", description="hub id, local directory, or builtin:tiny / builtin:small")
+    base: str = Field("builtin:tiny", description="hub id, local directory, a .gguf file, builtin:tiny / builtin:small "
+                      "(random, offline) or builtin:smollm2-135m / builtin:gemma3-270m (real, from GGUF packages)")
+    gguf_file: str | None = Field(None, description="a GGUF file inside model.base (a folder or hub id)")
+    base_sha256: str | None = Field(None, description="the GGUF base's SHA-256; filled in by train, checked by "
+                                    "--resume, eval, serve and export")
     revision: str | None = None
     trust_remote_code: bool = False
     quantization: Literal["nf4", "int8", "none"] = "nf4"

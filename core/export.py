@@ -127,7 +127,7 @@ def export(adapter: Path, to: str, out: Path, *, quant: str | None = None, promp
         if folder.exists() and any(folder.iterdir()) and not force:
             raise UserError(f"{folder} already exists", hint="pass --force to replace it, or choose another -o")
     recipe = _recipe(adapter)
-    _check_base_available(recipe.model.base)
+    _check_base_available(recipe.model)
     prompts = _prompts(adapter, recipe, prompts_file)  # bad prompt files fail before any work
     work = out.with_name(out.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
@@ -156,12 +156,14 @@ def export(adapter: Path, to: str, out: Path, *, quant: str | None = None, promp
     return final, parity
 
 
-def _check_base_available(base: str) -> None:
-    from peft_apps.core.modeling import _offline_hint, resolve_base
+def _check_base_available(model) -> None:
+    """Before any work: the run's base is here (a GGUF base: the same file the run trained on)."""
+    from peft_apps.core.modeling import _offline_hint, resolve_model
 
+    base = model.base
+    path = Path(resolve_model(model)).expanduser()  # a GGUF base is checked and converted here
     if base.startswith("builtin:"):
         return
-    path = Path(resolve_base(base)).expanduser()
     if path.exists():
         return
     try:

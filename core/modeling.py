@@ -22,8 +22,16 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def resolve_base(base: str) -> str:
-    """A local path or hub id as given; `builtin:tiny` / `builtin:small` build the offline model once."""
+def resolve_base(base: str, gguf_file: str | None = None, sha256: str | None = None) -> str:
+    """A local path or hub id as given; `builtin:tiny` / `builtin:small` build the offline model once; a GGUF
+    file (`x.gguf`, a folder + `gguf_file`, `builtin:smollm2-135m`) is converted once into a model folder
+    (`core/gguf.py`), which is returned. `sha256`: the GGUF a run recorded; another file is refused."""
+    from peft_apps.core import gguf
+
+    path = gguf.gguf_path(base, gguf_file)
+    if path is not None:
+        gguf.expected_sha(base, gguf_file, sha256)
+        return str(gguf.converted_folder(path))
     if base.startswith("builtin:"):
         from peft_apps.core.tiny import builtin_model_path
 
@@ -36,6 +44,22 @@ def resolve_base(base: str) -> str:
         return str(path)
     ensure_hub_or_offline()
     return base
+
+
+def resolve_model(cfg: ModelConfig) -> str:
+    """`resolve_base` for a recipe's model section."""
+    return resolve_base(cfg.base, cfg.gguf_file, cfg.base_sha256)
+
+
+def with_base_sha(cfg: ModelConfig) -> ModelConfig:
+    """The model section with `base_sha256` filled in when its base is a GGUF file (checked when given)."""
+    from peft_apps.core import gguf
+
+    path = gguf.gguf_path(cfg.base, cfg.gguf_file)
+    if path is None:
+        return cfg
+    gguf.expected_sha(cfg.base, cfg.gguf_file, cfg.base_sha256)
+    return cfg.model_copy(update={"base_sha256": gguf.sha256_of(path)})
 
 
 def ensure_hub_or_offline(timeout: float = 2.0) -> bool:
@@ -212,7 +236,7 @@ def quantization_config(cfg: ModelConfig, runtime: Runtime):
 def load_tokenizer(cfg: ModelConfig, path: str | None = None):
     from transformers import AutoTokenizer
 
-    base = path or resolve_base(cfg.base)
+    base = path or resolve_model(cfg)
     tok = _hub_call(AutoTokenizer.from_pretrained, base, revision=cfg.revision,
                     trust_remote_code=cfg.trust_remote_code)
     if tok.pad_token is None:
@@ -224,7 +248,7 @@ def load_config(cfg: ModelConfig, path: str | None = None):
     """The model's transformers config (a local read, or the hub's config.json)."""
     from transformers import AutoConfig
 
-    return _hub_call(AutoConfig.from_pretrained, path or resolve_base(cfg.base), revision=cfg.revision,
+    return _hub_call(AutoConfig.from_pretrained, path or resolve_model(cfg), revision=cfg.revision,
                      trust_remote_code=cfg.trust_remote_code)
 
 
@@ -235,7 +259,7 @@ def load_base_model(cfg: ModelConfig, *, quantize: bool = True, dtype=None, runt
     transformers config when the caller has read it already."""
     from transformers import AutoModelForCausalLM
 
-    base = resolve_base(cfg.base)
+    base = resolve_model(cfg)
     config = config or load_config(cfg, base)
     runtime = runtime or choose_runtime(cfg, training=False, model_class=model_class_for(config))
     qcfg = quantization_config(cfg, runtime) if quantize else None

@@ -132,6 +132,11 @@ def resume_point(folder: Path, recipe: Recipe, allow_change: bool = False) -> tu
     now = trajectory(recipe)
     then = ckpt.get("trajectory", {})
     changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+    if "model.base_sha256" in changed and then.get("model.base_sha256"):  # never resumable on another base
+        raise UserError(f"--resume: the GGUF base {now.get('model.base')} changed under the run: its SHA-256 is "
+                        f"{str(now.get('model.base_sha256'))[:16]}..., {Path(last).name} was trained on "
+                        f"{str(then.get('model.base_sha256'))[:16]}...",
+                        hint="put back the file the run was trained on, or start a new run (--force)")
     if changed and not allow_change:
         shown = "; ".join(f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
         raise UserError(f"--resume: {Path(last).name} was trained with another recipe ({shown})",

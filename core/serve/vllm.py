@@ -33,13 +33,13 @@ def vllm_command(runs: list, base: str | None, port: int, extra: list[str] | Non
             raise UserError(f"{r.name}: the run trains {', '.join(r.recipe.peft.modules_to_save)} in full "
                             f"(peft.modules_to_save), which vLLM's LoRA cannot load",
                             hint="serve it with --engine local, or merge it (peft-apps merge) and serve the merged model")
-    from peft_apps.core.modeling import resolve_base
+    from peft_apps.core.modeling import resolve_base, resolve_model
 
     model = runs[0].model if runs else None
     name = base or model.base
     rank = max((adapter_rank(r.folder) for r in runs), default=8)
     rank = next((v for v in VLLM_RANKS if v >= rank), rank)
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_base(name),
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(model) if model is not None and not base else resolve_base(name),
            "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port)]
     if model is not None and model.revision:
         cmd += ["--revision", model.revision]

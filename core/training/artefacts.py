@@ -149,11 +149,11 @@ def _write_artefacts(out: Path, recipe: Recipe, trainer, tokenizer, metrics: dic
     # local folder (a builtin model's is its built copy; the builtin name stays in recipe.yaml)
     config_file = out / "adapter_config.json"
     if config_file.is_file():  # a full fine-tune's folder holds the model itself (config.json), no adapter
-        from peft_apps.core.modeling import resolve_base
+        from peft_apps.core.modeling import resolve_model
 
         base = recipe.model.base
-        if base.startswith("builtin:") or Path(base).expanduser().exists():
-            base = str(Path(resolve_base(base)).resolve())
+        if base.startswith("builtin:") or Path(base).expanduser().exists() or recipe.model.gguf_file:
+            base = str(Path(resolve_model(recipe.model)).resolve())  # a GGUF base: its converted folder
         adapter_config = json.loads(config_file.read_text())
         adapter_config["base_model_name_or_path"] = base
         atomic_write(config_file, json.dumps(adapter_config, indent=2))
