@@ -58,6 +58,7 @@ def with_base_sha(cfg: ModelConfig) -> ModelConfig:
     path = gguf.gguf_path(cfg.base, cfg.gguf_file)
     if path is None:
         return cfg
+    gguf.check_gguf(path)
     gguf.expected_sha(cfg.base, cfg.gguf_file, cfg.base_sha256)
     return cfg.model_copy(update={"base_sha256": gguf.sha256_of(path)})
 

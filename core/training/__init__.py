@@ -67,8 +67,8 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
     from peft_apps.core.modeling import load_tokenizer, with_base_sha
 
     console = console or Console(stderr=True)
-    check_recipe(recipe)
-    recipe = recipe.model_copy(update={"model": with_base_sha(recipe.model)})  # a GGUF base: its SHA-256 recorded  # a method that cannot work with the other settings: before any work
+    check_recipe(recipe)  # a method that cannot work with the other settings: before any work
+    recipe = recipe.model_copy(update={"model": with_base_sha(recipe.model)})  # a GGUF base: its SHA-256 recorded
     if not train_records:
         raise UserError("no training records: check data.train and the app's converter report")
     t_start = time.perf_counter()
