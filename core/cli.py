@@ -349,7 +349,8 @@ def _print_scalars(metrics: dict, headline: tuple[str, ...] = (), only_headline:
     out_console.print(t)
 
 
-def _print_learning(a, headline: tuple[str, ...], after: dict, before: dict, majority: dict | None) -> None:
+def _print_learning(a, headline: tuple[str, ...], after: dict, before: dict, majority: dict | None,
+                    real: bool = False) -> None:
     """The headline metrics on held-out examples: always the majority answer, the base model, the adapter;
     and a plain note when training gained nothing over them."""
     from rich.table import Table
@@ -370,7 +371,12 @@ def _print_learning(a, headline: tuple[str, ...], after: dict, before: dict, maj
     key = next((k for k in headline if isinstance(after.get(k), (int, float))), None)
     if key and isinstance(after.get(key), (int, float)):
         best_baseline = max(x.get(key, 0) for x in (before, majority or {}))
-        if after[key] <= best_baseline:
+        if after[key] <= best_baseline and real:
+            console.print(f"[yellow]{key}: no gain over the baselines[/] (adapter {fmt(after[key])}, best baseline "
+                          f"{fmt(best_baseline)}): a 135M model trained for minutes on a few hundred records; a larger "
+                          f"base, more data or more steps (train.epochs=...) move it. The README's quality table says "
+                          f"where each app stands.")
+        elif after[key] <= best_baseline:
             console.print(f"[yellow]no gain over the baselines at this size:[/] a tiny random model cannot learn "
                           f"{a.name}'s task in a minute; this run shows the pipeline end to end. A pretrained base "
                           f"model (model.base=...) on a GPU is what learns it.")
@@ -676,6 +682,7 @@ def tiny_model_cmd(
 def demo_cmd(
     app_name: Optional[str] = typer.Argument(None, metavar="APP", help="a registered app with a demo recipe "
                                              "(default: the quick-start app)"),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="KEY=VALUE", help=OVERRIDES_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default: runs/APP-demo)"),
     force: bool = typer.Option(False, "--force", help="replace the demo run the output folder holds"),
     real: bool = typer.Option(False, "--real", help="a real pretrained model instead of the tiny random one: "
@@ -685,6 +692,10 @@ def demo_cmd(
     `--real` on SmolLM2-135M-Instruct, a real pretrained model (a few minutes)."""
     from peft_apps.core.registry import list_apps
 
+    overrides = list(overrides or [])
+    if app_name and "=" in app_name:  # `peft-apps demo --real model.base=...`: no app named, overrides only
+        overrides.insert(0, app_name)
+        app_name = None
     demo = "demo-real" if real else "demo"
     with_demo = [n for n, x in list_apps().items() if demo in x.recipes()]
     if not with_demo:
@@ -693,7 +704,7 @@ def demo_cmd(
     a = _app(name)
     if demo not in a.recipes():
         raise UserError(f"app {name!r} has no {demo} recipe", hint=f"apps with one: {', '.join(with_demo)}")
-    overrides = [f"train.output_dir={out}"] if out else []
+    overrides += [f"train.output_dir={out}"] if out else []
     a, r = _recipe(name, demo, overrides)
     from peft_apps.core import run_folder
 
@@ -708,9 +719,9 @@ def demo_cmd(
         from peft_apps.core.modeling import resolve_model
 
         resolve_model(r.model)  # not installed: one message naming the install command, before any work
-        console.print(f"[green]A real pretrained model, {r.model.base}:[/] exact match on held-out records of the "
-                      "untrained base (same prompt), of the trained adapter and of always giving the most common "
-                      "answer.")
+        console.print(f"[green]A real pretrained model, {r.model.base}:[/] {name}'s metrics on held-out records "
+                      "(never trained on) for the untrained base (same prompt), the trained adapter and always giving "
+                      "the most common answer.")
     else:
         console.print("[yellow]A tiny, randomly initialised model built offline:[/] the run shows the pipeline end to "
                       "end and what the adapter learns in a minute against two baselines, not real quality. For that "
@@ -724,7 +735,7 @@ def demo_cmd(
     metrics = loop.evaluate(a, str(res.output_dir), r, "eval", res.output_dir)
     metrics["baselines"] = {"before_training": before, **({"majority_answer": majority} if majority else {})}
     files = write_eval_report(res.output_dir, f"{name} demo evaluation", metrics, a.headline_for(r))
-    _print_learning(a, a.headline_for(r), metrics, before, majority)
+    _print_learning(a, a.headline_for(r), metrics, before, majority, real)
     pred_file = res.output_dir / "demo_predictions.jsonl"
     inputs = a.demo_inputs(r, res.output_dir)
     preds = loop.predict(a, str(res.output_dir), inputs, r) if inputs else []

@@ -83,8 +83,13 @@ def gguf_path(base: str, gguf_file: str | None = None) -> Path | None:
             raise UserError(f"model.base {base}: model.gguf_file needs a folder here, not a file",
                             hint="set model.base to the .gguf file itself, or to its folder")
         return _hub_file(base, gguf_file)
+    path = Path(base).expanduser()
     if base.lower().endswith(".gguf"):
-        return Path(base).expanduser()
+        return path
+    if path.is_file():  # a GGUF without the suffix: Ollama's blobs (~/.ollama/models/blobs/sha256-...)
+        with path.open("rb") as f:
+            if f.read(4) == GGUF_MAGIC:
+                return path
     return None
 
 

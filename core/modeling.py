@@ -38,6 +38,9 @@ def resolve_base(base: str, gguf_file: str | None = None, sha256: str | None = N
         return str(builtin_model_path(base.split(":", 1)[1]))
     path = Path(base).expanduser()
     if path.exists():
+        if path.is_file():
+            raise UserError(f"model.base {path} is a file but not a GGUF file (it does not start with b'GGUF')",
+                            hint="model.base takes a .gguf file, a model folder (save_pretrained), or a hub id")
         if not (path / "config.json").is_file():
             raise UserError(f"model directory {path} has no config.json",
                             hint="point model.base at a directory saved with save_pretrained, or a hub id")

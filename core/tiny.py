@@ -196,7 +196,7 @@ def build_tiny_model(out_dir: str | Path, size: str = "tiny", seed: int = 0, fam
 def parse_builtin(name: str) -> tuple[str, str]:
     """`tiny` -> ("tiny", "llama"); `tiny-gemma2` -> ("tiny", "gemma2"); unknown parts are UserErrors."""
     from peft_apps.core.errors import UserError
-
+    from peft_apps.core.gguf import REAL_MODELS
     from peft_apps.core.real_tokenizers import REAL_TOKENIZERS
 
     size, _, family = name.partition("-")
@@ -205,7 +205,8 @@ def parse_builtin(name: str) -> tuple[str, str]:
         raise UserError(f"unknown builtin model 'builtin:{name}'",
                         hint="choose builtin:SIZE or builtin:SIZE-FAMILY with SIZE one of " + ", ".join(SIZES)
                         + " and FAMILY one of " + ", ".join(FAMILIES) + "; or a real tokenizer and template: "
-                        + ", ".join(REAL_TOKENIZERS))
+                        + ", ".join(REAL_TOKENIZERS) + "; or a real pretrained model: "
+                        + ", ".join(f"builtin:{n}" for n in REAL_MODELS))
     return size, family
 
 

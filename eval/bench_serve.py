@@ -118,7 +118,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--requests", type=int, default=32)
-    ap.add_argument("--model", default="builtin:small")
+    ap.add_argument("--model", "--base", default="builtin:small", help="any model.base: builtin:small, builtin:smollm2-135m, a folder, a .gguf")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
     import httpx

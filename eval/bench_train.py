@@ -173,7 +173,7 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=96)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3, help="baseline/core pairs; the median ratio is reported")
-    ap.add_argument("--model", default="builtin:small",
+    ap.add_argument("--model", "--base", default="builtin:small",
                     help="base model of both sides: builtin:small (default), builtin:1b / builtin:8b (GPU shapes, "
                          "random weights), a folder or a hub id")
     ap.add_argument("--one", choices=["baseline", "core"], help=argparse.SUPPRESS)
