@@ -6,8 +6,9 @@ Nothing here imports torch at module import time, so the CLI starts fast; the he
 Layers, from the bottom; a module imports only from layers below its own (import-linter checks it:
 pyproject's [tool.importlinter], tests/test_layers.py). `errors`; `resources` (package paths, and the
 folders apps registered, recorded here by the registry so that nothing low imports it); files and
-small state (`io`, `checkpoint`, `sampling`, `quiet`, `endpoint`: a remote server's options) and `tuners` (this
-project's peft tuners, registered with peft); plain data and pure functions (`data`, `methods`,
+small state (`io`, `checkpoint`, `sampling`, `quiet`, `endpoint`: a remote server's options), `tuners` (this
+project's peft tuners, registered with peft) and `gguf` (GGUF files as bases, converted once; the builtin real
+models); plain data and pure functions (`data`, `methods`,
 `run_folder`, `report`, `prompts`, `loss`); `config`
 (recipes and schemas as data); `real_tokenizers`; `tiny`, `memory` and `distributed` (N-process training
 from the recipe); `modeling` (runtime choice, loading a model); `engine` (inference); `loop` (the shared

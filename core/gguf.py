@@ -76,6 +76,9 @@ def gguf_path(base: str, gguf_file: str | None = None) -> Path | None:
     if is_real_builtin(base):
         return real_model_file(base.split(":", 1)[1])
     if gguf_file:
+        if base.startswith("builtin:"):
+            raise UserError(f"model.gguf_file names a file in model.base's folder or hub repository; {base} is neither",
+                            hint="set model.base to the folder holding the GGUF (or to the .gguf file itself)")
         folder = Path(base).expanduser()
         if folder.is_dir():
             return folder / gguf_file

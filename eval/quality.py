@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-APPS = ("sft", "codereview", "exam", "autore")
+APPS = ("sft", "codereview", "exam", "autore", "testgen")
 # (metric key, what the README calls it) per app; the first is the learning curve's
 METRICS = {
     "sft": [("exact_match", "entity typing, exact match")],
@@ -42,9 +42,14 @@ METRICS = {
                    ("comment_bleu4", "review comment, BLEU-4 (CodeReviewer's)")],
     "exam": [("accuracy", "ZNO geography, accuracy"), ("points_share", "ZNO geography, share of points")],
     "autore": [("docred_re_f1", "Re-DocRED relation extraction, RE F1")],
+    "testgen": [("codebleu", "methods2test (Java) test completion, CodeBLEU"),
+                ("syntax_validity", "methods2test (Java), syntactically valid")],
 }
+# testgen also writes tests for the bundled Python project (data/testgen/textkit) with the base and the adapter:
+# candidates that pass in the sandbox, and those kept (they pass and add coverage the project's suite lacks)
+TEXTKIT_TARGETS = ["textkit/stats.py", "textkit/slug.py"]
 TRIVIAL = {"sft": "majority type", "codereview": "majority answer (per task)", "exam": "most common letter",
-           "autore": "majority answer"}
+           "autore": "majority answer", "testgen": "majority answer"}
 
 
 def run_app(app: str, out: Path, overrides: list[str]) -> dict:
@@ -70,15 +75,48 @@ def run_app(app: str, out: Path, overrides: list[str]) -> dict:
                      "trivial": trivial.get(key)})
     curve = [(h["step"], h.get(f"eval_{METRICS[app][0][0]}", h.get(METRICS[app][0][0])))
              for h in train.get("eval_history", []) if "step" in h]
-    return {"app": app, "command": " ".join(cmd), "wall_s": round(wall, 1), "n": ev.get("n"),
+    extra = textkit_tests(folder, out, overrides) if app == "testgen" else {}
+    rows += extra.get("rows", [])
+    return {"app": app, "command": " ".join(cmd), "wall_s": round(wall, 1), "n": ev.get("n"), **extra.get("info", {}),
             "base_model": train.get("base"), "train_steps": train.get("steps"),
             "train_seconds": train.get("train_seconds"), "first_loss": train.get("first_logged_loss"),
             "last_loss": train.get("last_logged_loss"), "trivial_name": TRIVIAL[app], "rows": rows,
             "curve": [(s, v) for s, v in curve if v is not None]}
 
 
+def textkit_tests(run: Path, out: Path, overrides: list[str]) -> dict:
+    """`peft-apps testgen generate` on the bundled Python project, with the untrained base and with the adapter
+    (4 candidates per function): how many pass in the sandbox and how many are kept."""
+    import shutil
+
+    project = out / "textkit"
+    if project.exists():
+        shutil.rmtree(project)
+    shutil.copytree(HERE.parent / "data" / "testgen" / "textkit", project)
+    counts, commands, t0 = {}, [], time.perf_counter()
+    for who, model in (("base", ["--model", "builtin:smollm2-135m", *overrides]), ("adapter", ["--adapter", str(run)])):
+        report = out / f"textkit-{who}.json"
+        cmd = ["peft-apps", "testgen", "generate", "--project", str(project), *TEXTKIT_TARGETS, *model, "--n", "4",
+               "-o", str(report), "--force"]
+        commands.append(" ".join(cmd))
+        with (out / f"textkit-{who}.log").open("w") as f:
+            p = subprocess.run([sys.executable, "-c", "import sys; from peft_apps.core.cli import main; "
+                                "sys.exit(main())", *cmd[1:]], stdout=f, stderr=subprocess.STDOUT, cwd=out)
+        if p.returncode != 0:
+            counts[who] = None
+            continue
+        c = json.loads(report.read_text())["counts"]
+        passed = c["kept"] + c["reasons"].get("no coverage gain", 0)
+        counts[who] = {"candidates": c["candidates"], "passed": passed, "kept": c["kept"]}
+    rows = [{"metric": f"textkit_{k}", "label": f"Python project (textkit): candidates {k}",
+             "base": (counts.get("base") or {}).get(k), "adapter": (counts.get("adapter") or {}).get(k),
+             "trivial": 0} for k in ("passed", "kept")]
+    return {"rows": rows, "info": {"textkit": counts, "textkit_commands": commands,
+                                   "textkit_wall_s": round(time.perf_counter() - t0, 1)}}
+
+
 def fmt(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
+    return "-" if v is None else str(v) if isinstance(v, int) else f"{v:.3f}"
 
 
 def markdown(results: list[dict]) -> str:
@@ -142,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{app}: peft-apps demo {app} --real ...", flush=True)
         results.append(run_app(app, args.out, args.overrides))
         r = results[-1]
-        print(f"  {r.get('error') or ', '.join(f'{x['metric']} base {fmt(x['base'])} adapter {fmt(x['adapter'])} trivial {fmt(x['trivial'])}' for x in r['rows'])} ({r['wall_s']} s)", flush=True)
+        summary = r.get("error") or ", ".join(f"{x['metric']} base {fmt(x['base'])} adapter {fmt(x['adapter'])} "
+                                              f"trivial {fmt(x['trivial'])}" for x in r["rows"])
+        print(f"  {summary} ({r['wall_s']} s)", flush=True)
     (args.out / "quality.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "quality.md").write_text(markdown(results))
     plot(results, args.out / "quality.png")

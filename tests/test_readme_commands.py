@@ -52,6 +52,8 @@ PLACEHOLDERS = {
     "INPUT...": "hello", "OUT.json": "out.json", "R/": "runs/autore-qlora", "H/": "runs/autore-qlora",
     "F/": "runs/autore-qlora",
 }
+# `peft-apps demo --real` keeps its real model (SmolLM2, the `real` extra) and runs every step on a few records
+REAL_DEMO_BUDGET = ["train.max_steps=2", "data.limit_train=8", "data.limit_eval=4", "train.eval_steps=null"]
 TRAIN_BUDGET = ["model.base=builtin:tiny", "train.max_steps=1", "data.limit_train=2", "data.limit_eval=2",
                 "eval.max_new_tokens=16"]
 
@@ -94,6 +96,8 @@ def expand(command: str) -> list[list[str]]:
             argv = argv + TRAIN_BUDGET
         if argv[0] == "peft-apps" and len(argv) > 1 and argv[1] == "eval":
             argv = argv + ["eval.limit=2"]
+        if argv[:2] == ["peft-apps", "demo"] and "--real" in argv:  # the real model, on a budget
+            argv = argv + REAL_DEMO_BUDGET
         out.append(argv)
     return out
 
@@ -187,6 +191,12 @@ def check(argv: list[str], p: subprocess.CompletedProcess, tmp: Path) -> None:
         assert em["n"] == 2 and 0.0 <= em["exact_match"] <= 1.0
         assert (run / "eval_report.md").read_text().startswith("# sft evaluation")
         assert len((run / "eval_predictions.jsonl").read_text().splitlines()) == 2
+    if argv[:2] == ["peft-apps", "demo"] and "--real" in argv:
+        run = tmp / "runs" / "sft-demo-real"
+        em = json.loads((run / "eval_metrics.json").read_text())
+        assert em["n"] == 4 and "before_training" in em["baselines"], em
+        assert "base_sha256: b179c9523d0e" in (run / "recipe.yaml").read_text()
+        assert "before training" in p.stdout and "after training" in p.stdout
     if argv[:3] == ["peft-apps", "predict", "sft"]:
         rows = [json.loads(x) for x in p.stdout.splitlines() if x.strip()]
         assert len(rows) == 1 and set(rows[0]) == {"id", "output", "parsed"}
