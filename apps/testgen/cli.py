@@ -170,9 +170,10 @@ def generate_cmd(
         raise UserError("nothing to test", hint="name files or file.py::function, or pass --changed BASE..HEAD")
     if adapter and candidates:
         raise UserError("give --adapter (generate candidates) or --candidates (check given ones), not both")
-    if not adapter and not candidates:
+    if not adapter and not candidates and not (model and not endpoint):
         raise UserError("no adapter given", hint="train one (`peft-apps train testgen`, or `peft-apps demo testgen`) "
-                                                 "and pass --adapter DIR, or check hand-written tests with --candidates")
+                                                 "and pass --adapter DIR, or check hand-written tests with --candidates "
+                                                 "(--model BASE alone: the untrained base, zero-shot)")
     for p, what in ((patch_out, "--patch"), (report, "--out")):
         if p is not None:
             check_output(p, force, what)
@@ -181,6 +182,11 @@ def generate_cmd(
     if adapter:
         ep = endpoint_options(endpoint, model, api_key_env)
         generator = TestGenerator.from_pretrained(None if ep else model, adapter, endpoint=ep)
+        generator.task = task
+    elif model and not candidates:  # the base model alone, zero-shot (what training starts from)
+        from peft_apps.core.engine import Engine
+
+        generator = TestGenerator(Engine.from_pretrained(model), recipe)
         generator.task = task
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
