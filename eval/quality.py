@@ -48,7 +48,7 @@ METRICS = {
 # testgen also writes tests for the bundled Python project (data/testgen/textkit) with the base and the adapter:
 # candidates that pass in the sandbox, and those kept (they pass and add coverage the project's suite lacks)
 TEXTKIT_TARGETS = ["textkit/stats.py", "textkit/slug.py"]
-TRIVIAL = {"sft": "majority type", "codereview": "majority answer (per task)", "exam": "most common letter",
+TRIVIAL = {"sft": "majority type", "codereview": "majority answer per task", "exam": "most common letter",
            "autore": "majority answer", "testgen": "majority answer"}
 
 
@@ -108,9 +108,9 @@ def textkit_tests(run: Path, out: Path, overrides: list[str]) -> dict:
         c = json.loads(report.read_text())["counts"]
         passed = c["kept"] + c["reasons"].get("no coverage gain", 0)
         counts[who] = {"candidates": c["candidates"], "passed": passed, "kept": c["kept"]}
-    rows = [{"metric": f"textkit_{k}", "label": f"Python project (textkit): candidates {k}",
+    rows = [{"metric": f"textkit_{k}", "label": f"Python project (textkit), 6 functions x 4 candidates: {k}",
              "base": (counts.get("base") or {}).get(k), "adapter": (counts.get("adapter") or {}).get(k),
-             "trivial": 0} for k in ("passed", "kept")]
+             "trivial": 0, "trivial_name": "no test"} for k in ("passed", "kept")]
     return {"rows": rows, "info": {"textkit": counts, "textkit_commands": commands,
                                    "textkit_wall_s": round(time.perf_counter() - t0, 1)}}
 
@@ -123,13 +123,15 @@ def markdown(results: list[dict]) -> str:
     lines = ["| app | metric | held-out | untrained base | trained adapter | trivial baseline | command | wall (2 cores) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
+        shown = r["command"].split(" -o ")[0]  # the command as a user types it (the script adds -o OUT --force)
         if "error" in r:
-            lines.append(f"| {r['app']} | - | - | - | - | - | `{r['command']}` | failed ({r['error']}, see {r['log']}) |")
+            lines.append(f"| {r['app']} | - | - | - | - | - | `{shown}` | failed ({r['error']}, see {r['log']}) |")
             continue
         for i, row in enumerate(r["rows"]):
+            trivial = "-" if row["trivial"] is None else f"{fmt(row['trivial'])} ({row.get('trivial_name', r['trivial_name'])})"
             lines.append(f"| {r['app'] if i == 0 else ''} | {row['label']} | {r['n'] if i == 0 else ''} | "
-                         f"{fmt(row['base'])} | **{fmt(row['adapter'])}** | {fmt(row['trivial'])} "
-                         f"({r['trivial_name']}) | {'`' + r['command'] + '`' if i == 0 else ''} | "
+                         f"{fmt(row['base'])} | **{fmt(row['adapter'])}** | {trivial} | "
+                         f"{'`' + shown + '`' if i == 0 else ''} | "
                          f"{str(round(r['wall_s'])) + ' s' if i == 0 else ''} |")
     return "\n".join(lines) + "\n"
 
@@ -140,7 +142,7 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in results if "error" not in r]
+    ok = [r for r in results if "error" not in r and r.get("curve")]  # runs that evaluated while training
     if not ok:
         return
     fig, axes = plt.subplots(1, len(ok), figsize=(4 * len(ok), 3.2), squeeze=False)
@@ -168,7 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="replace the results in --out")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="a recipe override for every run (repeatable)")
+    ap.add_argument("--render", action="store_true", help="only rewrite quality.md and quality.png from --out's "
+                    "quality.json")
     args = ap.parse_args(argv)
+    if args.render:
+        results = json.loads((args.out / "quality.json").read_text())
+        (args.out / "quality.md").write_text(markdown(results))
+        plot(results, args.out / "quality.png")
+        print(markdown(results))
+        return 0
     unknown = [a for a in args.apps if a not in METRICS]
     if unknown:
         ap.error(f"unknown app(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
