@@ -107,12 +107,20 @@ def _hub_file(repo: str, filename: str) -> Path:
                         hint=f"download it where the hub is reachable and set model.base=PATH/{filename}") from None
 
 
+_NOTICED: set[str] = set()
+
+
 def real_model_file(name: str) -> Path:
     """The GGUF of builtin real model `name`: the installed package's file, or the chunks reassembled (once,
     into the cache) and checked against the package's SHA-256."""
     import importlib.metadata as md
 
     spec = REAL_MODELS[name]
+    if name == "gemma3-270m" and name not in _NOTICED:  # its terms, where it is used
+        _NOTICED.add(name)
+        from rich.console import Console
+
+        Console(stderr=True).print(f"note: builtin:{name} is Gemma; {spec.license}", highlight=False, soft_wrap=True)
     install = f'pip install "peft-apps[{spec.extra}]"  (or pip install {spec.distribution})'
     try:
         md.distribution(spec.distribution)
@@ -142,7 +150,7 @@ def real_model_file(name: str) -> Path:
 def assemble(parts: list[Path], target: Path, sha256: str, label: str) -> Path:
     """Concatenate chunk files into `target`, checking the whole file's SHA-256 before it takes that name."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".partial")
+    tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
     digest = hashlib.sha256()
     with tmp.open("wb") as out:
         for p in parts:
@@ -221,25 +229,37 @@ def converted_folder(path: Path, console=None) -> Path:
     stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in path.stem)[:48]
     folder = cache_dir() / "models" / f"gguf-{stem}-{sha[:12]}"
     info = folder / INFO_FILE
-    if info.is_file():
+
+    def current() -> bool:  # the folder holds this converter's conversion of this file
         try:
-            if json.loads(info.read_text()).get("converter") == CONVERTER_VERSION:
-                return folder
-        except json.JSONDecodeError:
-            pass
+            return json.loads(info.read_text()).get("converter") == CONVERTER_VERSION
+        except (OSError, json.JSONDecodeError):
+            return False
+
+    if current():
+        return folder
     from rich.console import Console
 
     console = console or Console(stderr=True)
-    tmp = folder.with_name(folder.name + ".partial")
+    # a folder of this process's own: processes converting the same file at once (N-process training, a
+    # sweep) never write into each other's; the first to finish gives the folder its name
+    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     console.print(f"converting {path.name} ({arch}) to a model folder, once: {folder}", highlight=False)
-    _convert(path, tmp)
-    (tmp / INFO_FILE).write_text(json.dumps({"source": str(path.resolve()), "sha256": sha, "architecture": arch,
-                                             "converter": CONVERTER_VERSION}, indent=2) + "\n")
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    try:
+        _convert(path, tmp)
+        (tmp / INFO_FILE).write_text(json.dumps({"source": str(path.resolve()), "sha256": sha, "architecture": arch,
+                                                 "converter": CONVERTER_VERSION}, indent=2) + "\n")
+        if folder.exists() and not current():  # a folder left by an older converter or a crash
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished first: its folder holds the same conversion
+            if not current():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

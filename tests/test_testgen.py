@@ -456,3 +456,18 @@ def test_generated_tests_go_where_pytest_collects_them(tmp_path):
     assert tests_dir(tmp_path) == tmp_path / "checks" and generated_file_name(tmp_path, "slug") == "slug_generated_check.py"
     (tmp_path / "pytest.ini").write_text("[pytest]\ntestpaths = spec\n")  # pytest.ini comes first
     assert tests_dir(tmp_path) == tmp_path / "spec" and generated_file_name(tmp_path, "slug") == "test_slug_generated.py"
+
+
+def test_generate_with_the_base_model_alone_judges_its_candidates(tmp_path):
+    """`--model BASE` without an adapter: the untrained base, zero-shot (the quality table's base row); without
+    either, one message naming both ways."""
+    project = tmp_path / "textkit"
+    shutil.copytree(TEXTKIT, project)
+    report = tmp_path / "base.json"
+    p = run_cli(["peft-apps", "testgen", "generate", "--project", str(project), "textkit/stats.py::reading_time",
+                 "--model", "builtin:tiny", "--n", "2", "-o", str(report), "task.max_new_tokens=16"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    counts = json.loads(report.read_text())["counts"]
+    assert counts["functions"] == 1 and counts["candidates"] == 2 and sum(counts["reasons"].values()) == 2, counts
+    p = run_cli(["peft-apps", "testgen", "generate", "--project", str(project), "textkit/stats.py"], cwd=tmp_path)
+    assert p.returncode == 2 and "no adapter given" in p.stderr and "--model BASE alone" in p.stderr, p.stderr[-2000:]
