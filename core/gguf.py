@@ -224,7 +224,8 @@ def check_gguf(path: Path) -> str:
 def converted_folder(path: Path, console=None) -> Path:
     """The Hugging Face folder made from GGUF `path` (made on first use, then reused for the same SHA-256)."""
     path = Path(path)
-    arch = check_gguf(path)
+    if not path.is_file():
+        check_gguf(path)  # the one message for a missing file
     sha = sha256_of(path)
     stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in path.stem)[:48]
     folder = cache_dir() / "models" / f"gguf-{stem}-{sha[:12]}"
@@ -236,8 +237,9 @@ def converted_folder(path: Path, console=None) -> Path:
         except (OSError, json.JSONDecodeError):
             return False
 
-    if current():
+    if current():  # converted before: the file was checked then, and its SHA-256 names the folder
         return folder
+    arch = check_gguf(path)
     from rich.console import Console
 
     console = console or Console(stderr=True)
@@ -306,7 +308,8 @@ def expected_sha(base: str, gguf_file: str | None, sha: str | None) -> None:
     path = gguf_path(base, gguf_file)
     if path is None or not sha:
         return
-    check_gguf(path)
+    if not path.is_file():
+        check_gguf(path)  # the one message for a missing file
     got = sha256_of(path)
     if got != sha:
         raise UserError(f"the GGUF base {path} changed: its SHA-256 is {got[:16]}..., the run was trained on "
