@@ -495,6 +495,12 @@ def serve_cmd(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, ... (default: the runtime's choice)"),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="VAR", help="require this environment "
                                               "variable's value as the API key (Authorization: Bearer KEY) on /v1/*"),
+    prefix_cache_mb: Optional[float] = typer.Option(None, "--prefix-cache-mb", min=0, help="memory for the KV of "
+                                                    "prompt prefixes kept across requests, evicted least recently "
+                                                    "used (default: an eighth of the free RAM or a quarter of the "
+                                                    "free GPU memory, at most 4096; 0: off)"),
+    prefill_chunk: int = typer.Option(512, "--prefill-chunk", min=0, help="prompt tokens per prefill pass while "
+                                      "other rows decode, so a long prompt does not stall them (0: whole prompts)"),
 ) -> None:
     """Serve a base model and adapters: OpenAI-compatible `/v1/models`, `/v1/completions` and
     `/v1/chat/completions` (the run's name as `model`), one endpoint per app (`/v1/apps/autore/extract`,
@@ -510,7 +516,8 @@ def serve_cmd(
             raise UserError(f"--api-key-env {api_key_env}: that environment variable is not set")
     _prepare()
     limits = Limits(max_body_bytes=int(max_body_mb * (1 << 20)), max_tokens=max_tokens, timeout_s=timeout,
-                    max_waiting=max_waiting, max_batch=max_batch, api_key=key)
+                    max_waiting=max_waiting, max_batch=max_batch, api_key=key, prefix_cache_mb=prefix_cache_mb,
+                    prefill_chunk=prefill_chunk)
     serve(list(runs or []), host=host, port=port, base=base, limits=limits, engine=engine, dtype=dtype,
           console=console)
 

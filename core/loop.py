@@ -161,11 +161,15 @@ def evaluate(app: App, adapter: str, recipe: Recipe, split: str = "eval", out_di
     if not exs:
         raise UserError(f"no {split} examples to evaluate on",
                         hint="set data.eval=FILE or data.eval_fraction above 0")
-    rows, stats = predict_examples(app, load_pipeline(app, adapter, recipe, model, endpoint), exs, recipe)
+    pipeline = load_pipeline(app, adapter, recipe, model, endpoint)
+    rows, stats = predict_examples(app, pipeline, exs, recipe)
     if out_dir is not None:
         write_jsonl(Path(out_dir) / PREDICTIONS, rows)
     metrics = _scored(app, exs, rows, recipe, stats)
     metrics["split"] = split
+    cache = getattr(getattr(pipeline, "engine", None), "prefix_cache", None)
+    if cache is not None and cache.enabled:  # hits, misses, evictions and tokens saved by the prefix cache
+        metrics["prefix_cache"] = cache.report()
     _add_warnings(metrics)
     return metrics
 

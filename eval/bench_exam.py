@@ -6,6 +6,12 @@ encoded once and its k samples (and the other questions') decode in shared batch
 is its own call (its prompt encoded again, a batch of one). Every sample has its own seed, so the two
 ways must give the same texts, or the benchmark fails.
 
+Both ways run with the engine's prefix cache off (as before it existed) and on, each from an empty cache.
+Within one `sample` call a question's prompt is encoded once either way; what the cache adds shows where
+a client asks for one sample per call (a vote gathered over k requests): `calls` makes k `sample` calls of
+one sample per question, cache off and on (their samples must be equal), and with the cache every call
+after a question's first finds its prompt computed.
+
 With no `--adapter`, the demo recipe trains one first (about 30 s on 2 CPU cores).
 
     python eval/bench_exam.py [--adapter RUN] [--questions 8] [--k 8] [--tokens 64] [--repeats 3]
@@ -56,27 +62,49 @@ def main(argv: list[str] | None = None) -> int:
         records = get_app("exam").read(UNLP, solver.recipe, labelled=False)[:args.questions]
         print(f"{len(records)} questions x {args.k} samples, up to {args.tokens} tokens; "
               f"device {solver.engine.device}", flush=True)
-        together_s, apart_s = [], []
+        from peft_apps.core.engine.prefix_cache import PrefixCache
+
+        budget = solver.engine.prefix_cache.budget
+        runs = {"together": [], "apart": [], "together_cache": [], "apart_cache": [], "calls": [], "calls_cache": []}
+        caches = {}
+
+        def calls(rep):
+            return [[solver.sample([r], 1, seed=rep * 1000 + j)[0][0] for j in range(args.k)] for r in records]
+
         for rep in range(args.repeats):
-            t = time.perf_counter()
-            together = solver.sample(records, args.k, seed=rep)
-            together_s.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            apart = solver.sample(records, args.k, seed=rep, together=False)
-            apart_s.append(time.perf_counter() - t)
-            if together != apart:
-                sys.exit("seeded samples differ between one batch and separate calls")
+            outs = {}
+            for name in runs:
+                solver.engine.prefix_cache = PrefixCache(budget if name.endswith("_cache") else 0)
+                t = time.perf_counter()
+                outs[name] = calls(rep) if name.startswith("calls") else \
+                    solver.sample(records, args.k, seed=rep, together=name.startswith("together"))
+                runs[name].append(time.perf_counter() - t)
+                caches[name] = solver.engine.prefix_cache.report()
+            if any(o != outs["together"] for k, o in outs.items() if not k.startswith("calls")) \
+                    or outs["calls"] != outs["calls_cache"]:
+                sys.exit("seeded samples differ between one batch and separate calls, or with the prefix cache")
             tokens = sum(len(solver.engine.tokenizer(x, add_special_tokens=False)["input_ids"])
-                         for xs in together for x in xs)
-            print(f"run {rep + 1}: one batch {together_s[-1]:.2f}s, {args.k} calls per question {apart_s[-1]:.2f}s, "
-                  f"{tokens} sampled tokens, samples equal", flush=True)
-    a, b = statistics.median(together_s), statistics.median(apart_s)
+                         for xs in outs["together"] for x in xs)
+            print(f"run {rep + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in runs.items())
+                  + f"; {tokens} sampled tokens, samples equal", flush=True)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    a, b = med["together"], med["apart"]
     result = {"questions": len(records), "k": args.k, "max_new_tokens": args.tokens, "repeats": args.repeats,
-              "together_seconds": together_s, "apart_seconds": apart_s, "questions_per_s_together": len(records) / a,
-              "questions_per_s_apart": len(records) / b, "speedup": b / a, "samples_equal": True}
+              "together_seconds": runs["together"], "apart_seconds": runs["apart"],
+              "questions_per_s_together": len(records) / a, "questions_per_s_apart": len(records) / b,
+              "speedup": b / a, "samples_equal": True,
+              "prefix_cache": {k: {"seconds": runs[k], "questions_per_s": len(records) / med[k], "cache": caches[k]}
+                               for k in ("together_cache", "apart_cache", "calls", "calls_cache")},
+              "prefix_cache_speedup_together": a / med["together_cache"],
+              "prefix_cache_speedup_apart": b / med["apart_cache"],
+              "prefix_cache_speedup_calls": med["calls"] / med["calls_cache"]}
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"questions/s: {len(records) / a:.3f} (one batch) vs {len(records) / b:.3f} ({args.k} calls each) -> "
-          f"{b / a:.2f}x (medians of {args.repeats}); -> {args.out}")
+          f"{b / a:.2f}x (medians of {args.repeats})")
+    print(f"prefix cache (on against off, each from an empty cache): one batch "
+          f"{result['prefix_cache_speedup_together']:.2f}x, {args.k} calls each "
+          f"{result['prefix_cache_speedup_apart']:.2f}x, one sample per call "
+          f"{result['prefix_cache_speedup_calls']:.2f}x; -> {args.out}")
     return 0
 
 

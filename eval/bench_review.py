@@ -6,6 +6,10 @@ generation on the hunks that need one. The batched review runs each stage over a
 hunk's text encoded once and shared by both stages through the prefix planner); the baseline reviews one
 hunk at a time with batch size 1. Greedy decoding; the outputs must be identical, or it fails.
 
+Both ways run with the engine's prefix cache off (as before it existed) and on, each from an empty cache:
+one hunk at a time, every call after the first finds the review instructions' blocks computed; the batched
+review is also run a second time over the warm cache (a diff reviewed again).
+
 With no `--adapter`, two adapters are trained first on the bundled samples with the demo recipe (about
 50 s on 2 CPU cores): necessity on the 120 necessity records (it answers "yes" to most hunks, so the
 comment stage runs on them), and comments on the 40 comment records, trained long enough that the tiny
@@ -77,30 +81,55 @@ def main(argv: list[str] | None = None) -> int:
         hunks = parse_diff(Path(args.diff).read_text(encoding="utf-8"), args.diff,
                            reviewer.task_settings.max_hunk_lines).hunks
         print(f"{len(hunks)} hunks from {args.diff}; device {reviewer.engine.device}", flush=True)
-        batched_s, single_s = [], []
+        from peft_apps.core.engine.prefix_cache import PrefixCache
+
+        budget = reviewer.engine.prefix_cache.budget
+        runs = {"batched": [], "single": [], "batched_cache": [], "single_cache": [], "batched_again": []}
+        hits = {}
+
+        def timed(name, cache, fn, fresh=True):
+            if fresh:
+                reviewer.engine.prefix_cache = PrefixCache(budget if cache else 0)
+            t = time.perf_counter()
+            out = fn()
+            runs[name].append(time.perf_counter() - t)
+            hits[name] = reviewer.engine.prefix_cache.report()
+            return out
+
         for rep in range(args.repeats):
-            t = time.perf_counter()
-            batched = reviewer.review_hunks(hunks, batch_size=args.batch)
-            batched_s.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            single = [reviewer.review_hunks([h], batch_size=1).hunks[0] for h in hunks]
-            single_s.append(time.perf_counter() - t)
-            same = [(a.necessity_output, a.comment) == (b.necessity_output, b.comment)
-                    for a, b in zip(batched.hunks, single)]
-            if not all(same):
-                i = same.index(False)
-                sys.exit(f"outputs differ at hunk {hunks[i].id}: {batched.hunks[i].comment!r} vs {single[i].comment!r}")
-            print(f"run {rep + 1}: batched {batched_s[-1]:.2f}s, one hunk at a time {single_s[-1]:.2f}s, "
-                  f"{len(batched.comments)} comments, outputs identical", flush=True)
-    b, s = statistics.median(batched_s), statistics.median(single_s)
+            batched = timed("batched", False, lambda: reviewer.review_hunks(hunks, batch_size=args.batch))
+            single = timed("single", False, lambda: [reviewer.review_hunks([h], batch_size=1).hunks[0] for h in hunks])
+            single_c = timed("single_cache", True,
+                             lambda: [reviewer.review_hunks([h], batch_size=1).hunks[0] for h in hunks])
+            batched_c = timed("batched_cache", True, lambda: reviewer.review_hunks(hunks, batch_size=args.batch))
+            again = timed("batched_again", True, lambda: reviewer.review_hunks(hunks, batch_size=args.batch), fresh=False)
+            for other in (single, single_c, batched_c.hunks, again.hunks):
+                same = [(a.necessity_output, a.comment) == (b.necessity_output, b.comment)
+                        for a, b in zip(batched.hunks, other)]
+                if not all(same):
+                    i = same.index(False)
+                    sys.exit(f"outputs differ at hunk {hunks[i].id}: {batched.hunks[i].comment!r} vs {other[i].comment!r}")
+            print(f"run {rep + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in runs.items())
+                  + f"; {len(batched.comments)} comments, outputs identical", flush=True)
+    med = {k: statistics.median(v) for k, v in runs.items()}
     words = [len(h.comment.split()) for h in batched.comments]
-    result = {"hunks": len(hunks), "comment_words_median": statistics.median(words) if words else 0, "comments": len(batched.comments), "repeats": args.repeats,
-              "batched_seconds": batched_s, "single_seconds": single_s,
-              "batched_hunks_per_s": len(hunks) / b, "single_hunks_per_s": len(hunks) / s, "speedup": s / b,
+    result = {"hunks": len(hunks), "comment_words_median": statistics.median(words) if words else 0,
+              "comments": len(batched.comments), "repeats": args.repeats,
+              "batched_seconds": runs["batched"], "single_seconds": runs["single"],
+              "batched_hunks_per_s": len(hunks) / med["batched"], "single_hunks_per_s": len(hunks) / med["single"],
+              "speedup": med["single"] / med["batched"],
+              "prefix_cache": {k: {"seconds": runs[k], "hunks_per_s": len(hunks) / med[k], "cache": hits[k]}
+                               for k in ("single_cache", "batched_cache", "batched_again")},
+              "prefix_cache_speedup_single": med["single"] / med["single_cache"],
+              "prefix_cache_speedup_batched": med["batched"] / med["batched_cache"],
+              "prefix_cache_speedup_again": med["batched"] / med["batched_again"],
               "identical_outputs": True}
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"hunks/s: batched {len(hunks) / b:.2f} vs one at a time {len(hunks) / s:.2f} -> {s / b:.2f}x "
-          f"(medians of {args.repeats}); -> {args.out}")
+    print(f"hunks/s: batched {len(hunks) / med['batched']:.2f} vs one at a time {len(hunks) / med['single']:.2f} -> "
+          f"{result['speedup']:.2f}x (medians of {args.repeats})")
+    print(f"prefix cache (on against off, each from an empty cache): one at a time "
+          f"{result['prefix_cache_speedup_single']:.2f}x, batched {result['prefix_cache_speedup_batched']:.2f}x, "
+          f"the same diff again {result['prefix_cache_speedup_again']:.2f}x; -> {args.out}")
     return 0
 
 

@@ -1,18 +1,33 @@
-"""Benchmark: `peft-apps serve` under concurrent load, requests/s against the same requests sent one at a time.
+"""Benchmark: `peft-apps serve` under concurrent load: requests/s against the same requests sent one at a
+time, with the prefix cache on and off, chunked prefill on and off.
 
-One server on loopback holds the `small` offline model (~32M parameters) with four runs, one per app
-(autore, codereview, testgen, exam), each a LoRA adapter with random weights (the benchmark measures the
-serving path, not answers; an untrained adapter mostly writes to its token budget, which is the heavy
-case). The requests mix the four app endpoints over real bundled data: Re-DocRED documents (autore
-extract), the files of a real commit's diff (codereview review), the functions of a small package
-(testgen generate, 2 candidates each) and ZNO questions (exam answer).
+One server on loopback holds the `small` offline model (~32M parameters; `--base` takes any other, e.g.
+builtin:smollm2-135m) with four runs, one per app (autore, codereview, testgen, exam), each a LoRA adapter
+with random weights (the benchmark measures the serving path, not answers; an untrained adapter mostly
+writes to its token budget, which is the heavy case). Three request mixes over real bundled data:
 
-The same request list runs twice on the same warm server: one at a time (one client), then from N
-concurrent clients. It prints requests/s of both, their ratio (the issue's target: at least 4x at 16
-clients on 2 cores), p50/p99 latency of the concurrent run, the error count, and the server's decoding
-counters (tokens per decoding step shows how many rows each step carried).
+    present      the four app endpoints taking turns: Re-DocRED documents (autore extract), the files of a
+                 real commit's diff (codereview review), the functions of a small package (testgen
+                 generate, 2 candidates each) and ZNO questions (exam answer)
+    pr           a CI job reviewing one pull request: one review request per hunk of the diff's largest file
+    voting       exam voting: every question asked by 4 requests of 3 samples each (their own seeds)
 
-    python eval/bench_serve.py [--clients 16] [--requests 32] [--model builtin:small] [--json out.json]
+Each configuration runs on a fresh server (an empty cache), warmed by one small request per endpoint:
+
+    one-nocache      one client, no prefix cache, whole-prompt prefill: the baseline (today's server)
+    one-cache        one client, the prefix cache on
+    N-nocache        N concurrent clients, no prefix cache (chunked prefill on)
+    N-cache          N clients, prefix cache and chunked prefill on: the server's defaults
+    N-cache-whole    N clients, prefix cache on, chunked prefill off (p99 with and without chunking)
+
+It prints, per mix and configuration: requests/s and its ratio to the baseline (the issue's target: at
+least 4x at 16 clients on the present mix, 2 cores), p50/p99 latency, prompt tokens sent and prefill tokens
+computed, cache hits and tokens saved, and the server's prefill and decoding seconds. The prefill bound is
+the baseline's wall time over the seconds the best configuration spent prefilling the tokens it had to
+compute: no schedule of that work could reach a higher ratio. Results go to a JSON file and a markdown table.
+
+    python eval/bench_serve.py [--clients 16] [--requests 32] [--base builtin:small] [--mixes present,pr,voting]
+                               [--out eval/results/serve]
 """
 
 from __future__ import annotations
@@ -33,8 +48,22 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "data"
 APPS = ("autore", "codereview", "testgen", "exam")
-COUNTERS = ("steps", "tokens", "prefills", "prefill_tokens", "shared_prefix_tokens", "joined_running", "prefill_s",
-            "step_s")
+COUNTERS = ("steps", "tokens", "prefills", "prompt_tokens", "prefill_tokens", "shared_prefix_tokens", "joined_running",
+            "prefill_s", "step_s", "join_s", "step_cache_tokens", "step_padding_tokens", "cache_hits", "cache_misses", "cache_evictions", "cache_tokens_saved")
+CONFIGS = {  # name: (clients (0: --clients), prefix cache, chunked prefill)
+    "one-nocache": (1, False, False),
+    "one-cache": (1, True, True),
+    "N-nocache": (0, False, True),
+    "N-cache": (0, True, True),
+    "N-cache-whole": (0, True, False),
+}
+WARM = [
+    ("/v1/apps/autore/extract", {"text": "Ada Lovelace was born in London ."}),
+    ("/v1/apps/codereview/review", {"diff": "diff --git a/x.py b/x.py\n--- a/x.py\n+++ b/x.py\n@@ -1,2 +1,2 @@\n"
+                                            " import os\n-x = 1\n+x = 2\n"}),
+    ("/v1/apps/testgen/generate", {"source": "def one():\n    return 1\n", "path": "one.py", "n": 1}),
+    ("/v1/apps/exam/answer", {"question": "2 + 2 = ?", "options": [["А", "3"], ["Б", "4"]]}),
+]
 
 
 def make_run(out: Path, app_name: str, base: str, seed: int) -> Path:
@@ -58,8 +87,7 @@ def make_run(out: Path, app_name: str, base: str, seed: int) -> Path:
     return out
 
 
-def requests(n: int) -> list[tuple[str, dict]]:
-    """`n` app requests over the bundled data, the four apps taking turns."""
+def _bundled():
     docs = json.loads((DATA / "autore" / "redocred_dev_sample.json").read_text())
     texts = [" ".join(" ".join(s) for s in d["sents"]) for d in docs]
     diff = (DATA / "codereview" / "itsdangerous-0e255fc.diff").read_text()
@@ -67,13 +95,29 @@ def requests(n: int) -> list[tuple[str, dict]]:
     modules = sorted((DATA / "testgen" / "textkit" / "textkit").glob("*.py"))
     modules = [(f"textkit/{p.name}", p.read_text()) for p in modules if p.name != "__init__.py"]
     questions = [json.loads(line) for line in (DATA / "exam" / "unlp-sample.jsonl").read_text().splitlines() if line]
+    return texts, files, modules, questions
+
+
+def _exam_body(q: dict, **extra) -> dict:
+    return {"question": q["question"], "options": [[c["marker"], c["text"]] for c in q["choices"]], **extra}
+
+
+def requests(n: int, mix: str = "present") -> list[tuple[str, dict]]:
+    """`n` requests of `mix` over the bundled data (see the module docstring)."""
+    texts, files, modules, questions = _bundled()
+    if mix == "pr":
+        largest = max(files, key=lambda f: f.count("\n@@ "))
+        header, *hunks = largest.split("\n@@ ")
+        items = [("/v1/apps/codereview/review", {"diff": header + "\n@@ " + h}) for h in hunks]
+        return [items[i % len(items)] for i in range(n)]
+    if mix == "voting":
+        items = [("/v1/apps/exam/answer", _exam_body(q, samples=3, seed=s)) for q in questions for s in range(4)]
+        return [items[i % len(items)] for i in range(n)]
     per_app = {
         "autore": [("/v1/apps/autore/extract", {"text": t}) for t in texts],
         "codereview": [("/v1/apps/codereview/review", {"diff": f}) for f in files],
         "testgen": [("/v1/apps/testgen/generate", {"source": src, "path": path, "n": 2}) for path, src in modules],
-        "exam": [("/v1/apps/exam/answer", {"question": q["question"],
-                                           "options": [[c["marker"], c["text"]] for c in q["choices"]]})
-                 for q in questions],
+        "exam": [("/v1/apps/exam/answer", _exam_body(q)) for q in questions],
     }
     out = []
     for i in range(n):
@@ -114,28 +158,18 @@ def run_load(url: str, items: list, clients: int) -> dict:
             "errors": sum(1 for r in results if not r[1])}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--requests", type=int, default=32)
-    ap.add_argument("--model", "--base", default="builtin:small", help="any model.base: builtin:small, builtin:smollm2-135m, a folder, a .gguf")
-    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    args = ap.parse_args()
+def measure(work: Path, items: list, clients: int, cache: bool, chunked: bool) -> dict:
+    """One configuration on a fresh server: warm-up, the load, the server's counters over the load."""
     import httpx
 
-    from peft_apps.core.quiet import quiet
-
-    quiet()
-    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    for i, app in enumerate(APPS):
-        make_run(work / f"{app}-run", app, args.model, i)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = (work / "serve.log").open("w")
     proc = subprocess.Popen([sys.executable, "-c", "from peft_apps.core.cli import main; main()", "serve",
                              *[str(work / f"{a}-run") for a in APPS], "--port", str(port),
-                             "--max-batch", "64", "--max-waiting", "4096"], stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ))
+                             "--max-batch", "64", "--max-waiting", "4096",
+                             "--prefix-cache-mb", "1024" if cache else "0", "--prefill-chunk", "512" if chunked else "0"],
+                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     try:
         t0 = time.monotonic()
         while True:
@@ -149,31 +183,86 @@ def main() -> None:
             if time.monotonic() - t0 > 300:
                 sys.exit("the server did not start")
             time.sleep(0.5)
-        items = requests(args.requests)
-        for app_item in {it[0]: it for it in items}.values():  # warm every path once
-            send(url, app_item)
+        for item in WARM:
+            send(url, item)
         h0 = httpx.get(url + "/health").json()
-        one = run_load(url, items, 1)
+        load = run_load(url, items, clients)
         h1 = httpx.get(url + "/health").json()
-        many = run_load(url, items, args.clients)
-        h2 = httpx.get(url + "/health").json()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
-    ratio = many["requests_per_s"] / one["requests_per_s"]
-    report = {"model": args.model, "requests": args.requests, "clients": args.clients, "one_at_a_time": one,
-              "concurrent": many, "ratio": round(ratio, 2),
-              "tokens_per_step_one_at_a_time": round((h1["tokens"] - h0["tokens"]) / max(1, h1["steps"] - h0["steps"]), 2),
-              "tokens_per_step_concurrent": round((h2["tokens"] - h1["tokens"]) / max(1, h2["steps"] - h1["steps"]), 2),
-              "server_one_at_a_time": {k: round(h1[k] - h0.get(k, 0), 2) for k in COUNTERS if k in h1},
-              "server_concurrent": {k: round(h2[k] - h1.get(k, 0), 2) for k in COUNTERS if k in h2},
-              "cpu": os.cpu_count()}
+    server = {k: round(h1[k] - h0.get(k, 0), 2) for k in COUNTERS if k in h1}
+    server["tokens_per_step"] = round(server.get("tokens", 0) / max(1, server.get("steps", 0)), 2)
+    return {"clients": clients, "prefix_cache": cache, "chunked_prefill": chunked, **load, "server": server}
+
+
+def table(report: dict) -> str:
+    lines = [f"model {report['model']}, {report['requests']} requests per run, {report['clients']} clients, "
+             f"{report['cpu']} CPUs", "",
+             "| mix | configuration | requests/s | x baseline | p50 s | p99 s | prompt tokens | computed | "
+             "cache hits | tokens saved | prefill s | decode s | errors |", "|" + "---|" * 13]
+    for mix, m in report["mixes"].items():
+        for name, r in m["runs"].items():
+            sv = r["server"]
+            lines.append(f"| {mix} | {name.replace('N', str(report['clients']))} | {r['requests_per_s']:.3f} | "
+                         f"{r['ratio']:.2f} | {r['p50_s']:.2f} | {r['p99_s']:.2f} | {int(sv.get('prompt_tokens', 0))} | "
+                         f"{int(sv.get('prefill_tokens', 0))} | {int(sv.get('cache_hits', 0))} | "
+                         f"{int(sv.get('cache_tokens_saved', 0))} | {sv.get('prefill_s', 0):.1f} | "
+                         f"{sv.get('step_s', 0):.1f} | {r['errors']} |")
+    lines += ["", "| mix | best ratio | prefill bound | share of the bound |", "|---|---|---|---|"]
+    for mix, m in report["mixes"].items():
+        lines.append(f"| {mix} | {m['best_ratio']:.2f} | {m['prefill_bound']:.2f} | {m['share_of_bound']:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--model", "--base", default="builtin:small", help="any model.base: builtin:small, builtin:smollm2-135m, a folder, a .gguf")
+    ap.add_argument("--mixes", default="present,pr,voting", help="comma-separated: present, pr, voting")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configurations (see above)")
+    ap.add_argument("--out", type=Path, default=None, help="write bench_serve.json and bench_serve.md here")
+    args = ap.parse_args()
+    from peft_apps.core.quiet import quiet
+
+    quiet()
+    mixes = [m.strip() for m in args.mixes.split(",") if m.strip()]
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    for name in configs:
+        if name not in CONFIGS:
+            sys.exit(f"--configs: unknown configuration {name!r}; known: {', '.join(CONFIGS)}")
+    for mix in mixes:
+        if mix not in ("present", "pr", "voting"):
+            sys.exit(f"--mixes: unknown mix {mix!r}; known: present, pr, voting")
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    for i, app in enumerate(APPS):
+        make_run(work / f"{app}-run", app, args.model, i)
+    report = {"model": args.model, "requests": args.requests, "clients": args.clients, "cpu": os.cpu_count(), "mixes": {}}
+    for mix in mixes:
+        items = requests(args.requests, mix)
+        runs = {}
+        for name in configs:
+            clients, cache, chunked = CONFIGS[name]
+            runs[name] = measure(work, items, clients or args.clients, cache, chunked)
+            print(f"{mix:8s} {name:20s} {runs[name]['requests_per_s']:.3f} requests/s, p99 {runs[name]['p99_s']:.2f} s, "
+                  f"computed {runs[name]['server'].get('prefill_tokens', 0):.0f} of "
+                  f"{runs[name]['server'].get('prompt_tokens', 0):.0f} prompt tokens", flush=True)
+        base = runs.get("one-nocache") or next(iter(runs.values()))
+        for r in runs.values():
+            r["ratio"] = round(r["requests_per_s"] / base["requests_per_s"], 2)
+        best_name = max(runs, key=lambda n: runs[n]["requests_per_s"])
+        best = runs[best_name]
+        bound = base["seconds"] / max(1e-9, best["server"].get("prefill_s", 0))
+        report["mixes"][mix] = {"runs": runs, "best": best_name, "best_ratio": best["ratio"],
+                                "prefill_bound": round(bound, 2), "share_of_bound": round(min(best["ratio"], bound) / bound, 3)}
+    text = table(report)
     print(json.dumps(report, indent=2))
-    print(f"requests/s: {one['requests_per_s']:.3f} one at a time, {many['requests_per_s']:.3f} with "
-          f"{args.clients} clients: {ratio:.2f}x (target 4x); p50 {many['p50_s']:.2f} s, p99 {many['p99_s']:.2f} s, "
-          f"{many['errors'] + one['errors']} errors")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_serve.json").write_text(json.dumps(report, indent=2))
+        (args.out / "bench_serve.md").write_text(text)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The inference engine's prefix-cache path: shared prefixes, several prefixes per batch and prompt-lookup
 speculation all give what plain one-prompt-at-a-time greedy generation gives."""
 
+import os
+
 import pytest
 import torch
 
@@ -154,3 +156,84 @@ def test_rows_grouped_by_root_in_order_of_first_use():
     a, b, c = Prefix([1]), Prefix([2]), Prefix([3])
     rows = [Prefix([2, 5], root=b), a, Prefix([3, 4], root=c), Prefix([1, 7], root=a), b, Prefix([2, 9], root=b)]
     assert grouped_by_root(rows) == [0, 4, 5, 1, 3, 2]
+
+
+def test_root_prefixes_reuse_earlier_calls_blocks_and_give_the_same_text(engine):
+    """The engine's prefix cache outlives a PrefixTree: a second call whose roots start with an earlier
+    call's computes only the tokens after the shared blocks, and every text equals whole-prompt greedy
+    generation; with the cache off nothing is kept."""
+    from peft_apps.core.engine import PrefixTree
+    from peft_apps.core.engine.prefix_cache import PrefixCache
+
+    head = "Review this python change in the module and answer yes or no . " * 3
+    hunks = ["def add(a, b):\n    return a + b\n", "x = [i for i in range(10)]\n", "import os\nprint(os.sep)\n"]
+    engine.prefix_cache = PrefixCache(64 << 20)
+    texts = {}
+    for call in range(2):
+        tree = PrefixTree(engine)
+        roots = {i: _ids(engine, head + h) for i, h in enumerate(hunks)}
+        tree.roots(roots)
+        calls = [((i,), roots[i] + _ids(engine, " Answer:")) for i in roots]
+        texts[call] = tree.generate(calls, options=None)
+        assert tree.whole_calls == []
+        for (_, ids), text in zip(calls, texts[call]):
+            assert text == engine.generate_ids([ids], max_new_tokens=128)[0]
+    report = engine.prefix_cache.report()
+    assert report["misses"] == len(hunks) and report["hits"] == len(hunks)
+    common = len(os.path.commonprefix([_ids(engine, head + h) for h in hunks]))
+    assert report["tokens_saved"] >= len(hunks) * (common // 16) * 16 > 0
+    engine.prefix_cache = PrefixCache(0)
+    PrefixTree(engine).roots({0: _ids(engine, head + hunks[0])})
+    assert len(engine.prefix_cache) == 0 and engine.prefix_cache.report()["hits"] == 0
+
+
+def test_running_batch_joins_and_leaves_without_copying_the_batch():
+    """Rows joining (shorter and longer than the batch) and leaving: the slot cache's rows equal the plain
+    left-padded batch, row for row, in the order the batch reports."""
+    from transformers.cache_utils import DynamicCache
+
+    from peft_apps.core.serve.batch import RunningBatch
+
+    torch.manual_seed(0)
+
+    def pass_cache(lengths):
+        width = max(lengths)
+        cache = DynamicCache()
+        mask = torch.zeros((len(lengths), width), dtype=torch.long)
+        keys = torch.zeros((len(lengths), 2, width, 4))
+        for j, n in enumerate(lengths):
+            keys[j, :, width - n:] = torch.randn(2, n, 4)
+            mask[j, width - n:] = 1
+        for li in range(2):
+            cache.update(keys * (li + 1), -keys * (li + 1), li)
+        return cache, mask, keys
+
+    batch = RunningBatch(capacity=2, room=2)
+    want: dict[str, torch.Tensor] = {}
+    names = iter("abcdefghij")
+    for lengths, leave in [([3, 5], []), ([9], ["a"]), ([2, 4, 3], ["c", "d"]), ([12], []), ([], ["b", "e", "f"])]:
+        if lengths:
+            cache, mask, keys = pass_cache(lengths)
+            rows = [next(names) for _ in lengths]
+            for j, r in enumerate(rows):
+                want[r] = keys[j, :, mask[j].bool()]
+            batch.join(rows, cache, torch.arange(len(rows)), mask, mask.sum(1) - 1, [0] * len(rows))
+        if leave:
+            batch.select([j for j, r in enumerate(batch.rows) if r not in leave])
+            for r in leave:
+                want.pop(r)
+        # one decoding step: a column for every row
+        n = len(batch.rows)
+        batch.mask = torch.cat([batch.mask, torch.ones((n, 1), dtype=torch.long)], dim=1)
+        step = torch.randn(n, 2, 1, 4)
+        for li, layer in enumerate(batch.cache.layers):
+            layer.update(step * (li + 1), -step * (li + 1))
+        for j, r in enumerate(batch.rows):
+            want[r] = torch.cat([want[r], step[j]], dim=1)
+        assert sorted(batch.rows) == sorted(want)
+        for li, layer in enumerate(batch.cache.layers):
+            assert layer.keys.shape[:3] == (n, 2, batch.mask.shape[1])
+            for j, r in enumerate(batch.rows):
+                got = layer.keys[j][:, batch.mask[j].bool()]
+                assert torch.equal(got, want[r] * (li + 1)) and torch.equal(layer.values[j][:, batch.mask[j].bool()], -got)
+                assert torch.isfinite(layer.keys[j]).all()

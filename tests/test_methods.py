@@ -229,6 +229,25 @@ def test_engine_prefixed_generation_serves_every_kind_of_adapter(method, tiny_pa
                                         adapter=method, max_new_tokens=6)
     whole = [engine.generate_ids([doc + s], method, max_new_tokens=6, batch_size=1)[0] for s in suffixes]
     assert prefixed == whole
+    # the prefix caches that outlive a call (the engine's, the server's) hold such adapters' prefixes never
+    from peft_apps.core.engine import PrefixTree
+    from peft_apps.core.serve.scheduler import Row, Scheduler
+
+    long_doc = torch.randint(10, 200, (40,), generator=g).tolist()
+    PrefixTree(engine).roots({0: long_doc}, method)
+    assert (len(engine.prefix_cache) > 0) == METHODS[method].shared_prefix
+    scheduler = Scheduler(engine, prefix_cache_mb=16).start()
+    try:
+        for _ in range(2):  # one row at a time: the second time round, each finds its prompt computed
+            for s in suffixes:
+                row = Row(ids=long_doc + s, adapter=method, max_new_tokens=6)
+                scheduler.submit([row])
+                assert row.done.wait(60)
+                alone = engine.generate_ids([long_doc + s], method, max_new_tokens=6, batch_size=1)[0]
+                assert row.text(engine.tokenizer) == alone
+    finally:
+        scheduler.close()
+    assert (scheduler.report()["cache_hits"] > 0) == METHODS[method].shared_prefix
 
 
 def test_default_targets_per_architecture():

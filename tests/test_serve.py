@@ -357,3 +357,125 @@ def test_scheduler_rows_join_a_running_batch_and_share_prefixes(engine):
     assert scheduler.stats["joined_running"] >= 1
     common = len(os.path.commonprefix([r.ids for r in shared]))
     assert scheduler.stats["shared_prefix_tokens"] == common * (len(shared) - 1) and common > 30
+
+
+# ---- the prefix cache and chunked prefill --------------------------------------------------------------
+INSTRUCTIONS = ("You are a careful reviewer . Read the text below and answer the question in one word . "
+                "Keep to the facts of the text . ") * 3
+
+
+def _run_rows(scheduler, rows, timeout=120):
+    scheduler.submit(rows)
+    for r in rows:
+        assert r.done.wait(timeout)
+    return rows
+
+
+def _alone(engine, r):
+    return engine.generate_ids([r.ids], adapter=r.adapter, max_new_tokens=r.max_new_tokens)[0]
+
+
+def test_prefix_cache_outlives_requests_and_gives_the_cold_greedy_output(engine):
+    """Requests of three adapters and the base repeating a long instruction prefix: the second wave finds
+    the first wave's blocks (per adapter only), computes fewer prompt tokens, and every text equals the
+    adapter's run alone."""
+    from peft_apps.core.serve.scheduler import Row, Scheduler
+
+    adapters = ["alpha", "beta", "gamma", "__base__"]
+    questions = [" Who won ?", " Where was she born ?", " When ?", " Which prize ?"]
+    scheduler = Scheduler(engine, prefix_cache_mb=64).start()
+    try:
+        wave1 = _run_rows(scheduler, [Row(ids=ids_of(engine, INSTRUCTIONS + DOC + q), adapter=a, max_new_tokens=10)
+                                      for a, q in zip(adapters, questions)])
+        cold = dict(scheduler.report())
+        assert cold["cache_hits"] == 0 and cold["cache_blocks"] > 0
+        wave2 = _run_rows(scheduler, [Row(ids=ids_of(engine, INSTRUCTIONS + DOC + q), adapter=a, max_new_tokens=10)
+                                      for a in adapters for q in questions[::-1]])
+        warm = scheduler.report()
+    finally:
+        scheduler.close()
+    for r in wave1 + wave2:
+        assert r.finish_reason in ("stop", "length")
+        assert r.text(engine.tokenizer) == _alone(engine, r), (r.adapter, r.ids[-6:])
+    assert warm["cache_hits"] == len(wave2) and warm["cache_misses"] == len(wave1)
+    common = len(os.path.commonprefix([r.ids for r in wave2]))
+    assert warm["cache_tokens_saved"] >= len(wave2) * (common // 16) * 16
+    computed = warm["prefill_tokens"] - cold["prefill_tokens"]
+    sent = warm["prompt_tokens"] - cold["prompt_tokens"]
+    assert computed < sent - warm["cache_tokens_saved"] + 1
+
+
+def test_prefix_cache_is_never_shared_across_adapters():
+    from peft_apps.core.engine.prefix_cache import PrefixCache
+    import torch
+
+    cache = PrefixCache(1 << 20, block=4)
+    ids = list(range(10))
+    kv = [(torch.randn(1, 2, 10, 8), torch.randn(1, 2, 10, 8)) for _ in range(3)]
+    assert cache.store("alpha", ids, kv) == 2  # 8 of 10 tokens in full blocks
+    n, got = cache.lookup("alpha", ids + [99])
+    assert n == 8 and torch.equal(got[1][0], kv[1][0][:, :, :8]) and torch.equal(got[2][1], kv[2][1][:, :, :8])
+    assert cache.lookup("beta", ids + [99]) == (0, None)
+    assert cache.lookup("alpha", [0, 1, 2, 3, 4, 5, 6, 7])[0] == 4  # one token is always left to compute
+    assert cache.lookup("alpha", [1] + ids)[0] == 0  # a block stands for everything before it too
+    assert cache.report()["hits"] == 2 and cache.report()["misses"] == 2
+
+
+def test_prefix_cache_evicts_least_recently_used_chain_ends_first_and_skips_prompts_over_budget():
+    from peft_apps.core.engine.prefix_cache import PrefixCache
+    import torch
+
+    per_block = 2 * 1 * 4 * 4 * 4  # K and V, 1 layer, 1 head, 4 tokens, dim 4, fp32
+    cache = PrefixCache(5 * per_block, block=4)
+
+    def kv(n):
+        return [(torch.randn(1, 1, n, 4), torch.randn(1, 1, n, 4))]
+
+    a, b = list(range(100, 112)), list(range(200, 212))
+    cache.store("x", a, kv(12))
+    cache.store("x", b, kv(12))  # 6 blocks > 5: the least recent chain loses its end
+    assert cache.report()["evictions"] == 1 and cache.bytes <= cache.budget
+    assert cache.lookup("x", a + [0])[0] == 8 and cache.lookup("x", b + [0])[0] == 12
+    cache.lookup("x", a + [0])  # a is now the more recent
+    cache.store("x", list(range(300, 312)), kv(12))
+    assert cache.lookup("x", b + [0], count=False)[0] < 12 and cache.bytes <= cache.budget
+    assert cache.store("x", list(range(24)), kv(24)) == 0 and cache.report()["uncached_prompts"] == 1
+    assert cache.lookup("x", a + [0], count=False)[0] == 8  # a prompt over the budget evicted nothing
+    # a block's eviction takes the blocks after it along (they could no longer be found)
+    cache.clear()
+    cache.store("x", a, kv(12))
+    assert next(iter(cache.blocks.values())).parent != b""  # a chain's end is the first to go
+    cache._drop(next(k for k, b in cache.blocks.items() if b.parent == b""))
+    assert len(cache) == 0 and cache.bytes == 0
+
+
+def test_small_cache_budget_and_chunked_prefill_keep_outputs_and_interleave_decoding(engine):
+    """A budget of a few blocks evicts and still gives every row its cold output; a long prompt arriving
+    while a row decodes is prefilled in chunks of `prefill_chunk` tokens, decoding steps in between."""
+    from peft_apps.core.serve.scheduler import Row, Scheduler
+
+    scheduler = Scheduler(engine, prefix_cache_mb=0.15, prefill_chunk=32).start()  # ~19 blocks of the tiny model
+    try:
+        first = [Row(ids=ids_of(engine, "Tell a long story"), adapter="alpha", max_new_tokens=80)]
+        scheduler.submit(first)
+        while not scheduler.rows and first[0].finish_reason is None:
+            time.sleep(0.001)
+        before = dict(scheduler.report())
+        produced = len(first[0].produced)
+        long = [Row(ids=ids_of(engine, (INSTRUCTIONS + DOC) * 2 + " Who ?"), adapter="beta", max_new_tokens=8)]
+        _run_rows(scheduler, long)
+        after = dict(scheduler.report())
+        mid = len(first[0].produced)
+        more = _run_rows(scheduler, [Row(ids=ids_of(engine, q + INSTRUCTIONS + DOC + q), adapter="gamma", max_new_tokens=8)
+                                     for q in ("Who ?", "Where ?", "When ?", "Who ?")])
+        assert first[0].done.wait(120)
+    finally:
+        scheduler.close()
+    passes = after["prefills"] - before["prefills"]
+    assert passes >= len(long[0].ids) // 32, passes
+    assert mid - produced >= passes - 1  # a decoding step after each chunk
+    report = scheduler.report()
+    assert report["cache_evictions"] > 0 and report["cache_mb"] <= 0.15
+    assert report["cache_uncached_prompts"] >= 1  # the long prompt alone is over the budget: it ran uncached
+    for r in first + long + more:
+        assert r.text(engine.tokenizer) == _alone(engine, r)

@@ -18,7 +18,9 @@ Many prompts over a few long shared prefixes (an app asking several questions ab
 or, planned by the core, `PrefixTree` (`prefix_tree.py`): calls name the prefixes they may start with.
 There, a batch's cache holds only each row's own tokens and attention reads each prefix's K/V in
 place (`attention._cascade_attention`); greedy rows speculate with prompt lookup (`GenerationOptions.lookahead`);
-rows leave the batch when they finish.
+rows leave the batch when they finish. The root prefixes an engine encodes stay in its prefix cache
+(`prefix_cache.py`) after the call: a later call whose prefix starts with their blocks computes only
+the rest.
 
 One concern per module:
 
@@ -30,6 +32,7 @@ One concern per module:
     attention.py     the attention routing: shared-prefix (cascade) attention, SDPA with grouped KV heads
     caches.py        batch caches from prefix caches, growing cache layers
     prefix_tree.py   PrefixTree: the core's prefix planner
+    prefix_cache.py  PrefixCache: the KV of prompt prefixes kept across calls and requests, in blocks, LRU
 """
 
 from .engine import Engine

@@ -24,10 +24,20 @@ def _sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=No
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     q_len = query.shape[2]
-    if (q_len == 1 or getattr(module, "num_key_value_groups", 1) == 1 or kwargs.get("position_bias") is not None
-            or kwargs.get("softcap") is not None or (attention_mask is None and key.shape[2] != q_len)):
+    groups = getattr(module, "num_key_value_groups", 1)
+    if (groups == 1 or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
+            or (attention_mask is None and key.shape[2] != q_len)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
+    if q_len == 1 and attention_mask is not None and attention_mask.dim() == 4:
+        # one decoding step: a KV head's query group as `groups` queries of one row against its keys, read
+        # in place (no copy per group, no causal mask needed: every key is in the query's past)
+        b, h, _, d = query.shape
+        kvh = key.shape[1]
+        mask = attention_mask.expand(b, 1, 1, key.shape[2]).expand(b, 1, h // kvh, key.shape[2])
+        out = torch.nn.functional.scaled_dot_product_attention(query.view(b, kvh, h // kvh, d), key, value,
+                                                               attn_mask=mask, dropout_p=dropout, scale=scaling)
+        return out.view(b, h, 1, d).transpose(1, 2).contiguous(), None
     causal = attention_mask is None and (is_causal if is_causal is not None else getattr(module, "is_causal", True))
     out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
                                                            dropout_p=dropout, scale=scaling, is_causal=bool(causal),

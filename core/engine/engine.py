@@ -20,12 +20,18 @@ from .options import BASE, GenerationOptions, Prefix, adapter_per_row
 
 
 class Engine:
-    def __init__(self, model, tokenizer, adapters: Sequence[str] = ()):
+    def __init__(self, model, tokenizer, adapters: Sequence[str] = (), prefix_cache_mb: float | None = None):
+        from .prefix_cache import PrefixCache, default_budget_mb
+
         self.model = model
         self.tokenizer = tokenizer
         self.adapters = list(adapters)
         self.model.eval()
         self.shared_attention = install_attention(self.model)
+        # the KV of root prefixes (`encode_prefixes`) kept across calls: a review's instructions, a question
+        # asked again; None sizes the budget to the machine, 0 turns it off
+        budget = default_budget_mb(self.device) if prefix_cache_mb is None else prefix_cache_mb
+        self.prefix_cache = PrefixCache(int(budget * (1 << 20)))
         # decoding counters of the prefix-cache path: forward passes, tokens produced, drafts made/accepted
         self.decode_stats = {"forwards": 0, "tokens": 0, "drafted": 0, "accepted": 0}
 
@@ -33,13 +39,16 @@ class Engine:
     @classmethod
     def from_pretrained(cls, base: str | ModelConfig | None = None,
                         adapters: str | Path | dict[str, str | Path] | None = None,
-                        quantize: bool | None = None, dtype: str | None = None) -> "Engine":
+                        quantize: bool | None = None, dtype: str | None = None,
+                        prefix_cache_mb: float | None = None) -> "Engine":
         """`base`: hub id, path, `builtin:*` or a ModelConfig; None takes it from the first adapter's recipe.
 
         `adapters`: one folder, or {name: folder}. `quantize` defaults to the recipe's setting; `dtype`
         ("float32", "bfloat16", ...) to the runtime's choice (bf16 on a GPU that has it, fp32 on a CPU).
+        `prefix_cache_mb`: the budget of the prefix cache kept across calls (None: sized to the machine;
+        0: off).
         """
-        return cls(*load(base, adapters, quantize, dtype))
+        return cls(*load(base, adapters, quantize, dtype), prefix_cache_mb=prefix_cache_mb)
 
     @classmethod
     @contextlib.contextmanager
@@ -139,9 +148,46 @@ class Engine:
                         max_tokens: int = 16384) -> list[Prefix]:
         """`encode_prefix` for many prefixes: left-padded batches of up to `max_tokens` (rows x width),
         positions from the mask, each row's K/V then cut out of the batch cache. One at a time where
-        shared-prefix attention is off (sliding windows, soft-capping: the model's own attention)."""
+        shared-prefix attention is off (sliding windows, soft-capping: the model's own attention).
+
+        With shared-prefix attention the prefix cache (`prefix_cache.py`) outlives the call: a prefix
+        that starts with blocks an earlier call computed under the same adapter (a review's instructions,
+        a question asked again) computes only the tokens after them, and every prefix computed here
+        leaves its full blocks for the next call."""
         rows = [list(r) for r in rows]
-        if not self.shared_attention or len(rows) < 2:
+        if not self.shared_attention:
+            return [self.encode_prefix(r, adapter) for r in rows]
+        name = adapter if adapter is not None else self._default()
+        cached = self.prefix_cache.enabled and self.prefix_safe(adapter)
+        out: list[Prefix | None] = [None] * len(rows)
+        if cached:
+            for i, r in enumerate(rows):
+                n, kv = self.prefix_cache.lookup(name, r)
+                if n:
+                    out[i] = self._encode_after(r, n, kv, adapter)
+        todo = [i for i in range(len(rows)) if out[i] is None]
+        for i, p in zip(todo, self._encode_batched([rows[i] for i in todo], adapter, max_tokens)):
+            out[i] = p
+            if cached:
+                self.prefix_cache.store(name, rows[i], [(layer.keys, layer.values) for layer in p.cache.layers])
+        return out  # type: ignore[return-value]
+
+    def _encode_after(self, ids: list[int], n: int, kv, adapter: str | None) -> Prefix:
+        """The prefix `ids` whose first `n` tokens' K/V are `kv` (from the prefix cache): the rest computed
+        over them."""
+        from transformers.cache_utils import DynamicCache
+
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(kv):
+            cache.update(k, v, i)
+        with _AdapterScope(self, adapter):
+            more = torch.tensor([ids[n:]], dtype=torch.long, device=self.device)
+            pos = torch.arange(n, len(ids), device=self.device).view(1, -1)
+            self.model(input_ids=more, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
+        return Prefix(list(ids), cache)
+
+    def _encode_batched(self, rows: list[list[int]], adapter: str | None, max_tokens: int) -> list[Prefix]:
+        if len(rows) < 2:
             return [self.encode_prefix(r, adapter) for r in rows]
         import copy
 

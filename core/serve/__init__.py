@@ -9,7 +9,9 @@ One concern per module:
 
     __init__.py   the local server's wiring, uvicorn
     runs.py       the runs given (names, one shared base), the port
-    scheduler.py  continuous batching over the engine: rows join between steps, mixed adapters, shared prefixes
+    scheduler.py  continuous batching over the engine: rows join between steps, mixed adapters, shared prefixes,
+                  the prefix cache across requests, chunked prefill
+    batch.py      the running batch: its KV cache in preallocated row slots (rows join and leave without a copy)
     api.py        the FastAPI app: /v1/models, /v1/completions, /v1/chat/completions, /v1/apps/..., /health
     vllm.py       the vLLM command line from the recipes, the front server's proxy
 """
@@ -36,7 +38,8 @@ def local_served(runs: list[Run], base: str | None, limits: Limits, dtype: str |
     if not runs and base is None:
         raise UserError("nothing to serve: give run folders (peft-apps serve RUN_DIR ...) or --base MODEL")
     engine = Engine.from_pretrained(base, {r.name: r.folder for r in runs} or None, dtype=dtype)
-    scheduler = Scheduler(engine, max_batch=limits.max_batch, max_waiting=limits.max_waiting).start()
+    scheduler = Scheduler(engine, max_batch=limits.max_batch, max_waiting=limits.max_waiting,
+                          prefix_cache_mb=limits.prefix_cache_mb, prefill_chunk=limits.prefill_chunk).start()
 
     def start_rows(requests, listener):
         rows = rows_of(requests, listener)
@@ -48,8 +51,7 @@ def local_served(runs: list[Run], base: str | None, limits: Limits, dtype: str |
         run_apps={r.name: r.recipe.app for r in runs}, context=engine.context_length, start_rows=start_rows,
         engine=lambda names, cancel: RowEngine(engine.tokenizer, names, completer(scheduler, cancel),
                                                engine.context_length),
-        load=lambda: {**scheduler.load, **{k: round(v, 3) if isinstance(v, float) else v
-                                           for k, v in sorted(scheduler.stats.items())}},
+        load=lambda: {**scheduler.load, **scheduler.report()},
         close=scheduler.close)
 
 

@@ -1,0 +1,185 @@
+"""The running batch of the scheduler: its rows, their KV cache in preallocated slots, mask and positions.
+
+Rows join and leave the batch between decoding steps. A plain cache would copy itself whole at each change
+(`torch.cat` to add rows, an index-select to drop them): with a dozen rows over long documents, that copying
+cost more than the decoding. Here every layer's keys and values live in one buffer of `capacity` rows and
+spare columns on both sides, the tokens of all rows right-aligned at one column (`end`):
+
+    join     the new rows' keys and values are written into free row slots, right-aligned; only when a
+             new row is longer than the batch's width and the buffer has no room left of it, or the rows
+             outnumber the slots, is the buffer reallocated (geometrically, so rarely)
+    leave    the rows that stay fill the holes of those that left from the end of the batch: only the moved
+             rows are copied, and the batch's order changes accordingly (`select` returns it)
+    step     the model appends one column for every row (`SlotLayer.update`)
+
+Columns no row uses any more (on the left, once long rows leave) are dropped by moving `start`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+
+@lru_cache(maxsize=1)
+def _slot_layer_cls():
+    from transformers.cache_utils import DynamicLayer
+
+    class SlotLayer(DynamicLayer):
+        """A DynamicLayer over rows [0, n) and columns [start, end) of preallocated buffers."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int, left: int, right: int):
+            super().__init__()
+            self.device, self.is_initialized = keys.device, True
+            self.dtype = keys.dtype
+            b, h, w, d = keys.shape
+            # new_empty, not zeros: columns are written before they are read, or zeroed when a row's slot or
+            # the batch's width takes them (masked columns must hold finite numbers: 0 x NaN is NaN)
+            self._k = keys.new_empty((max(capacity, b), h, left + w + right, d))
+            self._v = values.new_empty((max(capacity, b), values.shape[1], left + w + right, values.shape[-1]))
+            self.n, self.start, self.end = b, left, left + w
+            self._k[:b, :, left:left + w] = keys
+            self._v[:b, :, left:left + w] = values
+            self._view()
+
+        def _view(self) -> None:
+            self.keys = self._k[:self.n, :, self.start:self.end]
+            self.values = self._v[:self.n, :, self.start:self.end]
+
+        def _realloc(self, rows: int, left: int, right: int) -> None:
+            """New buffers with room for `rows` rows, `left` free columns before the used ones and `right`
+            after; the used part copied once."""
+            w = self.end - self.start
+            k = self._k.new_empty((rows, self._k.shape[1], left + w + right, self._k.shape[3]))
+            v = self._v.new_empty((rows, self._v.shape[1], left + w + right, self._v.shape[3]))
+            k[:self.n, :, left:left + w] = self._k[:self.n, :, self.start:self.end]
+            v[:self.n, :, left:left + w] = self._v[:self.n, :, self.start:self.end]
+            self._k, self._v, self.start, self.end = k, v, left, left + w
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            m = key_states.shape[-2]
+            if self.end + m > self._k.shape[2]:
+                self._realloc(self._k.shape[0], self.start, max(m, self.end - self.start, 64))
+            self._k[:self.n, :, self.end:self.end + m] = key_states
+            self._v[:self.n, :, self.end:self.end + m] = value_states
+            self.end += m
+            self._view()
+            return self.keys, self.values
+
+        def add(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+            """Rows appended, their tokens right-aligned with the batch's (the batch widens on the left
+            when they are longer)."""
+            b, w = keys.shape[0], keys.shape[2]
+            rows = self._k.shape[0]
+            need_rows = self.n + b > rows
+            need_left = self.end - w < 0
+            if need_rows or need_left:
+                width = self.end - self.start
+                self._realloc(max(rows * 2, self.n + b) if need_rows else rows,
+                              max(w - width, 0) + max(w, width) // 2 if need_left else self.start,
+                              self._k.shape[2] - self.end)
+            start = min(self.start, self.end - w)
+            if start < self.start:  # the batch widens: its rows' new columns are padding
+                self._k[:self.n, :, start:self.start] = 0
+                self._v[:self.n, :, start:self.start] = 0
+            self.start = start
+            new = slice(self.n, self.n + b)
+            self._k[new, :, self.start:self.end - w] = 0
+            self._v[new, :, self.start:self.end - w] = 0
+            self._k[new, :, self.end - w:self.end] = keys
+            self._v[new, :, self.end - w:self.end] = values
+            self.n += b
+            self._view()
+
+        def move(self, pairs: list[tuple[int, int]], n: int) -> None:
+            """Row `src` copied into slot `dst` for each pair; `n` rows remain."""
+            for dst, src in pairs:
+                self._k[dst, :, self.start:self.end] = self._k[src, :, self.start:self.end]
+                self._v[dst, :, self.start:self.end] = self._v[src, :, self.start:self.end]
+            self.n = n
+            self._view()
+
+        def drop_left(self, columns: int) -> None:
+            self.start += columns
+            self._view()
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            keep = indices.tolist()
+            self._k[:len(keep)] = self._k[indices]
+            self._v[:len(keep)] = self._v[indices]
+            self.n = len(keep)
+            self._view()
+
+    return SlotLayer
+
+
+def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - t.shape[1]
+    return t if missing <= 0 else torch.cat([t.new_zeros((t.shape[0], missing)), t], dim=1)
+
+
+class RunningBatch:
+    """Rows decoding together: `rows`, their `cache` (slot layers), `mask` [rows, width], `last_pos` (each
+    row's last position) and `next_tokens` (each row's next input)."""
+
+    def __init__(self, capacity: int = 8, room: int = 128):
+        self.capacity, self.room = capacity, room
+        self.rows: list = []
+        self.cache = None
+        self.mask: torch.Tensor | None = None
+        self.last_pos: torch.Tensor | None = None
+        self.next_tokens: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def join(self, rows: list, cache, index: torch.Tensor, mask: torch.Tensor, last_pos: torch.Tensor,
+             tokens: list[int]) -> None:
+        """Rows `index` of a prefill pass's `cache` (and of its `mask`, `last_pos`) join the batch."""
+        mask, last_pos = mask[index], last_pos[index]
+        used = int((mask.sum(0) == 0).long().cumprod(0).sum())  # leading columns none of them uses
+        mask = mask[:, used:]
+        if not self.rows:
+            slot = _slot_layer_cls()
+            for i, layer in enumerate(cache.layers):
+                cache.layers[i] = slot(layer.keys[index, :, used:], layer.values[index, :, used:],
+                                       max(self.capacity, 2 * len(rows)), self.room, self.room)
+            self.cache, self.mask, self.last_pos = cache, mask, last_pos.clone()
+            self.rows, self.next_tokens = list(rows), list(tokens)
+            return
+        for layer, new in zip(self.cache.layers, cache.layers):
+            layer.add(new.keys[index, :, used:], new.values[index, :, used:])
+        width = max(self.mask.shape[1], mask.shape[1])
+        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(mask, width)])
+        self.last_pos = torch.cat([self.last_pos, last_pos])
+        self.rows += rows
+        self.next_tokens += tokens
+
+    def select(self, keep: list[int]) -> None:
+        """Keep the rows at these positions: the holes of the others are filled from the end of the batch
+        (only the moved rows are copied), so the order changes; rows, mask and positions follow."""
+        n = len(keep)
+        if n == len(self.rows):
+            return
+        if n == 0:
+            self.__init__(self.capacity, self.room)
+            return
+        kept = set(keep)
+        holes = [j for j in range(n) if j not in kept]
+        movers = [j for j in keep if j >= n]
+        order = list(range(len(self.rows)))
+        for h, m in zip(holes, movers):
+            order[h] = m
+        order = order[:n]
+        for layer in self.cache.layers:
+            layer.move(list(zip(holes, movers)), n)
+        index = torch.tensor(order, dtype=torch.long, device=self.mask.device)
+        self.mask, self.last_pos = self.mask[index], self.last_pos[index]
+        self.rows = [self.rows[j] for j in order]
+        self.next_tokens = [self.next_tokens[j] for j in order]
+        unused = int((self.mask.sum(0) == 0).long().cumprod(0).sum())
+        if unused:
+            self.mask = self.mask[:, unused:]
+            for layer in self.cache.layers:
+                layer.drop_left(unused)
