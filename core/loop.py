@@ -30,7 +30,10 @@ from peft_apps.core.resources import bundled_or_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft_apps.core.config import Recipe
-    from peft_apps.core.registry import App
+
+# a registered `registry.App`: the registry sits above this module (it calls the loop), so the type is named
+# loosely
+App = Any
 
 PREDICTIONS = "eval_predictions.jsonl"
 

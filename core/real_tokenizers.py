@@ -47,7 +47,8 @@ LLAMA3_TEMPLATE = (
 # mistral-common's v3 instruct encoding (InstructTokenizerV3): <s>, each user turn as [INST] + its text +
 # [/INST], each assistant turn as its text + </s>, each text encoded on its own (so with SentencePiece's
 # dummy-prefix space, which the tokenizer adds to every text between special tokens: no space is written
-# here); a system prompt goes before the last user message, joined by a blank line.
+# here); a system prompt goes before the last user message, joined by a blank line. An assistant turn's
+# trailing spaces are dropped, as mistral-common drops them (`content.rstrip(" ")`); its newlines stay.
 MISTRAL_V3_TEMPLATE = (
     "{%- set system = messages | selectattr('role', 'equalto', 'system') | map(attribute='content') | join('\n\n') %}"
     "{%- set turns = messages | rejectattr('role', 'equalto', 'system') | list %}"
@@ -57,7 +58,7 @@ MISTRAL_V3_TEMPLATE = (
     "{%- if message['role'] == 'user' %}"
     "{%- if system and message is sameas last_user %}[INST]{{ system }}\n\n{{ message['content'] }}[/INST]"
     "{%- else %}[INST]{{ message['content'] }}[/INST]{%- endif %}"
-    "{%- elif message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}"
+    "{%- elif message['role'] == 'assistant' %}{{ message['content'].rstrip(' ') }}{{ eos_token }}"
     "{%- endif %}"
     "{%- endfor %}"
 )

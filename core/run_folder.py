@@ -18,13 +18,13 @@ import json
 import shutil
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from peft_apps.core.errors import UserError, warn
 from peft_apps.core.io import atomic_write
 
-if TYPE_CHECKING:  # pragma: no cover
-    from peft_apps.core.config import Recipe
+# a `config.Recipe`: config sits above this module (it checks run folders), so the type is named loosely
+Recipe = Any
 
 RUN_FILE = "run.json"
 # What a run leaves in its folder: a folder holding any of these holds a run (run.json alone does not: a run

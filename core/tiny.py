@@ -219,7 +219,7 @@ def builtin_model_path(name: str) -> Path:
     size, family = parse_builtin(name)
     parts = [SIZES[size], CHAT_TEMPLATE, SPECIAL_TOKENS] + ([family] if family != "llama" else [])
     if family in REAL_TOKENIZERS:
-        parts = [SIZES[size], family, 7]  # the real tokenizer's builder version
+        parts = [SIZES[size], family, 8]  # the real tokenizer's builder version (8: Mistral drops trailing spaces)
     key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:8]
     path = cache_dir() / "models" / f"builtin-{name}-{key}"
     if not (path / "config.json").is_file() or not (path / "peft_apps_tiny.json").is_file():

@@ -32,7 +32,7 @@ def make_adapter(out: Path, base: str = "builtin:small", dtype: str = "float32")
     from transformers import AutoModelForCausalLM
 
     from peft_apps.core.config import ModelConfig
-    from peft_apps.core.modeling import resolve_base
+    from peft_apps.core.bases import resolve_base
 
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(resolve_base(base)),

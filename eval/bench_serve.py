@@ -73,7 +73,7 @@ def make_run(out: Path, app_name: str, base: str, seed: int) -> Path:
     from transformers import AutoModelForCausalLM
 
     from peft_apps.core.config import load_recipe
-    from peft_apps.core.modeling import resolve_base
+    from peft_apps.core.bases import resolve_base
     from peft_apps.core.registry import get_app
 
     recipe = load_recipe(get_app(app_name).recipe_path("demo"), [f"model.base={base}", "model.quantization=none",
@@ -158,7 +158,7 @@ def run_load(url: str, items: list, clients: int) -> dict:
             "errors": sum(1 for r in results if not r[1])}
 
 
-def measure(work: Path, items: list, clients: int, cache: bool, chunked: bool) -> dict:
+def measure(work: Path, items: list, clients: int, cache: bool, chunked: bool, chunk: int = 512) -> dict:
     """One configuration on a fresh server: warm-up, the load, the server's counters over the load."""
     import httpx
 
@@ -168,7 +168,7 @@ def measure(work: Path, items: list, clients: int, cache: bool, chunked: bool) -
     proc = subprocess.Popen([sys.executable, "-c", "from peft_apps.core.cli import main; main()", "serve",
                              *[str(work / f"{a}-run") for a in APPS], "--port", str(port),
                              "--max-batch", "64", "--max-waiting", "4096",
-                             "--prefix-cache-mb", "1024" if cache else "0", "--prefill-chunk", "512" if chunked else "0"],
+                             "--prefix-cache-mb", "1024" if cache else "0", "--prefill-chunk", str(chunk) if chunked else "0"],
                             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     try:
         t0 = time.monotonic()
@@ -222,6 +222,7 @@ def main() -> None:
     ap.add_argument("--model", "--base", default="builtin:small", help="any model.base: builtin:small, builtin:smollm2-135m, a folder, a .gguf")
     ap.add_argument("--mixes", default="present,pr,voting", help="comma-separated: present, pr, voting")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configurations (see above)")
+    ap.add_argument("--prefill-chunk", type=int, default=512, help="the server's --prefill-chunk where chunking is on")
     ap.add_argument("--out", type=Path, default=None, help="write bench_serve.json and bench_serve.md here")
     args = ap.parse_args()
     from peft_apps.core.quiet import quiet
@@ -244,7 +245,7 @@ def main() -> None:
         runs = {}
         for name in configs:
             clients, cache, chunked = CONFIGS[name]
-            runs[name] = measure(work, items, clients or args.clients, cache, chunked)
+            runs[name] = measure(work, items, clients or args.clients, cache, chunked, args.prefill_chunk)
             print(f"{mix:8s} {name:20s} {runs[name]['requests_per_s']:.3f} requests/s, p99 {runs[name]['p99_s']:.2f} s, "
                   f"computed {runs[name]['server'].get('prefill_tokens', 0):.0f} of "
                   f"{runs[name]['server'].get('prompt_tokens', 0):.0f} prompt tokens", flush=True)

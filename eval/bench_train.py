@@ -73,7 +73,7 @@ def run_one(kind: str, data: Path, n_docs: int, batch: int, out_dir: Path, core_
 
     from peft_apps.core.config import Recipe
     from peft_apps.core.modeling import load_tokenizer
-    from peft_apps.core.modeling import resolve_base
+    from peft_apps.core.bases import resolve_base
 
     model_path = resolve_base(model)
     recs = records(data, n_docs)

@@ -64,7 +64,7 @@ def train_once(shape: str, method: str, data: Path, docs: int, steps: int, batch
 
     cuda = torch.cuda.is_available()
     base = f"builtin:{shape}"
-    from peft_apps.core.modeling import resolve_base
+    from peft_apps.core.bases import resolve_base
 
     resolve_base(base)  # build the random model (once, cached) before anything is measured
     recipe = validate_recipe(apply_overrides({

@@ -56,8 +56,10 @@ def test_vllm_export_is_the_lora_folder_with_its_serve_line(run, tmp_path):
 
 
 def _broken(monkeypatch, how: str):
-    """Break the merged export after it is written, as a faulty converter would."""
+    """Break the merged export after it is written, as a faulty converter would (for `--to merged` and for
+    the merged model the GGUF targets convert)."""
     from peft_apps.core import export as ex
+    from peft_apps.core.export import gguf
 
     real = ex._export_merged
 
@@ -83,6 +85,7 @@ def _broken(monkeypatch, how: str):
             (work / "generation_config.json").write_text(json.dumps(gen))
 
     monkeypatch.setattr(ex, "_export_merged", broken)
+    monkeypatch.setattr(gguf, "_export_merged", broken)
 
 
 @pytest.mark.parametrize("how,message", [("weight", None), ("template", "has no chat template"),

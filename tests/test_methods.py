@@ -310,11 +310,11 @@ def test_qlora_trains_on_cpu_and_merges_into_dequantized_weights(sft_app, tmp_pa
     # The naive merge into the original full-precision weights, for comparison.
     from peft import PeftModel
 
-    from peft_apps.core.modeling import resolve_base
+    from peft_apps.core.bases import resolve_base
 
     base_name = json.loads((res.output_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
     # the base as plain peft resolves it: a builtin model's own folder (its name stays in recipe.yaml)
-    from peft_apps.core.modeling import resolve_base
+    from peft_apps.core.bases import resolve_base
 
     assert base_name == str(Path(resolve_base(r.model.base)).resolve())
     naive = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(resolve_base(base_name)),

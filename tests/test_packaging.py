@@ -25,7 +25,7 @@ def test_wheel_has_one_namespace_and_package_data(wheel):
     tops = {n.split("/")[0] for n in names if not n.startswith("peft_apps-")}
     assert tops == {"peft_apps"}, tops
     for needed in ("peft_apps/prompts/sft/entity_type.j2", "peft_apps/apps/sft/recipes/demo.yaml",
-                   "peft_apps/data/sft/entity_types.jsonl", "peft_apps/core/cli.py",
+                   "peft_apps/data/sft/entity_types.jsonl", "peft_apps/core/cli/__init__.py", "peft_apps/core/cli/train.py",
                    "peft_apps/apps/autore/metrics/docred.py", "peft_apps/apps/sft/metrics/classification.py",
                    "peft_apps/apps/codereview/metrics/codereview.py", "peft_apps/prompts/codereview/comment.j2",
                    "peft_apps/data/codereview/itsdangerous-0e255fc.diff", "peft_apps/data/codereview/cls-test.jsonl",

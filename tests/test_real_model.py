@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def smollm2(_isolated_cache) -> tuple[Path, Path]:
     """(the GGUF file, its converted model folder)."""
     from peft_apps.core import gguf
-    from peft_apps.core.modeling import resolve_base
+    from peft_apps.core.bases import resolve_base
 
     return gguf.real_model_file("smollm2-135m"), Path(resolve_base("builtin:smollm2-135m"))
 
@@ -251,3 +251,27 @@ def test_a_gguf_base_changed_under_a_run_is_refused_by_resume_and_eval(smollm2, 
     p = run_cli(["peft-apps", "eval", "sft", "--adapter", str(out), "-o", str(tmp_path / "ev")], cwd=tmp_path)
     one_clear_error(p, f"the GGUF base {local} changed")
     assert not (tmp_path / "ev").exists()
+
+
+def test_qlora_on_the_gguf_base_requantizes_to_nf4_and_trains(smollm2):
+    """QLoRA on a GGUF base: the converted folder is re-quantized to NF4 by bitsandbytes, as any base is, and
+    LoRA on it takes a step whose gradients reach the adapter (bitsandbytes' CPU backend here)."""
+    import bitsandbytes as bnb
+    import torch
+
+    from peft_apps.core.config import load_recipe
+    from peft_apps.core.modeling import attach_peft, load_base_model
+    from peft_apps.core.registry import get_app
+
+    app = get_app("sft")
+    recipe = load_recipe(app.recipe_path("demo-real"), ["model.quantization=nf4", "peft.method=qlora",
+                                                        "peft.modules_to_save=[]"], app="sft")
+    model = load_base_model(recipe.model)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    model = attach_peft(model, recipe, 10, False)
+    ids = torch.tensor([model.config.bos_token_id or 1] + list(range(100, 130))).view(1, -1)
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
+    assert grads and all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+    assert torch.isfinite(loss)

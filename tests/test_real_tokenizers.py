@@ -182,3 +182,32 @@ def test_every_stop_id_of_the_generation_config_ends_a_row():
     model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[128001, 128008, 128009]))
     assert stop_ids(model, SimpleNamespace(eos_token_id=128009)) == {128001, 128008, 128009}
     assert stop_ids(SimpleNamespace(), SimpleNamespace(eos_token_id=2)) == {2}
+
+
+EDGES = [  # user text whose edges are part of it: code ending in newlines, text with edge spaces and tabs
+    {"id": "code", "prompt": "def add(a, b):\n    return a + b\n\n", "completion": "def test_add():\n    assert add(1, 2) == 3\n"},
+    {"id": "spaces", "prompt": "   What type is 'Rome'?  ", "completion": " LOC "},
+    {"id": "tabs", "prompt": "\tindented\n", "completion": "  yes\n\n"},
+    {"id": "plain", "prompt": "Type of 'Kyiv'?", "completion": "LOC"},
+]
+
+
+def test_user_text_passes_the_template_unchanged_and_equals_the_vendors_encoding(real, tmp_path):
+    """sft records read through the `default` template ({{ prompt }}): the prompt and completion keep their
+    edge spaces and newlines, so the training ids equal the vendor's reference encoding of the raw texts."""
+    name, _, tok = real
+    a = list_apps()["sft"]
+    path = tmp_path / "edges.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in EDGES))
+    recipe = load_recipe(a.recipe_path("demo"), [f"data.train={path}", "data.template=default",
+                                                 "task.completion_field=completion"], app="sft")
+    recs = a.read(path, recipe)
+    assert [r.prompt[-1]["content"] for r in recs] == [r["prompt"] for r in EDGES]
+    assert [r.completion for r in recs] == [r["completion"] for r in EDGES]
+    cols, rep = tokenize_records(recs, tok, 100_000)
+    assert rep.kept == len(EDGES)
+    for raw, rec, ids in zip(EDGES, recs, cols["input_ids"]):
+        system = [m for m in rec.prompt if m["role"] == "system"]
+        ref = reference_ids(name, tok, Record(raw["id"], system + [{"role": "user", "content": raw["prompt"]}],
+                                              raw["completion"]))
+        assert ids == ref, (name, raw["id"], tok.convert_ids_to_tokens(ids), tok.convert_ids_to_tokens(ref))

@@ -30,7 +30,8 @@ One concern per module:
     decode.py        PrefixDecoder: the decode loop of the prefix path, as named steps
     speculation.py   Drafter: prompt-lookup drafts
     attention.py     the attention routing: shared-prefix (cascade) attention, SDPA with grouped KV heads
-    caches.py        batch caches from prefix caches, growing cache layers
+    caches.py        root prefixes encoded in batches, batch caches from prefix caches, growing cache layers
+    scope.py         AdapterScope: one named adapter active (or none: the base) for a block
     prefix_tree.py   PrefixTree: the core's prefix planner
     prefix_cache.py  PrefixCache: the KV of prompt prefixes kept across calls and requests, in blocks, LRU
 """

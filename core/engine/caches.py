@@ -1,5 +1,6 @@
-"""KV caches for batched decoding over cached prefixes: batch caches assembled from per-prefix caches
-(left-padded), layers that grow in place, and the prefix-tree helpers."""
+"""KV caches for batched decoding over cached prefixes: root prefixes encoded in batches (or after blocks
+of the prefix cache), batch caches assembled from per-prefix caches (left-padded), layers that grow in
+place, and the prefix-tree helpers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from .attention import SharedPrefix
 from .options import Prefix
+from .scope import AdapterScope
 
 
 def sliding_window(prefix: Prefix) -> int | None:
@@ -132,3 +134,51 @@ def stack_prefix_caches(items: list[Prefix]):
 
 def cache_of(out):
     return getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+
+
+def encode_after(engine, ids: list[int], n: int, kv, adapter: str | None) -> Prefix:
+    """The prefix `ids` whose first `n` tokens' K/V are `kv` (from the prefix cache): the rest computed
+    over them."""
+    from transformers.cache_utils import DynamicCache
+
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(kv):
+        cache.update(k, v, i)
+    with AdapterScope(engine, adapter):
+        more = torch.tensor([ids[n:]], dtype=torch.long, device=engine.device)
+        pos = torch.arange(n, len(ids), device=engine.device).view(1, -1)
+        engine.model(input_ids=more, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
+    return Prefix(list(ids), cache)
+
+def encode_batched(engine, rows: list[list[int]], adapter: str | None, max_tokens: int) -> list[Prefix]:
+    if len(rows) < 2:
+        return [engine.encode_prefix(r, adapter) for r in rows]
+    import copy
+
+    out: list[Prefix | None] = [None] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths: little padding
+    batches, cur = [], []
+    for i in order:
+        if cur and (len(cur) + 1) * len(rows[i]) > max_tokens:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    batches.append(cur)
+    with AdapterScope(engine, adapter):
+        for idx in batches:
+            if len(idx) == 1:
+                out[idx[0]] = engine.encode_prefix(rows[idx[0]], adapter)
+                continue
+            ids, mask = left_pad([rows[i] for i in idx], engine.tokenizer.pad_token_id, engine.device)
+            pos = (mask.cumsum(1) - 1).clamp(min=0)
+            cache = cache_of(engine.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                                        logits_to_keep=1))
+            for j, i in enumerate(idx):
+                keep = mask[j].bool()
+                one = copy.copy(cache)
+                one.layers = [copy.copy(layer) for layer in cache.layers]
+                for layer in one.layers:
+                    layer.keys = layer.keys[j:j + 1, :, keep].contiguous()
+                    layer.values = layer.values[j:j + 1, :, keep].contiguous()
+                out[i] = Prefix(rows[i], one)
+    return out  # type: ignore[return-value]

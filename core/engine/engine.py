@@ -10,13 +10,14 @@ import torch
 
 from peft_apps.core.config import ModelConfig
 from peft_apps.core.data import render_prompt
-from peft_apps.core.errors import UserError
 
 from .attention import install_attention
-from .caches import cache_of, grouped_by_root, left_pad, private_batch, root_of, sliding_window, stack_prefix_caches
+from .caches import (cache_of, encode_after, encode_batched, grouped_by_root, left_pad, private_batch, root_of,
+                     sliding_window, stack_prefix_caches)
 from .decode import PrefixDecoder, cut_at_stop, stop_ids
 from .loading import load
 from .options import BASE, GenerationOptions, Prefix, adapter_per_row
+from .scope import AdapterScope
 
 
 class Engine:
@@ -139,7 +140,7 @@ class Engine:
     @torch.inference_mode()
     def encode_prefix(self, prefix_ids: Sequence[int], adapter: str | None = None) -> Prefix:
         """The KV cache of `prefix_ids` under `adapter`, for `generate_prefixed`."""
-        with _AdapterScope(self, adapter):
+        with AdapterScope(self, adapter):
             pre = torch.tensor([list(prefix_ids)], dtype=torch.long, device=self.device)
             return Prefix(list(prefix_ids), cache_of(self.model(input_ids=pre, use_cache=True, logits_to_keep=1)))
 
@@ -164,59 +165,12 @@ class Engine:
             for i, r in enumerate(rows):
                 n, kv = self.prefix_cache.lookup(name, r)
                 if n:
-                    out[i] = self._encode_after(r, n, kv, adapter)
+                    out[i] = encode_after(self, r, n, kv, adapter)
         todo = [i for i in range(len(rows)) if out[i] is None]
-        for i, p in zip(todo, self._encode_batched([rows[i] for i in todo], adapter, max_tokens)):
+        for i, p in zip(todo, encode_batched(self, [rows[i] for i in todo], adapter, max_tokens)):
             out[i] = p
             if cached:
                 self.prefix_cache.store(name, rows[i], [(layer.keys, layer.values) for layer in p.cache.layers])
-        return out  # type: ignore[return-value]
-
-    def _encode_after(self, ids: list[int], n: int, kv, adapter: str | None) -> Prefix:
-        """The prefix `ids` whose first `n` tokens' K/V are `kv` (from the prefix cache): the rest computed
-        over them."""
-        from transformers.cache_utils import DynamicCache
-
-        cache = DynamicCache()
-        for i, (k, v) in enumerate(kv):
-            cache.update(k, v, i)
-        with _AdapterScope(self, adapter):
-            more = torch.tensor([ids[n:]], dtype=torch.long, device=self.device)
-            pos = torch.arange(n, len(ids), device=self.device).view(1, -1)
-            self.model(input_ids=more, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
-        return Prefix(list(ids), cache)
-
-    def _encode_batched(self, rows: list[list[int]], adapter: str | None, max_tokens: int) -> list[Prefix]:
-        if len(rows) < 2:
-            return [self.encode_prefix(r, adapter) for r in rows]
-        import copy
-
-        out: list[Prefix | None] = [None] * len(rows)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths: little padding
-        batches, cur = [], []
-        for i in order:
-            if cur and (len(cur) + 1) * len(rows[i]) > max_tokens:
-                batches.append(cur)
-                cur = []
-            cur.append(i)
-        batches.append(cur)
-        with _AdapterScope(self, adapter):
-            for idx in batches:
-                if len(idx) == 1:
-                    out[idx[0]] = self.encode_prefix(rows[idx[0]], adapter)
-                    continue
-                ids, mask = left_pad([rows[i] for i in idx], self.tokenizer.pad_token_id, self.device)
-                pos = (mask.cumsum(1) - 1).clamp(min=0)
-                cache = cache_of(self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                                            logits_to_keep=1))
-                for j, i in enumerate(idx):
-                    keep = mask[j].bool()
-                    one = copy.copy(cache)
-                    one.layers = [copy.copy(layer) for layer in cache.layers]
-                    for layer in one.layers:
-                        layer.keys = layer.keys[j:j + 1, :, keep].contiguous()
-                        layer.values = layer.values[j:j + 1, :, keep].contiguous()
-                    out[i] = Prefix(rows[i], one)
         return out  # type: ignore[return-value]
 
     @torch.inference_mode()
@@ -224,7 +178,7 @@ class Engine:
                         batch_size: int = 64) -> list[Prefix]:
         """Several prefixes extended by their `more_ids`, in batched forward passes over shared roots."""
         out: list[Prefix] = []
-        with _AdapterScope(self, adapter):
+        with AdapterScope(self, adapter):
             if not self.shared_attention:  # whole caches: copy each prefix and run its extension
                 import copy
 
@@ -305,7 +259,7 @@ class Engine:
                 for i, t in zip(keep, got):
                     out_text[i] = t
                 return out_text
-        with _AdapterScope(self, adapter):
+        with AdapterScope(self, adapter):
             order = sorted(range(n), key=lambda i: len(rows[i][1]))
             for start in range(0, n, o.batch_size):
                 idx = order[start:start + o.batch_size]
@@ -370,32 +324,8 @@ class Engine:
         if o.stop:
             kw.update(stop_strings=o.stop, tokenizer=self.tokenizer)
         if len(set(adapters)) == 1:
-            with _AdapterScope(self, adapters[0]):
+            with AdapterScope(self, adapters[0]):
                 gen = self.model.generate(**kw)
         else:
             gen = self.model.generate(**kw, adapter_names=adapters)
         return gen[:, width:]
-
-
-class _AdapterScope:
-    """Run with one named adapter active, or with adapters disabled for the base model."""
-
-    def __init__(self, engine: "Engine", adapter: str | None):
-        self.engine, self.adapter, self.ctx = engine, adapter, None
-
-    def __enter__(self):
-        e = self.engine
-        name = self.adapter if self.adapter is not None else (e.adapters[0] if e.adapters else BASE)
-        if name == BASE:
-            if e.adapters:
-                self.ctx = e.model.disable_adapter()
-                self.ctx.__enter__()
-        else:
-            if name not in e.adapters:
-                raise UserError(f"unknown adapter {name!r}; loaded: {', '.join(e.adapters) or '(none)'}")
-            e.model.set_adapter(name)
-        return self
-
-    def __exit__(self, *exc):
-        if self.ctx is not None:
-            self.ctx.__exit__(*exc)

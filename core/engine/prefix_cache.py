@@ -114,12 +114,22 @@ class PrefixCache:
               for i in range(layers)]
         return len(found) * self.block, kv
 
-    def store(self, adapter: str, ids: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
-        """Store the full blocks of `ids` not cached yet from `kv` (per layer (K, V) of at least those tokens,
-        batch 1, time on dim 2); returns how many blocks were added."""
-        if not self.enabled:
+    def cached_blocks(self, adapter: str, ids: list[int]) -> int:
+        """How many full blocks of `ids` are cached, from the start (no counting, no reordering)."""
+        n = 0
+        for key in self._keys(adapter, ids, len(ids)):
+            if key not in self.blocks:
+                break
+            n += 1
+        return n
+
+    def store(self, adapter: str, ids: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]], offset: int = 0) -> int:
+        """Store the full blocks of `ids` not cached yet from `kv`: per layer (K, V) of the tokens from
+        `offset` on (batch 1, time on dim 2; the blocks before `offset` must be cached already). Returns how
+        many blocks were added."""
+        if not self.enabled or not kv:
             return 0
-        n = min(len(ids), kv[0][0].shape[2]) if kv else 0
+        n = min(len(ids), offset + kv[0][0].shape[2])
         keys = self._keys(adapter, ids, n)
         if not keys:
             return 0
@@ -131,7 +141,9 @@ class PrefixCache:
         chain: list[bytes] = []
         for i, key in enumerate(keys):
             if key not in self.blocks:
-                s = slice(i * self.block, (i + 1) * self.block)
+                if i * self.block < offset:  # its keys and values were not given: the chain stops here
+                    break
+                s = slice(i * self.block - offset, (i + 1) * self.block - offset)
                 b = Block(key, parent, [(k[:, :, s].clone(), v[:, :, s].clone()) for k, v in kv],
                           per_token * self.block)
                 self.blocks[key] = b

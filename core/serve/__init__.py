@@ -9,10 +9,13 @@ One concern per module:
 
     __init__.py   the local server's wiring, uvicorn
     runs.py       the runs given (names, one shared base), the port
-    scheduler.py  continuous batching over the engine: rows join between steps, mixed adapters, shared prefixes,
-                  the prefix cache across requests, chunked prefill
+    scheduler.py  continuous batching over the engine: rows join between steps, mixed adapters; the worker
+    admission.py  the scheduler's admission and prefill: shared prefixes, the prefix cache, chunked prefill
     batch.py      the running batch: its KV cache in preallocated row slots (rows join and leave without a copy)
-    api.py        the FastAPI app: /v1/models, /v1/completions, /v1/chat/completions, /v1/apps/..., /health
+    rows.py       a scheduler row and its listener (streaming), the completer the app pipelines call
+    api.py        the FastAPI app: errors, middleware, /health, /v1/apps/..., the proxy in front of vLLM
+    openai.py     /v1/models, /v1/completions, /v1/chat/completions: schemas, rows, responses and streams
+    served.py     what those two share: the limits, what a server holds, errors in OpenAI's shape
     vllm.py       the vLLM command line from the recipes, the front server's proxy
 """
 
@@ -22,8 +25,9 @@ from typing import Any
 
 from peft_apps.core.errors import UserError
 
-from .api import Limits, Served, build_app
+from .api import build_app
 from .runs import Run, check_port, read_runs
+from .served import Limits, Served
 
 __all__ = ["Limits", "Run", "Served", "build_app", "check_port", "local_served", "read_runs", "serve"]
 

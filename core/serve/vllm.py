@@ -33,7 +33,7 @@ def vllm_command(runs: list, base: str | None, port: int, extra: list[str] | Non
             raise UserError(f"{r.name}: the run trains {', '.join(r.recipe.peft.modules_to_save)} in full "
                             f"(peft.modules_to_save), which vLLM's LoRA cannot load",
                             hint="serve it with --engine local, or merge it (peft-apps merge) and serve the merged model")
-    from peft_apps.core.modeling import resolve_base, resolve_model
+    from peft_apps.core.bases import resolve_base, resolve_model
 
     model = runs[0].model if runs else None
     name = base or model.base
@@ -82,7 +82,7 @@ def vllm_served(runs: list, base: str | None, host: str, port: int, limits, extr
 
     from peft_apps.core.engine.remote import Endpoint, remote_engine
 
-    from .api import Served
+    from .served import Served
 
     check_vllm()
     from .runs import check_port

@@ -64,7 +64,8 @@ def train(recipe: Recipe, train_records: list[Record], eval_records: list[Record
     from rich.console import Console
 
     from peft_apps.core.methods import check_recipe
-    from peft_apps.core.modeling import load_tokenizer, with_base_sha
+    from peft_apps.core.bases import with_base_sha
+    from peft_apps.core.modeling import load_tokenizer
 
     console = console or Console(stderr=True)
     check_recipe(recipe)  # a method that cannot work with the other settings: before any work

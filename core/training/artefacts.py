@@ -149,7 +149,7 @@ def _write_artefacts(out: Path, recipe: Recipe, trainer, tokenizer, metrics: dic
     # local folder (a builtin model's is its built copy; the builtin name stays in recipe.yaml)
     config_file = out / "adapter_config.json"
     if config_file.is_file():  # a full fine-tune's folder holds the model itself (config.json), no adapter
-        from peft_apps.core.modeling import resolve_model
+        from peft_apps.core.bases import resolve_model
 
         base = recipe.model.base
         if base.startswith("builtin:") or Path(base).expanduser().exists() or recipe.model.gguf_file:
