@@ -170,7 +170,8 @@ def evaluate(app: App, adapter: str, recipe: Recipe, split: str = "eval", out_di
         write_jsonl(Path(out_dir) / PREDICTIONS, rows)
     metrics = _scored(app, exs, rows, recipe, stats)
     metrics["split"] = split
-    cache = getattr(getattr(pipeline, "engine", None), "prefix_cache", None)
+    engine = pipeline if hasattr(pipeline, "prefix_cache") else getattr(pipeline, "engine", None)
+    cache = getattr(engine, "prefix_cache", None)
     if cache is not None and cache.enabled:  # hits, misses, evictions and tokens saved by the prefix cache
         metrics["prefix_cache"] = cache.report()
     _add_warnings(metrics)

@@ -163,6 +163,9 @@ def test_tiny_train_eval_with_samples_predict_and_score(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     m = json.loads((run / "eval_metrics.json").read_text())
     assert m["n"] == 4 and m["max_points"] >= 4 and 0 <= m["points"] <= m["max_points"]
+    # the engine's prefix cache: each question's prompt looked up once (the samples share it), its blocks kept
+    cache = m["prefix_cache"]
+    assert cache["hits"] + cache["misses"] == 4 and cache["stored_blocks"] > 0 and cache["blocks"] > 0
     rows = [json.loads(x) for x in (run / "eval_predictions.jsonl").read_text().splitlines()]
     assert all(len(r["samples"]) == 3 and sum(r["votes"].values()) <= 3 for r in rows)
     p = run_cli(cli + ["score", "exam", "--gold", str(GEO), "--pred", str(run / "eval_predictions.jsonl"),
