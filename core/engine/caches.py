@@ -150,7 +150,10 @@ def encode_after(engine, ids: list[int], n: int, kv, adapter: str | None) -> Pre
         engine.model(input_ids=more, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
     return Prefix(list(ids), cache)
 
+
 def encode_batched(engine, rows: list[list[int]], adapter: str | None, max_tokens: int) -> list[Prefix]:
+    """Each row's KV cache as a prefix of its own: rows of similar lengths in left-padded passes of up to
+    `max_tokens` (rows x width), positions from the mask, each row's K/V then cut out of the batch cache."""
     if len(rows) < 2:
         return [engine.encode_prefix(r, adapter) for r in rows]
     import copy

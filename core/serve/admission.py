@@ -68,7 +68,7 @@ class Admission:
             self._static(static)
         rows = [r for r in rows if r not in static]
         for r in rows:
-            r.computed, r.head, r.skipped = 0, None, 0
+            r.skipped = 0
             self.stats["prompt_tokens"] += len(r.ids)
             r.computed, r.head = self.prefix_cache.lookup(r.adapter, r.ids)
         for prefix, members in self._groups(rows):
