@@ -237,3 +237,22 @@ def test_running_batch_joins_and_leaves_without_copying_the_batch():
                 got = layer.keys[j][:, batch.mask[j].bool()]
                 assert torch.equal(got, want[r] * (li + 1)) and torch.equal(layer.values[j][:, batch.mask[j].bool()], -got)
                 assert torch.isfinite(layer.keys[j]).all()
+
+
+def test_a_prefix_found_in_part_leaves_its_own_blocks_for_the_next_call(engine):
+    """A root that starts with cached blocks computes the rest, and stores the rest's blocks too: the same
+    root asked again is found whole."""
+    from peft_apps.core.engine import PrefixTree
+    from peft_apps.core.engine.prefix_cache import PrefixCache
+
+    head = "Review this python change in the module and answer yes or no . " * 3
+    engine.prefix_cache = PrefixCache(64 << 20)
+    PrefixTree(engine).roots({0: _ids(engine, head + "x = 1\n")})
+    root = _ids(engine, head + "def add(a, b):\n    return a + b\n" * 4)
+    for _ in range(2):
+        PrefixTree(engine).roots({0: root})
+    saved = [engine.prefix_cache.report()["tokens_saved"]]
+    PrefixTree(engine).roots({0: root})
+    saved.append(engine.prefix_cache.report()["tokens_saved"])
+    assert saved[1] - saved[0] == (len(root) - 1) // 16 * 16  # whole: every full block but a last token
+    engine.prefix_cache = PrefixCache(0)

@@ -169,8 +169,9 @@ class Engine:
         todo = [i for i in range(len(rows)) if out[i] is None]
         for i, p in zip(todo, encode_batched(self, [rows[i] for i in todo], adapter, max_tokens)):
             out[i] = p
-            if cached:
-                self.prefix_cache.store(name, rows[i], [(layer.keys, layer.values) for layer in p.cache.layers])
+        if cached:  # every prefix's blocks, those after a hit's cached ones included
+            for r, p in zip(rows, out):
+                self.prefix_cache.store(name, r, [(layer.keys, layer.values) for layer in p.cache.layers])
         return out  # type: ignore[return-value]
 
     @torch.inference_mode()
