@@ -18,8 +18,6 @@ One module per command group; this file registers their commands on the one type
 
 from __future__ import annotations
 
-import sys
-
 import typer
 
 from peft_apps.core.errors import UserError
@@ -77,7 +75,3 @@ def run_typer(typer_app: typer.Typer, argv: list[str] | None, prog_name: str) ->
 def main(argv: list[str] | None = None) -> int:
     _mount_app_commands()
     return run_typer(app, argv, "peft-apps")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -114,6 +114,11 @@ def _slot_layer_cls():
     return SlotLayer
 
 
+def _unused_left(mask: torch.Tensor) -> int:
+    """How many leading columns of `mask` no row uses."""
+    return int((mask.sum(0) == 0).long().cumprod(0).sum())
+
+
 def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
     missing = width - t.shape[1]
     return t if missing <= 0 else torch.cat([t.new_zeros((t.shape[0], missing)), t], dim=1)
@@ -138,7 +143,7 @@ class RunningBatch:
              tokens: list[int]) -> None:
         """Rows `index` of a prefill pass's `cache` (and of its `mask`, `last_pos`) join the batch."""
         mask, last_pos = mask[index], last_pos[index]
-        used = int((mask.sum(0) == 0).long().cumprod(0).sum())  # leading columns none of them uses
+        used = _unused_left(mask)
         mask = mask[:, used:]
         if not self.rows:
             slot = _slot_layer_cls()
@@ -178,7 +183,7 @@ class RunningBatch:
         self.mask, self.last_pos = self.mask[index], self.last_pos[index]
         self.rows = [self.rows[j] for j in order]
         self.next_tokens = [self.next_tokens[j] for j in order]
-        unused = int((self.mask.sum(0) == 0).long().cumprod(0).sum())
+        unused = _unused_left(self.mask)
         if unused:
             self.mask = self.mask[:, unused:]
             for layer in self.cache.layers:
