@@ -170,7 +170,7 @@ class App:
 
     def score(self, gold: Path, pred: Path, recipe: Recipe, only_predicted: bool = False,
               by: str = "auto") -> dict[str, Any]:
-        """Score a predictions file against a gold file, joined by `core.loop.MATCH_RULE` (`by`: auto, id or
+        """Score a predictions file against a gold file, joined by `core.matching.MATCH_RULE` (`by`: auto, id or
         position); override to accept other prediction formats."""
         from peft_apps.core.loop import score_files
 

@@ -158,7 +158,8 @@ def run_load(url: str, items: list, clients: int) -> dict:
             "errors": sum(1 for r in results if not r[1])}
 
 
-def measure(work: Path, items: list, clients: int, cache: bool, chunked: bool, chunk: int = 512) -> dict:
+def measure(work: Path, items: list, clients: int, cache: bool, chunked: bool, chunk: int = 512,
+            dtype: str | None = None) -> dict:
     """One configuration on a fresh server: warm-up, the load, the server's counters over the load."""
     import httpx
 
@@ -168,7 +169,8 @@ def measure(work: Path, items: list, clients: int, cache: bool, chunked: bool, c
     proc = subprocess.Popen([sys.executable, "-c", "from peft_apps.core.cli import main; main()", "serve",
                              *[str(work / f"{a}-run") for a in APPS], "--port", str(port),
                              "--max-batch", "64", "--max-waiting", "4096",
-                             "--prefix-cache-mb", "1024" if cache else "0", "--prefill-chunk", str(chunk) if chunked else "0"],
+                             "--prefix-cache-mb", "1024" if cache else "0", "--prefill-chunk", str(chunk) if chunked else "0",
+                             *(["--dtype", dtype] if dtype else [])],
                             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     try:
         t0 = time.monotonic()
@@ -223,6 +225,7 @@ def main() -> None:
     ap.add_argument("--mixes", default="present,pr,voting", help="comma-separated: present, pr, voting")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configurations (see above)")
     ap.add_argument("--prefill-chunk", type=int, default=512, help="the server's --prefill-chunk where chunking is on")
+    ap.add_argument("--dtype", default=None, help="the servers' --dtype (default: the server's own choice)")
     ap.add_argument("--out", type=Path, default=None, help="write bench_serve.json and bench_serve.md here")
     args = ap.parse_args()
     from peft_apps.core.quiet import quiet
@@ -245,7 +248,7 @@ def main() -> None:
         runs = {}
         for name in configs:
             clients, cache, chunked = CONFIGS[name]
-            runs[name] = measure(work, items, clients or args.clients, cache, chunked, args.prefill_chunk)
+            runs[name] = measure(work, items, clients or args.clients, cache, chunked, args.prefill_chunk, args.dtype)
             print(f"{mix:8s} {name:20s} {runs[name]['requests_per_s']:.3f} requests/s, p99 {runs[name]['p99_s']:.2f} s, "
                   f"computed {runs[name]['server'].get('prefill_tokens', 0):.0f} of "
                   f"{runs[name]['server'].get('prompt_tokens', 0):.0f} prompt tokens", flush=True)

@@ -1,4 +1,4 @@
-"""One rule joins predictions to gold records (`core.loop.MATCH_RULE`): by id when the predictions carry
+"""One rule joins predictions to gold records (`core.matching.MATCH_RULE`): by id when the predictions carry
 ids, by position only when none does; never a per-row fallback. Checked on hand-written files and on
 real CodeReviewer data with a repeated id (the exam files' skipped tasks are in test_exam)."""
 
@@ -8,7 +8,7 @@ import pytest
 
 from peft_apps.core.data import Record
 from peft_apps.core.errors import UserError
-from peft_apps.core.loop import MATCH_RULE, join_predictions
+from peft_apps.core.matching import MATCH_RULE, join_predictions
 from peft_apps.core.resources import data_dir
 from helpers.preloaded import run_cli
 

@@ -114,9 +114,12 @@ def predict_cmd(
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help=ENDPOINT_HELP),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", metavar="VAR", help=API_KEY_ENV_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write JSONL here instead of stdout"),
-    force: bool = typer.Option(False, "--force", help="overwrite --out if it exists"),
+    force: bool = typer.Option(False, "--force", help="overwrite --out and --metrics if they exist"),
     samples: Optional[int] = typer.Option(None, "--samples", min=1, help="self-consistency: k sampled answers "
                                           "per input, majority vote (apps that vote)"),
+    metrics: Optional[Path] = typer.Option(None, "--metrics", help="write the run's counts here (JSON: rows, "
+                                           "parser drops, generation counts, prefix cache hits/misses/evictions/"
+                                           "tokens saved, seconds); default with --out: OUT's name + .metrics.json"),
 ) -> None:
     """Run an adapter on inputs; prints JSONL ({"id", "output", "parsed"}), which `score` reads."""
     from peft_apps.core.io import atomic_write, check_output
@@ -124,16 +127,27 @@ def predict_cmd(
     a, r = _recipe(app_name, None, [f"eval.samples={samples}"] if samples else None, adapter)
     if out:
         check_output(out, force, "--out")  # before the model loads
+    if metrics is None and out is not None:
+        metrics = out.with_name(out.name.removesuffix(".jsonl") + ".metrics.json")
+    if metrics:
+        check_output(metrics, force, "--metrics")
     _prepare()
     from peft_apps.core import loop
 
     from peft_apps.core.errors import issued_warnings
 
     ep = endpoint_options(endpoint, model, api_key_env)
-    lines = [loop.dumps_row(x) for x in loop.predict(a, adapter, inputs, r, model=None if ep else model, endpoint=ep)]
+    report: dict = {}
+    t0 = time.perf_counter()
+    lines = [loop.dumps_row(x) for x in loop.predict(a, adapter, inputs, r, model=None if ep else model, endpoint=ep,
+                                                     report=report)]
+    report["seconds"] = round(time.perf_counter() - t0, 2)
     if out:
         atomic_write(out, "".join(line + "\n" for line in lines))
         console.print(f"{len(lines)} prediction{'' if len(lines) == 1 else 's'} -> {out}")
+    if metrics:
+        atomic_write(metrics, json.dumps(report, indent=2) + "\n")
+        console.print(f"run counts -> {metrics}")
     else:
         for line in lines:
             out_console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -17,7 +17,9 @@ from .options import Prefix
 
 
 def _sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
-    """transformers' SDPA attention, except for multi-token queries over grouped KV heads: there
+    """transformers' SDPA attention, except for one decoding step (each query head group read against its
+    KV head in place; given `row_spans`, by runs of rows from their first used column) and for multi-token
+    queries over grouped KV heads: there
     transformers copies K and V once per query group (`repeat_kv`), the whole cache every forward pass,
     which made verifying draft tokens and prefilling suffixes over a long cached prefix cost 10-20x the
     attention itself on the CPU. torch's `enable_gqa` gives the same numbers without the copies."""
@@ -25,19 +27,27 @@ def _sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=No
 
     q_len = query.shape[2]
     groups = getattr(module, "num_key_value_groups", 1)
-    if (groups == 1 or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
-            or (attention_mask is None and key.shape[2] != q_len)):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
-    if q_len == 1 and attention_mask is not None and attention_mask.dim() == 4:
+    plain = kwargs.get("position_bias") is None and kwargs.get("softcap") is None
+    if plain and q_len == 1 and attention_mask is not None and attention_mask.dim() == 4:
         # one decoding step: a KV head's query group as `groups` queries of one row against its keys, read
         # in place (no copy per group, no causal mask needed: every key is in the query's past)
         b, h, _, d = query.shape
-        kvh = key.shape[1]
-        mask = attention_mask.expand(b, 1, 1, key.shape[2]).expand(b, 1, h // kvh, key.shape[2])
-        out = torch.nn.functional.scaled_dot_product_attention(query.view(b, kvh, h // kvh, d), key, value,
-                                                               attn_mask=mask, dropout_p=dropout, scale=scaling)
+        kvh, n = key.shape[1], key.shape[2]
+        q = query.view(b, kvh, h // kvh, d)
+        spans = kwargs.get("row_spans") or [(0, b, 0)]
+        out = q.new_empty(q.shape) if len(spans) > 1 else None
+        for a, z, col in spans:  # runs of rows, each from its first used column (`serve/batch.py`)
+            mask = attention_mask[a:z, :, :, col:].expand(z - a, 1, 1, n - col).expand(z - a, 1, h // kvh, n - col)
+            o = torch.nn.functional.scaled_dot_product_attention(q[a:z], key[a:z, :, col:], value[a:z, :, col:],
+                                                                 attn_mask=mask, dropout_p=dropout, scale=scaling)
+            if out is None:
+                out = o
+            else:
+                out[a:z] = o
         return out.view(b, h, 1, d).transpose(1, 2).contiguous(), None
+    if groups == 1 or not plain or (attention_mask is None and key.shape[2] != q_len):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
     causal = attention_mask is None and (is_causal if is_causal is not None else getattr(module, "is_causal", True))
     out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
                                                            dropout_p=dropout, scale=scaling, is_causal=bool(causal),

@@ -21,7 +21,10 @@ from .scope import AdapterScope
 
 
 class Engine:
-    def __init__(self, model, tokenizer, adapters: Sequence[str] = (), prefix_cache_mb: float | None = None):
+    def __init__(self, model, tokenizer, adapters: Sequence[str] = (), prefix_cache_mb: float | None = None,
+                 batched_lora: bool = True):
+        from .lora_batch import install_lora_batching
+        from .matmuls import install_matmuls
         from .prefix_cache import PrefixCache, default_budget_mb
 
         self.model = model
@@ -29,6 +32,9 @@ class Engine:
         self.adapters = list(adapters)
         self.model.eval()
         self.shared_attention = install_attention(self.model)
+        if batched_lora:  # rows of several LoRA adapters in one pass: two batched matmuls per layer
+            install_lora_batching(self.model)
+            install_matmuls(self.model)
         # the KV of root prefixes (`encode_prefixes`) kept across calls: a review's instructions, a question
         # asked again; None sizes the budget to the machine, 0 turns it off
         budget = default_budget_mb(self.device) if prefix_cache_mb is None else prefix_cache_mb
@@ -63,7 +69,7 @@ class Engine:
         active = getattr(model, "active_adapter", None) if hasattr(model, "peft_config") else None
         try:
             base.config.use_cache = True
-            yield cls(model, tokenizer, [active] if isinstance(active, str) else [])
+            yield cls(model, tokenizer, [active] if isinstance(active, str) else [], batched_lora=False)
         finally:
             if impl is not None and base.config._attn_implementation != impl:
                 base.set_attn_implementation(impl)

@@ -11,6 +11,9 @@ spare columns on both sides, the tokens of all rows right-aligned at one column 
     leave    the rows that stay fill the holes of those that left from the end of the batch: only the moved
              rows are copied, and the batch's order changes accordingly (`select` returns it)
     step     the model appends one column for every row (`SlotLayer.update`)
+    spans    attention reads each row's keys from its first used column only, by runs of consecutive
+             rows (`spans`): rows of short prompts beside long ones are mostly left padding, which
+             would otherwise be read, at every layer of every step, as if it were keys
 
 Columns no row uses any more (on the left, once long rows leave) are dropped by moving `start`.
 """
@@ -34,10 +37,11 @@ def _slot_layer_cls():
             self.device, self.is_initialized = keys.device, True
             self.dtype = keys.dtype
             b, h, w, d = keys.shape
-            # new_empty, not zeros: columns are written before they are read, or zeroed when a row's slot or
-            # the batch's width takes them (masked columns must hold finite numbers: 0 x NaN is NaN)
-            self._k = keys.new_empty((max(capacity, b), h, left + w + right, d))
-            self._v = values.new_empty((max(capacity, b), values.shape[1], left + w + right, values.shape[-1]))
+            # zeros once here: a column the mask hides must hold a finite number (0 x NaN is NaN), and from
+            # then on every column holds zeros or keys and values the model computed, so a row taking a slot
+            # or the batch widening leaves its padding columns as they are
+            self._k = keys.new_zeros((max(capacity, b), h, left + w + right, d))
+            self._v = values.new_zeros((max(capacity, b), values.shape[1], left + w + right, values.shape[-1]))
             self.n, self.start, self.end = b, left, left + w
             self._k[:b, :, left:left + w] = keys
             self._v[:b, :, left:left + w] = values
@@ -51,8 +55,8 @@ def _slot_layer_cls():
             """New buffers with room for `rows` rows, `left` free columns before the used ones and `right`
             after; the used part copied once."""
             w = self.end - self.start
-            k = self._k.new_empty((rows, self._k.shape[1], left + w + right, self._k.shape[3]))
-            v = self._v.new_empty((rows, self._v.shape[1], left + w + right, self._v.shape[3]))
+            k = self._k.new_zeros((rows, self._k.shape[1], left + w + right, self._k.shape[3]))
+            v = self._v.new_zeros((rows, self._v.shape[1], left + w + right, self._v.shape[3]))
             k[:self.n, :, left:left + w] = self._k[:self.n, :, self.start:self.end]
             v[:self.n, :, left:left + w] = self._v[:self.n, :, self.start:self.end]
             self._k, self._v, self.start, self.end = k, v, left, left + w
@@ -79,14 +83,8 @@ def _slot_layer_cls():
                 self._realloc(max(rows * 2, self.n + b) if need_rows else rows,
                               max(w - width, 0) + max(w, width) // 2 if need_left else self.start,
                               self._k.shape[2] - self.end)
-            start = min(self.start, self.end - w)
-            if start < self.start:  # the batch widens: its rows' new columns are padding
-                self._k[:self.n, :, start:self.start] = 0
-                self._v[:self.n, :, start:self.start] = 0
-            self.start = start
+            self.start = min(self.start, self.end - w)  # wider: the rows' new columns are masked padding
             new = slice(self.n, self.n + b)
-            self._k[new, :, self.start:self.end - w] = 0
-            self._v[new, :, self.start:self.end - w] = 0
             self._k[new, :, self.end - w:self.end] = keys
             self._v[new, :, self.end - w:self.end] = values
             self.n += b
@@ -119,6 +117,28 @@ def _unused_left(mask: torch.Tensor) -> int:
     return int((mask.sum(0) == 0).long().cumprod(0).sum())
 
 
+def attention_spans(first: list[int], width: int, call_cost: int = 256) -> list[tuple[int, int, int]]:
+    """Runs of consecutive rows `(a, z, column)` covering rows [0, n), each to be attended from `column`
+    (the run's earliest first used column) to `width`: the partition that reads the fewest keys, counting
+    `call_cost` keys for every run (one more attention call per layer). Dynamic programming over the
+    row order, O(rows^2)."""
+    n = len(first)
+    best, cut = [0] + [0] * n, [0] * (n + 1)
+    for i in range(1, n + 1):
+        low, best[i] = width, None
+        for j in range(i - 1, -1, -1):
+            low = min(low, first[j])
+            cost = best[j] + call_cost + (i - j) * (width - low)
+            if best[i] is None or cost < best[i]:
+                best[i], cut[i] = cost, j
+    spans, i = [], n
+    while i > 0:
+        j = cut[i]
+        spans.append((j, i, min(first[j:i])))
+        i = j
+    return spans[::-1]
+
+
 def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
     missing = width - t.shape[1]
     return t if missing <= 0 else torch.cat([t.new_zeros((t.shape[0], missing)), t], dim=1)
@@ -135,6 +155,15 @@ class RunningBatch:
         self.mask: torch.Tensor | None = None
         self.last_pos: torch.Tensor | None = None
         self.next_tokens: list[int] = []
+        self._spans: list[tuple[int, int, int]] | None = None
+
+    def spans(self) -> list[tuple[int, int, int]]:
+        """The attention spans of the rows (`attention_spans`), computed again only when rows join or
+        leave: a step appends a column on the right, which moves no row's first used column."""
+        if self._spans is None:
+            first = (self.mask.cumsum(1) == 0).sum(1).tolist()
+            self._spans = attention_spans(first, self.mask.shape[1])
+        return self._spans
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -142,14 +171,17 @@ class RunningBatch:
     def join(self, rows: list, cache, index: torch.Tensor, mask: torch.Tensor, last_pos: torch.Tensor,
              tokens: list[int]) -> None:
         """Rows `index` of a prefill pass's `cache` (and of its `mask`, `last_pos`) join the batch."""
+        self._spans = None
         mask, last_pos = mask[index], last_pos[index]
         used = _unused_left(mask)
         mask = mask[:, used:]
         if not self.rows:
             slot = _slot_layer_cls()
             for i, layer in enumerate(cache.layers):
+                # room on the left for rows longer than these (the batch's width doubled), so that the
+                # first joins of longer rows do not reallocate
                 cache.layers[i] = slot(layer.keys[index, :, used:], layer.values[index, :, used:],
-                                       max(self.capacity, 2 * len(rows)), self.room, self.room)
+                                       max(self.capacity, 2 * len(rows)), max(self.room, mask.shape[1]), self.room)
             self.cache, self.mask, self.last_pos = cache, mask, last_pos.clone()
             self.rows, self.next_tokens = list(rows), list(tokens)
             return
@@ -167,6 +199,7 @@ class RunningBatch:
         n = len(keep)
         if n == len(self.rows):
             return
+        self._spans = None
         if n == 0:
             self.__init__(self.capacity, self.room)
             return

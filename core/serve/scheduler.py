@@ -43,8 +43,9 @@ from collections import Counter, deque
 
 import torch
 
-from peft_apps.core.engine import BASE, GenerationOptions
-from peft_apps.core.engine.decode import pick_tokens, stop_ids
+from peft_apps.core.engine import BASE
+from peft_apps.core.engine.decode import sampling_probs, stop_ids
+from peft_apps.core.engine.lora_batch import rows_of_adapters
 
 from .admission import Admission
 from .batch import RunningBatch
@@ -175,11 +176,14 @@ class Scheduler(Admission):
         self.model.set_adapter(adapter)
         return contextlib.nullcontext()
 
-    def _forward(self, ids, mask, positions, cache, adapters: list[str]):
+    def _forward(self, ids, mask, positions, cache, adapters: list[str], spans=None):
         kw = dict(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
                   logits_to_keep=1)
+        if spans is not None and len(spans) > 1:  # decoding attention by runs of rows (`batch.py`)
+            kw["row_spans"] = spans
         if self.mixed:
-            return self.model(**kw, adapter_names=adapters)
+            with rows_of_adapters(self.model, adapters) as route:
+                return self.model(**kw, **route)
         with self._adapter_scope(adapters[0]):
             return self.model(**kw)
 
@@ -193,7 +197,7 @@ class Scheduler(Admission):
         ids = torch.tensor(b.next_tokens, dtype=torch.long, device=dev).view(n, 1)
         b.mask = torch.cat([b.mask, torch.ones((n, 1), dtype=b.mask.dtype, device=dev)], dim=1)
         b.last_pos = b.last_pos + 1
-        out = self._forward(ids, b.mask, b.last_pos.view(n, 1), b.cache, [r.adapter for r in b.rows])
+        out = self._forward(ids, b.mask, b.last_pos.view(n, 1), b.cache, [r.adapter for r in b.rows], b.spans())
         self.stats["steps"] += 1
         self.stats["step_cache_tokens"] += b.mask.numel()  # the keys each step reads; less the padding:
         self.stats["step_padding_tokens"] += b.mask.numel() - int(b.mask.sum())
@@ -212,17 +216,21 @@ class Scheduler(Admission):
         return r.finish_reason is not None
 
     def _pick(self, logits: torch.Tensor, rows: list[Row]) -> list[int]:
-        greedy = logits.argmax(-1).tolist()
-        out = []
+        """Greedy rows take the argmax; sampled rows, grouped by temperature and top-p, get their
+        distributions in one pass and draw from them with their own generators."""
+        out = logits.argmax(-1).tolist()
+        groups: dict[tuple[float, float], list[int]] = {}
         for j, r in enumerate(rows):
-            if not r.do_sample or r.temperature <= 0:
-                out.append(greedy[j])
-                continue
-            if r.generator is None:
-                r.generator = torch.Generator(device="cpu")
-                r.generator.manual_seed(r.seed if r.seed is not None else int.from_bytes(os.urandom(6), "little"))
-            o = GenerationOptions(do_sample=True, temperature=r.temperature, top_p=r.top_p)
-            out.append(int(pick_tokens(logits[j:j + 1], o, r.generator)[0]))
+            if r.do_sample and r.temperature > 0:
+                groups.setdefault((r.temperature, r.top_p), []).append(j)
+        for (temperature, top_p), js in groups.items():
+            probs = sampling_probs(logits[js], temperature, top_p)
+            for i, j in enumerate(js):
+                r = rows[j]
+                if r.generator is None:
+                    r.generator = torch.Generator(device="cpu")
+                    r.generator.manual_seed(r.seed if r.seed is not None else int.from_bytes(os.urandom(6), "little"))
+                out[j] = int(torch.multinomial(probs[i:i + 1], 1, generator=r.generator)[0, 0])
         return out
 
     def _accept(self, r: Row, token: int) -> bool:
