@@ -177,6 +177,17 @@ def test_tiny_train_eval_with_samples_predict_and_score(tmp_path):
     p = run_cli(cli + ["predict", "exam", "--adapter", str(run), q])
     assert p.returncode == 0, p.stderr[-2000:]
     assert set(json.loads(p.stdout.splitlines()[0])) >= {"id", "output", "parsed"}
+    # with --out, the run's counts beside the predictions: rows, the samples drawn, the prefix cache's
+    out = tmp_path / "preds.jsonl"
+    p = run_cli(cli + ["predict", "exam", "--adapter", str(run), q, "-o", str(out), "--samples", "3"])
+    assert p.returncode == 0, p.stderr[-2000:]
+    counts = json.loads((tmp_path / "preds.metrics.json").read_text())
+    assert counts["n"] == 1 and counts["seconds"] > 0
+    cache = counts["prefix_cache"]  # the three samples share the question's prompt: looked up and stored once
+    assert cache["hits"] + cache["misses"] == 1 and cache["stored_blocks"] > 0, counts
+    out.unlink()
+    again = run_cli(cli + ["predict", "exam", "--adapter", str(run), q, "-o", str(out)])
+    assert again.returncode == 2 and "already exists" in again.stderr and not out.exists()
 
 
 def test_seeded_samples_equal_batched_or_one_call_at_a_time(tmp_path):

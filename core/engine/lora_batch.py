@@ -23,7 +23,8 @@ again whenever an adapter is added or removed or a weight changes in place (its 
 `rows_of_adapters(model, names)` runs the passes inside it with row i under adapter `names[i]` without
 peft's per-pass hooks, where every adapter layer of the model is plain LoRA on `nn.Linear` (no
 `modules_to_save` copies, which need peft's own routing: there `adapter_names=` is passed as before and
-reaches the same batched layers). Anything else (DoRA and other variants, embedding or convolution
+reaches the same batched layers; a row whose adapter has no copy of such a module takes the original, as
+it does alone). Anything else (DoRA and other variants, embedding or convolution
 layers, merged adapters, training) keeps peft's own path.
 """
 
@@ -136,6 +137,14 @@ def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return _with_lora(self, x, names, self.base_layer(x, *args, **kwargs))
 
 
+def _own_copy_or_original(self, x: torch.Tensor, adapter: str, *args, **kwargs) -> torch.Tensor:
+    """A `modules_to_save` copy in a mixed batch: rows of an adapter without a copy of this module take
+    the original (as they do alone), where peft looked the adapter up and failed (KeyError)."""
+    if adapter not in self.modules_to_save:
+        return self.original_module(x, *args, **kwargs)
+    return self.modules_to_save[adapter](x, *args, **kwargs)
+
+
 def install_lora_batching(model) -> bool:
     """Batch mixed-adapter passes of `model`'s plain LoRA linear layers (see the module docstring).
     Returns whether `rows_of_adapters` can route them (every adapter layer plain LoRA on nn.Linear)."""
@@ -153,6 +162,8 @@ def install_lora_batching(model) -> bool:
             routable = routable and _plain_lora(module)
         elif isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
             routable = False
+            if hasattr(module, "_forward_wrapped_mixed_batch") and hasattr(module, "modules_to_save"):
+                module._forward_wrapped_mixed_batch = types.MethodType(_own_copy_or_original, module)
     model._peft_apps_rows = routable
     return routable
 

@@ -6,9 +6,10 @@ every new matrix shape: 2.8 ms for a [M, 512] x [512, 1376] product whose cached
 0.2-0.4 ms. A server meets a new M at almost every prefill pass (rows x tokens) and at every new batch
 size, so a run of a few dozen requests spent more time compiling kernels than multiplying. Here a linear
 layer's input rows are padded with zeros up to the next bucket (exact up to 16 rows, then multiples of 16
-up to 256, of 64 up to 1024, of 256 beyond) and the output sliced back: the same numbers row by row, a
-few dozen shapes over a server's life. Float32 matmuls go through MKL, which compiles nothing, and are
-left alone.
+up to 256, of 64 up to 1024, of 256 beyond) and the output sliced back: a few dozen shapes over a
+server's life. A row's products are those of a matmul of the bucket's size (kernels may round a row a
+bfloat16 ulp differently by matrix size, as they do by batch size without buckets). Float32 matmuls go
+through MKL, which compiles nothing, and are left alone.
 
 Packed head input. Models slice the last position's hidden states for the output layer
 (`logits_to_keep=1`), a strided view in a multi-token pass; torch's CPU matmul then broadcasts and copies

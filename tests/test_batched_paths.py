@@ -1,0 +1,197 @@
+"""The engine's batched paths give what the plain ones give: rows of several LoRA adapters in one pass
+(`engine/lora_batch.py`), decoding attention by runs of rows (`serve/batch.py` spans), linear rows in
+buckets and the packed output-layer input (`engine/matmuls.py`), sampling probabilities for many rows at
+once (the scheduler's `_pick`)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+
+from helpers.served_runs import make_run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_path):
+    root = tmp_path_factory.mktemp("lora-runs")
+    make_run(root / "a", "sft", 1, rank=4)
+    make_run(root / "b", "sft", 2, rank=8)  # another rank: the stack pads to the largest
+    c = make_run(root / "c", "sft", 3, rank=4)
+    _with_head_copy(c)
+    return root
+
+
+def _with_head_copy(run):
+    """Run `run`'s adapter made again with a trained copy of lm_head (`modules_to_save`), changed from the
+    base's so that a row under it gets other logits."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from peft_apps.core.tiny import builtin_model_path
+
+    torch.manual_seed(5)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(builtin_model_path("tiny")),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"],
+                                      init_lora_weights=False, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        model.base_model.model.lm_head.modules_to_save["default"].weight.mul_(1.5)
+    model.save_pretrained(run)
+
+
+def _engine(runs, names, dtype="float32"):
+    from peft_apps.core.engine import Engine
+
+    return Engine.from_pretrained(None, {n: runs / n for n in names}, dtype=dtype)
+
+
+def _alone(model, ids, names):
+    """Each row run by itself under its adapter (peft's own single-adapter path), logits stacked."""
+    out = []
+    for j, name in enumerate(names):
+        if name == "__base__":
+            with model.disable_adapter():
+                out.append(model(input_ids=ids[j:j + 1]).logits)
+        else:
+            model.set_adapter(name)
+            out.append(model(input_ids=ids[j:j + 1]).logits)
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "gathered"])
+def test_rows_of_several_adapters_in_one_pass_equal_each_alone(runs, dense, monkeypatch):
+    from peft_apps.core.engine import lora_batch
+
+    if not dense:
+        monkeypatch.setattr(lora_batch, "DENSE_MAX", 0)
+    engine = _engine(runs, ["a", "b"])
+    model = engine.model
+    assert model._peft_apps_rows  # plain LoRA only: the layers read the rows' adapters themselves
+    torch.manual_seed(0)
+    ids = torch.randint(3, 200, (5, 12))
+    names = ["a", "b", "__base__", "b", "a"]
+    with torch.inference_mode():
+        alone = _alone(model, ids, names)
+        with lora_batch.rows_of_adapters(model, names) as route:
+            assert route == {}
+            routed = model(input_ids=ids, **route).logits
+        by_kwarg = model(input_ids=ids, adapter_names=names).logits  # peft's argument reaches the same layers
+        torch.testing.assert_close(routed, alone, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(by_kwarg, alone, atol=2e-5, rtol=1e-5)
+        # a weight changed in place (its version counter moves): the stack is built again
+        layer = next(m for m in model.modules() if hasattr(m, "_peft_apps_stacks"))
+        layer.lora_B["a"].weight.mul_(3.0)
+        alone = _alone(model, ids, names)
+        with lora_batch.rows_of_adapters(model, names) as route:
+            torch.testing.assert_close(model(input_ids=ids, **route).logits, alone, atol=2e-5, rtol=1e-5)
+
+
+def test_adapters_with_copied_modules_keep_peft_routing_and_equal_each_alone(runs):
+    from peft_apps.core.engine import lora_batch
+
+    engine = _engine(runs, ["a", "c"])  # c trains a copy of lm_head: only peft knows which copy a row takes
+    model = engine.model
+    assert not model._peft_apps_rows
+    ids = torch.randint(3, 200, (3, 10))
+    names = ["c", "a", "c"]
+    with torch.inference_mode():
+        alone = _alone(model, ids, names)
+        with lora_batch.rows_of_adapters(model, names) as route:
+            assert route == {"adapter_names": names}
+            torch.testing.assert_close(model(input_ids=ids, **route).logits, alone, atol=2e-5, rtol=1e-5)
+
+
+def test_bfloat16_rows_of_several_adapters_follow_peft_within_its_precision(runs):
+    from peft_apps.core.engine import lora_batch
+
+    engine = _engine(runs, ["a", "b"], dtype="bfloat16")
+    model = engine.model
+    ids = torch.randint(3, 200, (4, 40))  # 160 token rows: bfloat16 LoRA matmuls (a decoding step's few: float32)
+    names = ["a", "b", "b", "a"]
+    with torch.inference_mode():
+        alone = _alone(model, ids, names).float()
+        with lora_batch.rows_of_adapters(model, names) as route:
+            routed = model(input_ids=ids, **route).logits.float()
+            step = model(input_ids=ids[:, :1], **route).logits.float()
+    assert (routed - alone).abs().max() < 0.1 * alone.abs().max()
+    assert (routed.argmax(-1) == alone.argmax(-1)).float().mean() > 0.9
+    assert (step[:, 0] - alone[:, 0]).abs().max() < 0.1 * alone.abs().max()
+
+
+def test_attention_spans_read_the_fewest_keys():
+    from peft_apps.core.serve.batch import attention_spans
+
+    rng = random.Random(0)
+    for _ in range(40):
+        n, width = rng.randint(1, 7), 300
+        first = [rng.choice([0, 5, 100, 150, 290]) for _ in range(n)]
+        spans = attention_spans(first, width, call_cost=50)
+        assert [a for a, _, _ in spans] == [0] + [z for _, z, _ in spans[:-1]] and spans[-1][1] == n
+        assert all(col == min(first[a:z]) for a, z, col in spans)
+        cost = sum(50 + (z - a) * (width - col) for a, z, col in spans)
+        best = min(sum(50 + (z - a) * (width - min(first[a:z])) for a, z in zip((0,) + cuts, cuts + (n,)))
+                   for k in range(n) for cuts in itertools.combinations(range(1, n), k))
+        assert cost == best
+
+
+def test_decoding_attention_by_runs_of_rows_equals_the_whole_width():
+    from types import SimpleNamespace
+
+    from peft_apps.core.engine.attention import _sdpa_gqa
+    from peft_apps.core.serve.batch import attention_spans
+
+    torch.manual_seed(0)
+    b, h, kvh, n, d = 6, 4, 2, 40, 8
+    first = [0, 30, 31, 5, 38, 20]
+    allowed = torch.arange(n).view(1, n) >= torch.tensor(first).view(b, 1)
+    mask = allowed.view(b, 1, 1, n)
+    q, k, v = torch.randn(b, h, 1, d), torch.randn(b, kvh, n, d), torch.randn(b, kvh, n, d)
+    k[~allowed.view(b, 1, n, 1).expand(b, kvh, n, d)] = 1e4  # padding: large but finite, never read
+    module = SimpleNamespace(num_key_value_groups=h // kvh)
+    spans = attention_spans(first, n, call_cost=4)
+    assert len(spans) > 1
+    whole, _ = _sdpa_gqa(module, q, k, v, mask)
+    runs, _ = _sdpa_gqa(module, q, k, v, mask, row_spans=spans)
+    torch.testing.assert_close(runs, whole)
+
+
+def test_bucketed_linear_rows_and_the_packed_head_input():
+    from peft_apps.core.engine.matmuls import _bucketed, bucket, packed
+
+    assert [bucket(m) for m in (1, 16, 17, 250, 257, 1025)] == [1, 16, 32, 256, 320, 1280]
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 48).to(torch.bfloat16)
+    for m in (3, 20, 300):
+        x = torch.randn(2, m, 64, dtype=torch.bfloat16)[:1]
+        got = _bucketed(layer, x)
+        assert got.shape == (1, m, 48)
+        torch.testing.assert_close(got, torch.nn.functional.linear(x, layer.weight, layer.bias), atol=0.05, rtol=0.02)
+    view = torch.randn(1, 7, 64)[:, -1:, :]
+    assert view.is_contiguous() and view.stride() != (64, 64, 1)  # what contiguous() leaves alone
+    assert packed(view).stride() == (64, 64, 1) and torch.equal(packed(view), view)
+
+
+def test_sampling_probabilities_of_many_rows_draw_what_each_row_alone_draws():
+    from types import SimpleNamespace
+
+    from peft_apps.core.engine import GenerationOptions
+    from peft_apps.core.engine.decode import pick_tokens
+    from peft_apps.core.serve.scheduler import Scheduler
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 300)
+    settings = [(True, 0.7, 0.9, 1), (False, 1.0, 1.0, 2), (True, 0.7, 0.9, 3), (True, 1.3, 1.0, 4), (True, 0.0, 1.0, 5)]
+    rows = [SimpleNamespace(do_sample=s, temperature=t, top_p=p, seed=seed, generator=None) for s, t, p, seed in settings]
+    got = [Scheduler._pick(None, logits, rows) for _ in range(3)][-1]
+    want = []
+    for j, (s, t, p, seed) in enumerate(settings):
+        if not s or t <= 0:
+            want.append(int(logits[j].argmax()))
+            continue
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(3):  # the third draw of the row's own generator
+            tok = int(pick_tokens(logits[j:j + 1], GenerationOptions(do_sample=True, temperature=t, top_p=p), g)[0])
+        want.append(tok)
+    assert got == want
