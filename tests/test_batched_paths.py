@@ -195,3 +195,24 @@ def test_sampling_probabilities_of_many_rows_draw_what_each_row_alone_draws():
             tok = int(pick_tokens(logits[j:j + 1], GenerationOptions(do_sample=True, temperature=t, top_p=p), g)[0])
         want.append(tok)
     assert got == want
+
+
+def test_nucleus_sampling_looks_among_the_likeliest_first_and_draws_the_nucleus_distribution(monkeypatch):
+    from peft_apps.core.engine import nucleus
+
+    torch.manual_seed(0)
+    logits = torch.cat([torch.randn(3, 5000) * 4, torch.randn(3, 5000) * 0.05])  # peaked rows, near-flat rows
+    for top_p in (0.9, 1.0):
+        seeds = list(range(6))
+        tiered = nucleus.sample_rows(logits, 0.8, top_p, [torch.Generator().manual_seed(s) for s in seeds])
+        monkeypatch.setattr(nucleus, "TOP", 5000)  # the whole vocabulary sorted at once
+        whole = nucleus.sample_rows(logits, 0.8, top_p, [torch.Generator().manual_seed(s) for s in seeds])
+        monkeypatch.setattr(nucleus, "TOP", 256)
+        assert tiered == whole
+    # the draws follow the nucleus renormalized: top_p 0.9 keeps the four likeliest of these five
+    probs = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05])
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    got = torch.bincount(torch.tensor(nucleus.sample_rows(probs.log().expand(n, 5), 1.0, 0.9, [g] * n)),
+                         minlength=5) / n
+    torch.testing.assert_close(got, torch.tensor([0.5, 0.2, 0.15, 0.1, 0.0]) / 0.95, atol=0.015, rtol=0)

@@ -30,6 +30,10 @@ One concern per module:
     decode.py        PrefixDecoder: the decode loop of the prefix path, as named steps
     speculation.py   Drafter: prompt-lookup drafts
     attention.py     the attention routing: shared-prefix (cascade) attention, SDPA with grouped KV heads
+                     (a decoding step by runs of rows, from each run's first used column)
+    lora_batch.py    rows of several LoRA adapters in one pass: dense matmuls over the stacked adapters
+    matmuls.py       on the CPU: bfloat16 linear rows in buckets (oneDNN compiles per shape), the output
+                     layer's input packed
     caches.py        root prefixes encoded in batches, batch caches from prefix caches, growing cache layers
     scope.py         AdapterScope: one named adapter active (or none: the base) for a block
     prefix_tree.py   PrefixTree: the core's prefix planner

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .caches import left_pad, with_room
+from .nucleus import sample_rows
 from .options import GenerationOptions
 from .speculation import Drafter
 
@@ -30,22 +31,11 @@ def stop_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """Each row's distribution to sample from (temperature, then top-p), on the CPU; row by row the same
-    numbers whatever the rows beside it."""
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        beyond = sorted_probs.cumsum(-1) - sorted_probs > top_p
-        sorted_probs = sorted_probs.masked_fill(beyond, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return probs.cpu()
-
-
 def pick_tokens(logits: torch.Tensor, options: GenerationOptions, generator: torch.Generator) -> torch.Tensor:
-    """Sample one token per row (temperature, then top-p)."""
-    probs = sampling_probs(logits, options.temperature, options.top_p)
-    return torch.multinomial(probs, 1, generator=generator).view(-1).to(logits.device)
+    """Sample one token per row (temperature, then top-p; `nucleus.sample_rows`), the rows drawing from
+    `generator` in order."""
+    tokens = sample_rows(logits, options.temperature, options.top_p, [generator] * logits.shape[0])
+    return torch.tensor(tokens, dtype=torch.long, device=logits.device)
 
 
 def cut_at_stop(text: str, stops: list[str]) -> str:

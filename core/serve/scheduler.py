@@ -15,8 +15,11 @@ batch, so a request that arrives while others decode joins them instead of waiti
              followed by a decoding step, so it does not stall the running rows. The full blocks of every
              prompt computed are stored in the prefix cache. A row whose prompt is done takes its first
              token, and its cache joins the running batch's (left-padded to one width).
-    step     one token for every running row in one forward pass, each row under its own adapter (peft's
-             mixed-adapter batches: `adapter_names`); finished and cancelled rows leave the batch.
+    step     one token for every running row in one forward pass, each row under its own adapter (two
+             dense matmuls per LoRA layer over all adapters' weights stacked: `engine/lora_batch.py`),
+             attention reading each run of rows from its first used column (`batch.py`); finished and
+             cancelled rows leave the batch. Sampled rows get their distributions in one pass and draw
+             from their own generators.
 
 A row ends at an end-of-sequence id of the model (the same ids as in-process generation), a stop string,
 its `max_new_tokens` or the model's context. Greedy rows take the argmax; sampled rows draw from their own
@@ -44,7 +47,8 @@ from collections import Counter, deque
 import torch
 
 from peft_apps.core.engine import BASE
-from peft_apps.core.engine.decode import sampling_probs, stop_ids
+from peft_apps.core.engine.decode import stop_ids
+from peft_apps.core.engine.nucleus import sample_rows
 from peft_apps.core.engine.lora_batch import rows_of_adapters
 
 from .admission import Admission
@@ -216,21 +220,21 @@ class Scheduler(Admission):
         return r.finish_reason is not None
 
     def _pick(self, logits: torch.Tensor, rows: list[Row]) -> list[int]:
-        """Greedy rows take the argmax; sampled rows, grouped by temperature and top-p, get their
-        distributions in one pass and draw from them with their own generators."""
+        """Greedy rows take the argmax; sampled rows, grouped by temperature and top-p, are sampled
+        together, each drawing from its own generator (`engine/nucleus.py`)."""
         out = logits.argmax(-1).tolist()
         groups: dict[tuple[float, float], list[int]] = {}
         for j, r in enumerate(rows):
             if r.do_sample and r.temperature > 0:
                 groups.setdefault((r.temperature, r.top_p), []).append(j)
         for (temperature, top_p), js in groups.items():
-            probs = sampling_probs(logits[js], temperature, top_p)
-            for i, j in enumerate(js):
+            for j in js:
                 r = rows[j]
                 if r.generator is None:
                     r.generator = torch.Generator(device="cpu")
                     r.generator.manual_seed(r.seed if r.seed is not None else int.from_bytes(os.urandom(6), "little"))
-                out[j] = int(torch.multinomial(probs[i:i + 1], 1, generator=r.generator)[0, 0])
+            for j, token in zip(js, sample_rows(logits[js], temperature, top_p, [rows[j].generator for j in js])):
+                out[j] = token
         return out
 
     def _accept(self, r: Row, token: int) -> bool:
