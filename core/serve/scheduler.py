@@ -233,7 +233,8 @@ class Scheduler(Admission):
                 if r.generator is None:
                     r.generator = torch.Generator(device="cpu")
                     r.generator.manual_seed(r.seed if r.seed is not None else int.from_bytes(os.urandom(6), "little"))
-            for j, token in zip(js, sample_rows(logits[js], temperature, top_p, [rows[j].generator for j in js])):
+            chosen = logits.index_select(0, torch.tensor(js, device=logits.device))
+            for j, token in zip(js, sample_rows(chosen, temperature, top_p, [rows[j].generator for j in js])):
                 out[j] = token
         return out
 
