@@ -53,13 +53,22 @@ def _plain(layer) -> bool:
     return not layer.training and not getattr(layer, "merged_adapters", None) and _plain_lora(layer)
 
 
+def _versions(tensors: list[torch.Tensor]) -> int:
+    """The sum of the tensors' in-place version counters (inference tensors keep none: 0)."""
+    total = 0
+    for t in tensors:
+        if not t.is_inference():
+            total += t._version
+    return total
+
+
 def _stack(layer, dtype: torch.dtype) -> dict:
     mods_a, mods_b = layer.lora_A._modules, layer.lora_B._modules
     stacks = layer.__dict__.setdefault("_peft_apps_stacks", {})
     cached = stacks.get(dtype)
     if (cached is not None and len(mods_a) == len(cached["mods"])
             and all(mods_a.get(n) is a and mods_b.get(n) is b for n, (a, b) in cached["mods"].items())
-            and sum(t._version for t in cached["params"]) == cached["version"]
+            and _versions(cached["params"]) == cached["version"]
             and all(float(layer.scaling[n]) == s for n, s in cached["scaling"].items())):
         return cached
     names = sorted(mods_a)
@@ -68,13 +77,14 @@ def _stack(layer, dtype: torch.dtype) -> dict:
     k, dev = len(names), layer.base_layer.weight.device
     a_all = torch.zeros((k, rank, layer.in_features), dtype=dtype, device=dev)
     b_all = torch.zeros((k, layer.out_features, rank), dtype=dtype, device=dev)
-    for i, n in enumerate(names):
-        a, b = mods_a[n].weight.detach(), mods_b[n].weight.detach()
-        a_all[i, :a.shape[0]] = a.to(dtype)
-        b_all[i, :, :b.shape[1]] = b.to(dtype)
+    with torch.no_grad():
+        for i, n in enumerate(names):
+            a, b = mods_a[n].weight, mods_b[n].weight
+            a_all[i, :a.shape[0]] = a.to(dtype)
+            b_all[i, :, :b.shape[1]] = b.to(dtype)
     scaling = {n: float(layer.scaling[n]) for n in names}
     cached = {"mods": {n: (mods_a[n], mods_b[n]) for n in names}, "params": params,
-              "version": sum(t._version for t in params), "scaling": scaling, "index": {n: i for i, n in enumerate(names)},
+              "version": _versions(params), "scaling": scaling, "index": {n: i for i, n in enumerate(names)},
               "rank": rank, "k": k, "rows": {},
               # dense: A_all [k r, in], B_all [out, k r]; gathered: A [k + 1, r, in], B [k + 1, out, r] (+ zero)
               "a_flat": a_all.reshape(k * rank, -1), "b_flat": b_all.permute(1, 0, 2).reshape(layer.out_features, -1),

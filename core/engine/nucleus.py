@@ -45,7 +45,7 @@ def sample_rows(logits: torch.Tensor, temperature: float, top_p: float, generato
     else:
         kept = probs
     cdf = kept.cumsum(-1)
-    u = torch.stack([torch.rand((), generator=g) for g in generators]).view(n, 1)
+    u = torch.stack([torch.rand((), generator=g, device=g.device) for g in generators]).view(n, 1).to(cdf.device)
     # the first entry whose CDF passes u x total: always one of positive probability, except where
     # rounding puts u x total at the total itself; there the last entry of positive probability
     pos = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=vocab - 1)
