@@ -86,11 +86,13 @@ def _stack(layer, dtype: torch.dtype) -> dict:
     cached = {"mods": {n: (mods_a[n], mods_b[n]) for n in names}, "params": params,
               "version": _versions(params), "scaling": scaling, "index": {n: i for i, n in enumerate(names)},
               "rank": rank, "k": k, "rows": {},
-              # dense: A_all [k r, in], B_all [out, k r]; gathered: A [k + 1, r, in], B [k + 1, out, r] (+ zero)
-              "a_flat": a_all.reshape(k * rank, -1), "b_flat": b_all.permute(1, 0, 2).reshape(layer.out_features, -1),
-              "a": torch.cat([a_all, a_all.new_zeros((1, rank, layer.in_features))]),
-              "b": torch.cat([b_all, b_all.new_zeros((1, layer.out_features, rank))]),
               "scale": torch.tensor([scaling[n] for n in names] + [0.0], dtype=dtype, device=dev)}
+    if k * rank <= DENSE_MAX:  # dense: A_all [k r, in], B_all [out, k r]
+        cached["a_flat"] = a_all.reshape(k * rank, -1)
+        cached["b_flat"] = b_all.permute(1, 0, 2).reshape(layer.out_features, -1)
+    else:  # gathered: A [k + 1, r, in], B [k + 1, out, r], the last entry zero (the base)
+        cached["a"] = torch.cat([a_all, a_all.new_zeros((1, rank, layer.in_features))])
+        cached["b"] = torch.cat([b_all, b_all.new_zeros((1, layer.out_features, rank))])
     stacks[dtype] = cached
     return cached
 
@@ -119,7 +121,7 @@ def _with_lora(self, x: torch.Tensor, names: tuple, result: torch.Tensor) -> tor
     stack = _stack(self, dtype)
     idx, keep = _rows(stack, names, x.device)
     rows = x.reshape(x.shape[0], -1, x.shape[-1]).to(dtype)
-    if stack["k"] * stack["rank"] > DENSE_MAX:
+    if "a_flat" not in stack:  # the gathered form (k r past DENSE_MAX when the stack was built)
         low = torch.bmm(rows, stack["a"][idx].transpose(1, 2))
         delta = torch.bmm(low, stack["b"][idx].transpose(1, 2)) * stack["scale"][idx].view(-1, 1, 1)
         return result + delta.view(result.shape).to(result.dtype)

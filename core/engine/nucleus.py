@@ -49,6 +49,8 @@ def sample_rows(logits: torch.Tensor, temperature: float, top_p: float, generato
     # the first entry whose CDF passes u x total: always one of positive probability, except where
     # rounding puts u x total at the total itself; there the last entry of positive probability
     pos = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=vocab - 1)
-    last = (kept > 0).long().cumsum(-1).argmax(-1, keepdim=True)
-    pos = torch.where(kept.gather(1, pos) > 0, pos, last)
+    dead = kept.gather(1, pos) == 0
+    if bool(dead.any()):
+        last = (kept > 0).long().cumsum(-1).argmax(-1, keepdim=True)
+        pos = torch.where(dead, last, pos)
     return pos.view(-1).tolist()
