@@ -70,16 +70,18 @@ def test_rows_of_several_adapters_in_one_pass_equal_each_alone(runs, dense, monk
     model = engine.model
     assert model._peft_apps_rows  # plain LoRA only: the layers read the rows' adapters themselves
     torch.manual_seed(0)
-    ids = torch.randint(3, 200, (5, 12))
-    names = ["a", "b", "__base__", "b", "a"]
+    # 12 tokens a row: every adapter's projection for every row; 20 (prefill): each run of rows its own
+    for width, names in ((12, ["a", "b", "__base__", "b", "a"]), (20, ["a", "a", "b", "__base__", "b"])):
+        ids = torch.randint(3, 200, (5, width))
+        with torch.inference_mode():
+            alone = _alone(model, ids, names)
+            with lora_batch.rows_of_adapters(model, names) as route:
+                assert route == {}
+                routed = model(input_ids=ids, **route).logits
+            by_kwarg = model(input_ids=ids, adapter_names=names).logits  # peft's argument reaches the same layers
+            torch.testing.assert_close(routed, alone, atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(by_kwarg, alone, atol=2e-5, rtol=1e-5)
     with torch.inference_mode():
-        alone = _alone(model, ids, names)
-        with lora_batch.rows_of_adapters(model, names) as route:
-            assert route == {}
-            routed = model(input_ids=ids, **route).logits
-        by_kwarg = model(input_ids=ids, adapter_names=names).logits  # peft's argument reaches the same layers
-        torch.testing.assert_close(routed, alone, atol=2e-5, rtol=1e-5)
-        torch.testing.assert_close(by_kwarg, alone, atol=2e-5, rtol=1e-5)
         # a weight changed in place (its version counter moves): the stack is built again
         layer = next(m for m in model.modules() if hasattr(m, "_peft_apps_stacks"))
         layer.lora_B["a"].weight.mul_(3.0)
@@ -157,6 +159,35 @@ def test_decoding_attention_by_runs_of_rows_equals_the_whole_width():
     torch.testing.assert_close(runs, whole)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefill_attention_row_by_row_equals_the_masked_batch(dtype):
+    """A prefill pass's layout (heads right-aligned in the first columns, new tokens right-aligned after
+    them): row-by-row causal attention merged with each head's equals the batched masked call, and a row's
+    padded query positions come out zero."""
+    from types import SimpleNamespace
+
+    from peft_apps.core.engine.attention import _sdpa_gqa
+
+    torch.manual_seed(0)
+    h, kvh, d, width_head, width = 4, 2, 16, 12, 9
+    parts = [(0, 9), (12, 5), (7, 9), (3, 1)]
+    b = len(parts)
+    hm = torch.tensor([[c >= width_head - p for c in range(width_head)] for p, _ in parts])
+    sm = torch.tensor([[c >= width - n for c in range(width)] for _, n in parts])
+    keys_ok = torch.cat([hm, sm], 1)
+    causal = torch.ones(width, width_head + width, dtype=torch.bool).tril(width_head)
+    mask = (keys_ok.view(b, 1, 1, -1) & causal.view(1, 1, width, -1)) | ~sm.view(b, 1, width, 1)
+    q = torch.randn(b, h, width, d, dtype=dtype)
+    k, v = torch.randn(b, kvh, width_head + width, d, dtype=dtype), torch.randn(b, kvh, width_head + width, d, dtype=dtype)
+    module = SimpleNamespace(num_key_value_groups=h // kvh)
+    whole, _ = _sdpa_gqa(module, q, k, v, mask)
+    rows, _ = _sdpa_gqa(module, q, k, v, mask, row_parts=parts)
+    real = sm.view(b, width, 1, 1).expand_as(whole)
+    tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(rows[real], whole[real], **tol)
+    assert not rows[~real].any()
+
+
 def test_bucketed_linear_rows_and_the_packed_head_input():
     from peft_apps.core.engine.matmuls import _bucketed, bucket, packed
 
@@ -171,6 +202,62 @@ def test_bucketed_linear_rows_and_the_packed_head_input():
     view = torch.randn(1, 7, 64)[:, -1:, :]
     assert view.is_contiguous() and view.stride() != (64, 64, 1)  # what contiguous() leaves alone
     assert packed(view).stride() == (64, 64, 1) and torch.equal(packed(view), view)
+    with torch.inference_mode():  # one input read by two layers is padded once, and the same numbers come out
+        other = torch.nn.Linear(64, 48).to(torch.bfloat16)
+        x = torch.randn(300, 64, dtype=torch.bfloat16)
+        first, second = _bucketed(layer, x), _bucketed(other, x)
+        x2 = x.clone()
+        torch.testing.assert_close(second, _bucketed(other, x2), atol=0, rtol=0)
+        torch.testing.assert_close(first, _bucketed(layer, x2), atol=0, rtol=0)
+        x2 += 1  # written in place (a tensor that tracks versions): padded again
+    x3 = torch.randn(300, 64, dtype=torch.bfloat16)
+    before = _bucketed(layer, x3)
+    x3.add_(1)
+    assert not torch.equal(_bucketed(layer, x3), before)
+
+
+def test_prepacked_bfloat16_weights_give_plain_linear_numbers_and_follow_weight_changes():
+    from peft_apps.core.engine.matmuls import _can_pack, install_matmuls
+
+    if not _can_pack():
+        pytest.skip("this torch has no oneDNN prepacked linear")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Linear(48, 32, bias=False)).to(torch.bfloat16)
+    assert install_matmuls(model) == 2 and all(m._peft_apps_pack_ok for m in model)
+    for m in (1, 7, 20, 300):
+        x = torch.randn(m, 64, dtype=torch.bfloat16)
+        with torch.no_grad():
+            want = torch.nn.functional.linear(torch.nn.functional.linear(x, model[0].weight, model[0].bias),
+                                              model[1].weight)
+            assert torch.equal(model(x), want)
+    assert model[0]._peft_apps_pack is not None
+    with torch.no_grad():
+        model[0].weight.mul_(2)  # in place: packed again
+        x = torch.randn(5, 64, dtype=torch.bfloat16)
+        assert torch.equal(model[0](x), torch.nn.functional.linear(x, model[0].weight, model[0].bias))
+    y = model[0](x)  # with autograd: the plain path
+    assert y.requires_grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gated_mlp_in_place_equals_the_models_own(dtype):
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    from peft_apps.core.engine.matmuls import install_matmuls
+
+    torch.manual_seed(0)
+    mlp = LlamaMLP(LlamaConfig(hidden_size=64, intermediate_size=96, hidden_act="silu")).to(dtype)
+    x = torch.randn(2, 30, 64, dtype=dtype)
+    with torch.no_grad():
+        want = mlp(x)
+    install_matmuls(mlp)
+    assert "forward" in vars(mlp)
+    with torch.inference_mode():
+        torch.testing.assert_close(mlp(x), want, atol=0, rtol=0)
+    x.requires_grad_(True)
+    mlp(x).sum().backward()  # with autograd: the model's own forward
+    assert x.grad is not None
 
 
 def test_sampling_probabilities_of_many_rows_draw_what_each_row_alone_draws():

@@ -2,7 +2,8 @@
 
 - shared-prefix (cascade) attention for a forward pass given `shared_prefix=`: each row attends over its
   root prefix's K/V in place and over its private tokens, the two merged by log-sum-exp;
-- SDPA with grouped-query heads on the CPU without copying K/V per query group (`_sdpa_gqa`);
+- SDPA with grouped-query heads on the CPU without copying K/V per query group (`_sdpa_gqa`), one
+  decoding step by runs of rows (`row_spans`), a server's prefill pass row by row (`row_parts`);
 - the model's own attention function otherwise.
 """
 
@@ -45,6 +46,9 @@ def _sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=No
             else:
                 out[a:z] = o
         return out.view(b, h, 1, d).transpose(1, 2).contiguous(), None
+    parts = kwargs.get("row_parts")
+    if plain and parts is not None and q_len > 1 and dropout == 0.0 and len(parts) == query.shape[0]:
+        return _prefill_rows(query, key, value, parts, scaling), None
     if groups == 1 or not plain or (attention_mask is None and key.shape[2] != q_len):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
@@ -53,6 +57,33 @@ def _sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=No
                                                            dropout_p=dropout, scale=scaling, is_causal=bool(causal),
                                                            enable_gqa=True)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _prefill_rows(query, key, value, parts: list[tuple[int, int]], scaling):
+    """A prefill pass row by row (`row_parts`: each row's cached head length and new token count, the
+    layout of the scheduler's passes: heads right-aligned in the first `key_len - q_len` columns, new tokens
+    right-aligned in the rest). A row's new tokens attend causally to themselves without a mask (the
+    kernel skips the blocks above the diagonal) and to their head without one, the two merged by
+    log-sum-exp. The batched masked call computed every padded and future block and converted the
+    boolean mask to an additive one in every layer: twice the work."""
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    b, h, w, d = query.shape
+    first = key.shape[2] - w
+    out = query.new_zeros(query.shape)
+    for j, (head, n) in enumerate(parts):
+        if n <= 0:
+            continue
+        q = query[j:j + 1, :, w - n:]
+        o, lse = op(q, key[j:j + 1, :, key.shape[2] - n:], value[j:j + 1, :, key.shape[2] - n:],
+                    is_causal=True, scale=scaling)[:2]
+        if head > 0:
+            o_h, lse_h = op(q, key[j:j + 1, :, first - head:first], value[j:j + 1, :, first - head:first],
+                            scale=scaling)[:2]
+            total = torch.logaddexp(lse, lse_h)
+            o = (o.float() * torch.exp(lse - total).unsqueeze(-1)
+                 + o_h.float() * torch.exp(lse_h - total).unsqueeze(-1)).to(query.dtype)
+        out[j:j + 1, :, w - n:] = o
+    return out.transpose(1, 2).contiguous()
 
 
 def install_attention(model) -> bool:

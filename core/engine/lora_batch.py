@@ -15,7 +15,9 @@ projection for every row in one matmul, keeps each row's own adapter's r columns
 
     delta = ((x @ A_all.T) * keep[row]) @ B_all.T
 
-Zero-padded ranks and the other adapters' columns add exactly nothing. When k r is large (many adapters
+Zero-padded ranks and the other adapters' columns add exactly nothing. A prefill pass (16 tokens a row
+or more) instead gives each run of consecutive rows of one adapter only its adapter's two matmuls: the
+dense form would compute k adapters' projections for every prompt token. When k r is large (many adapters
 of high rank), each row's A and B are gathered and multiplied by batched matmuls instead (as in Punica's
 and S-LoRA's kernels), which costs no more than the row's own rank. The stack is built on first use and
 again whenever an adapter is added or removed or a weight changes in place (its version counter).
@@ -37,6 +39,7 @@ import types
 import torch
 
 DENSE_MAX = 256  # k r up to which all adapters' projections are computed for every row
+PREFILL_TOKENS = 16  # tokens per row from which each run of rows of one adapter gets only its own update
 SMALL_ROWS = 64  # token rows up to which a bfloat16 model's LoRA matmuls run in float32 on the CPU
 
 _local = threading.local()
@@ -87,9 +90,10 @@ def _stack(layer, dtype: torch.dtype) -> dict:
               "version": _versions(params), "scaling": scaling, "index": {n: i for i, n in enumerate(names)},
               "rank": rank, "k": k, "rows": {},
               "scale": torch.tensor([scaling[n] for n in names] + [0.0], dtype=dtype, device=dev)}
-    if k * rank <= DENSE_MAX:  # dense: A_all [k r, in], B_all [out, k r]
+    if k * rank <= DENSE_MAX:  # dense: A_all [k r, in], B_all [out, k r]; each B [out, r] for prefill
         cached["a_flat"] = a_all.reshape(k * rank, -1)
         cached["b_flat"] = b_all.permute(1, 0, 2).reshape(layer.out_features, -1)
+        cached["b_each"] = b_all
     else:  # gathered: A [k + 1, r, in], B [k + 1, out, r], the last entry zero (the base)
         cached["a"] = torch.cat([a_all, a_all.new_zeros((1, rank, layer.in_features))])
         cached["b"] = torch.cat([b_all, b_all.new_zeros((1, layer.out_features, rank))])
@@ -125,11 +129,29 @@ def _with_lora(self, x: torch.Tensor, names: tuple, result: torch.Tensor) -> tor
         low = torch.bmm(rows, stack["a"][idx].transpose(1, 2))
         delta = torch.bmm(low, stack["b"][idx].transpose(1, 2)) * stack["scale"][idx].view(-1, 1, 1)
         return result + delta.view(result.shape).to(result.dtype)
+    if rows.shape[1] >= PREFILL_TOKENS and stack["k"] > 1 and result.dtype == dtype and result.is_contiguous():
+        return _by_runs(stack, names, rows, result)
     low = torch.nn.functional.linear(rows, stack["a_flat"]) * keep.unsqueeze(1)
     if result.dtype == dtype and result.is_contiguous():  # B's product added in place, by the matmul
         result.view(-1, result.shape[-1]).addmm_(low.view(-1, low.shape[-1]), stack["b_flat"].t())
         return result
     return result + torch.nn.functional.linear(low, stack["b_flat"]).view(result.shape).to(result.dtype)
+
+
+def _by_runs(stack: dict, names: tuple, rows: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    """A prefill pass (many tokens per row): each run of consecutive rows of one adapter gets only its
+    adapter's update, where the dense form computed every adapter's for every token (k times the work)."""
+    r, out = stack["rank"], result.view(rows.shape[0], -1, result.shape[-1])
+    a = 0
+    for z in range(1, len(names) + 1):
+        if z < len(names) and names[z] == names[a]:
+            continue
+        i = stack["index"].get(names[a])
+        if i is not None:
+            low = torch.nn.functional.linear(rows[a:z], stack["a_flat"][i * r:(i + 1) * r]) * stack["scale"][i]
+            out[a:z].view(-1, out.shape[-1]).addmm_(low.view(-1, r), stack["b_each"][i].t())
+        a = z
+    return result
 
 
 def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names: list[str], **kwargs) -> torch.Tensor:

@@ -37,6 +37,14 @@ def _shell(cache):
     return shell
 
 
+def _by_rows(parts: list[tuple[int, int]], keys: int, width: int) -> bool:
+    """Whether attention row by row (`engine/attention.py`) computes clearly fewer scores than one masked
+    call over the pass: that call scores every query against every key, padding and future included; row
+    by row, each row's new tokens score half their own square and their head, plus a merge per head."""
+    rows = sum(n * (h + n / 2 + (64 if h else 0)) + 4096 for h, n in parts)
+    return rows < 0.7 * len(parts) * width * keys
+
+
 class Admission:
     """The admission half of `Scheduler` (a mixin: it works on the scheduler's own state: `waiting`,
     `prefilling`, `batch`, `prefix_cache`, `stats`)."""
@@ -213,7 +221,10 @@ class Admission:
         ids, smask = left_pad([p for _, p in parts], self.tokenizer.pad_token_id, dev)
         mask = smask if hmask is None else torch.cat([hmask, smask], dim=1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] - ids.shape[1]:]
-        out = self._forward(ids, mask, positions, cache, [r.adapter for r in rows])
+        heads = [0] * len(rows) if hmask is None else [int(h) for h in hmask.sum(-1).tolist()]
+        parts = [(h, len(p)) for h, (_, p) in zip(heads, parts)]
+        out = self._forward(ids, mask, positions, cache, [r.adapter for r in rows],
+                            parts=parts if _by_rows(parts, mask.shape[1], ids.shape[1]) else None)
         if not self._batchable(cache_of(out)):
             return None, None, None
         if self._template is None:

@@ -10,7 +10,8 @@ batch, so a request that arrives while others decode joins them instead of waiti
              a prefix of `prefix_min` tokens or more beyond that (a document asked several questions, k
              samples of one question) compute that prefix once, together.
     prefill  one pass over the rows admitted, each computing its prompt's remaining tokens over what it
-             has, under its own adapter. While other rows decode, a pass computes at most
+             has, under its own adapter (attention row by row: causal over its new tokens, merged with
+             its cached head's; `engine/attention.py`). While other rows decode, a pass computes at most
              `prefill_chunk` tokens (chunked prefill): a long prompt is spread over several passes, each
              followed by a decoding step, so it does not stall the running rows. The full blocks of every
              prompt computed are stored in the prefix cache. A row whose prompt is done takes its first
@@ -180,11 +181,13 @@ class Scheduler(Admission):
         self.model.set_adapter(adapter)
         return contextlib.nullcontext()
 
-    def _forward(self, ids, mask, positions, cache, adapters: list[str], spans=None):
+    def _forward(self, ids, mask, positions, cache, adapters: list[str], spans=None, parts=None):
         kw = dict(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
                   logits_to_keep=1)
         if spans is not None and len(spans) > 1:  # decoding attention by runs of rows (`batch.py`)
             kw["row_spans"] = spans
+        if parts is not None:  # a prefill pass's rows: attention row by row (`engine/attention.py`)
+            kw["row_parts"] = parts
         if self.mixed:
             with rows_of_adapters(self.model, adapters) as route:
                 return self.model(**kw, **route)
