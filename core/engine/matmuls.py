@@ -15,7 +15,7 @@ input: it is padded once.
 Prepacked bfloat16 weights. Without them oneDNN reorders a weight into its blocked layout at every call:
 a [20, 512] x [512, 1376] product took 64 us, 36 us with the weight packed once (`mkldnn._linear_pointwise`
 on `mkldnn._reorder_linear_weight`, the kernels torch's compiler uses), 60 against 27 us for one row,
-3.0 against 2.1 ms for 4,556 rows; the numbers are plain `linear`'s, bit for bit (checked at install).
+3.0 against 2.1 ms for 4,556 rows; the numbers are plain `linear`'s, bit for bit (checked at first use).
 The packed copy doubles the linear weights' memory: it is made when they take at most a quarter of the
 machine's memory, and again when a weight changes in place.
 
@@ -109,8 +109,9 @@ def packed(x: torch.Tensor) -> torch.Tensor:
 
 
 def install_matmuls(model) -> int:
-    """Pack the output layer's input; bucket the rows of the plain `nn.Linear` layers whose weights are
-    bfloat16 or float16 on the CPU. Returns how many layers are bucketed."""
+    """Pack the output layer's input; run SiLU-gated MLPs in place; bucket the rows of the plain `nn.Linear`
+    layers whose weights are bfloat16 or float16 on the CPU (bfloat16 ones prepacked). Returns how many
+    layers are bucketed."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if isinstance(head, torch.nn.Module) and not getattr(head, "_peft_apps_packed", False):
@@ -119,19 +120,16 @@ def install_matmuls(model) -> int:
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.device.type == "cpu"
                and m.weight.dtype in (torch.bfloat16, torch.float16)]
     pack = sum(m.weight.numel() * 2 for m in linears) <= _memory() // 4  # and `_can_pack()`, at first use
-    n = 0
     for module in model.modules():
         if (all(isinstance(getattr(module, k, None), torch.nn.Module) for k in ("gate_proj", "up_proj", "down_proj"))
                 and type(getattr(module, "act_fn", None)).__name__ in ("SiLU", "SiLUActivation")
                 and "forward" not in vars(module.act_fn)
                 and "forward" not in vars(module)):
             module.forward = types.MethodType(_gated_mlp, module)
-        if (type(module) is torch.nn.Linear and module.weight.device.type == "cpu"
-                and module.weight.dtype in (torch.bfloat16, torch.float16)):
-            module.forward = types.MethodType(_bucketed, module)
-            module._peft_apps_pack_ok = pack and module.weight.dtype == torch.bfloat16
-            n += 1
-    return n
+    for module in linears:
+        module.forward = types.MethodType(_bucketed, module)
+        module._peft_apps_pack_ok = pack and module.weight.dtype == torch.bfloat16
+    return len(linears)
 
 
 _PACK: list[bool] = []
