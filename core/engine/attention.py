@@ -79,9 +79,7 @@ def _prefill_rows(query, key, value, parts: list[tuple[int, int]], scaling):
         if head > 0:
             o_h, lse_h = op(q, key[j:j + 1, :, first - head:first], value[j:j + 1, :, first - head:first],
                             scale=scaling)[:2]
-            total = torch.logaddexp(lse, lse_h)
-            o = (o.float() * torch.exp(lse - total).unsqueeze(-1)
-                 + o_h.float() * torch.exp(lse_h - total).unsqueeze(-1)).to(query.dtype)
+            o = _merged(o, lse, o_h, lse_h)
         out[j:j + 1, :, w - n:] = o
     return out.transpose(1, 2).contiguous()
 
@@ -199,6 +197,13 @@ def _attention_lse(q, k, v, bias, scale):
     return torch.matmul(torch.exp(s - lse.unsqueeze(-1)), v.float()).to(q.dtype), lse
 
 
+def _merged(out, lse, other, lse_other):
+    """Attention over two disjoint key sets, from each one's output and log-sum-exp of scores."""
+    total = torch.logaddexp(lse, lse_other)
+    return out * torch.exp(lse - total).unsqueeze(-1).to(out.dtype) \
+        + other * torch.exp(lse_other - total).unsqueeze(-1).to(out.dtype)
+
+
 def _cascade_attention(module, query, key, value, shared: SharedPrefix, scaling):
     """Attention of each row over its root prefix and its private tokens, the two merged by log-sum-exp.
 
@@ -219,9 +224,7 @@ def _cascade_attention(module, query, key, value, shared: SharedPrefix, scaling)
         keys, values, bias = shared.stacked(li, singles, query.dtype)
         o_s, lse_s = _attention_lse(q[singles], keys, values, bias, scaling)
         at = torch.tensor(singles, device=q.device)
-        total = torch.logaddexp(lse[at], lse_s)
-        out[at] = out[at] * torch.exp(lse[at] - total).unsqueeze(-1).to(out.dtype) \
-            + o_s * torch.exp(lse_s - total).unsqueeze(-1).to(out.dtype)
+        out[at] = _merged(out[at], lse[at], o_s, lse_s)
     for root, a, z in runs:
         layer = root.cache.layers[li]
         n = z - a
@@ -229,7 +232,5 @@ def _cascade_attention(module, query, key, value, shared: SharedPrefix, scaling)
         o_r, lse_r = _attention_lse(qr, layer.keys, layer.values, None, scaling)
         o_r = o_r.view(kvh, n, rep * w, d).transpose(0, 1)
         lse_r = lse_r.view(kvh, n, rep * w).transpose(0, 1)
-        total = torch.logaddexp(lse[a:z], lse_r)
-        out[a:z] = out[a:z] * torch.exp(lse[a:z] - total).unsqueeze(-1).to(out.dtype) \
-            + o_r * torch.exp(lse_r - total).unsqueeze(-1).to(out.dtype)
+        out[a:z] = _merged(out[a:z], lse[a:z], o_r, lse_r)
     return out.reshape(b, h, w, d).transpose(1, 2).contiguous(), None

@@ -222,9 +222,9 @@ class Admission:
         mask = smask if hmask is None else torch.cat([hmask, smask], dim=1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] - ids.shape[1]:]
         heads = [0] * len(rows) if hmask is None else [int(h) for h in hmask.sum(-1).tolist()]
-        parts = [(h, len(p)) for h, (_, p) in zip(heads, parts)]
+        layout = [(h, len(p)) for h, (_, p) in zip(heads, parts)]  # each row's head and new tokens
         out = self._forward(ids, mask, positions, cache, [r.adapter for r in rows],
-                            parts=parts if _by_rows(parts, mask.shape[1], ids.shape[1]) else None)
+                            parts=layout if _by_rows(layout, mask.shape[1], ids.shape[1]) else None)
         if not self._batchable(cache_of(out)):
             return None, None, None
         if self._template is None:
