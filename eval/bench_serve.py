@@ -163,7 +163,7 @@ def run_load(url: str, items: list, clients: int) -> dict:
             "errors": sum(1 for r in results if not r[1])}
 
 
-def measure(work: Path, items: list, clients: int, cache: bool, chunked: bool, chunk: int = 512,
+def measure(work: Path, items: list, clients: int, cache: bool, chunked: bool, chunk: int = 2048,
             dtype: str | None = None) -> dict:
     """One configuration on a fresh server: warm-up, the load, the server's counters over the load."""
     import httpx
@@ -231,7 +231,7 @@ def main() -> None:
     ap.add_argument("--model", "--base", default="builtin:small", help="any model.base: builtin:small, builtin:smollm2-135m, a folder, a .gguf")
     ap.add_argument("--mixes", default="present,pr,voting", help="comma-separated: present, pr, voting")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configurations (see above)")
-    ap.add_argument("--prefill-chunk", type=int, default=512, help="the server's --prefill-chunk where chunking is on")
+    ap.add_argument("--prefill-chunk", type=int, default=2048, help="the server's --prefill-chunk where chunking is on")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each configuration (round robin); the median "
                     "requests/s is reported")
     ap.add_argument("--dtype", default=None, help="the servers' --dtype (default: the server's own choice)")

@@ -187,13 +187,17 @@ def test_root_prefixes_reuse_earlier_calls_blocks_and_give_the_same_text(engine)
     assert len(engine.prefix_cache) == 0 and engine.prefix_cache.report()["hits"] == 0
 
 
-def test_running_batch_joins_and_leaves_without_copying_the_batch():
+def test_running_batch_joins_and_leaves_without_copying_the_batch(monkeypatch):
     """Rows joining (shorter and longer than the batch) and leaving: the slot cache's rows equal the plain
-    left-padded batch, row for row, in the order the batch reports."""
+    left-padded batch, row for row, in the order the batch reports. The slot buffers are allocated
+    unfilled (filled with NaN here): every column the batch's view shows, padding included, must have been
+    written, since a masked column is still multiplied by zero."""
     from transformers.cache_utils import DynamicCache
 
     from peft_apps.core.serve.batch import RunningBatch
 
+    monkeypatch.setattr(torch.Tensor, "new_empty",
+                        lambda self, size, **kw: torch.full(tuple(size), float("nan"), dtype=self.dtype, device=self.device))
     torch.manual_seed(0)
 
     def pass_cache(lengths):

@@ -449,6 +449,52 @@ def test_prefix_cache_evicts_least_recently_used_chain_ends_first_and_skips_prom
     assert len(cache) == 0 and cache.bytes == 0
 
 
+def test_chunked_prefill_splits_only_prompts_longer_than_a_chunk(engine):
+    """While a row decodes, prompts shorter than a chunk are each computed whole in one pass (never a
+    fragment of one filling the rest of another's budget); a prompt longer than a chunk is computed in
+    chunks of exactly `prefill_chunk` tokens, each alone in its pass."""
+    from peft_apps.core.serve.scheduler import Row, Scheduler
+
+    scheduler = Scheduler(engine, prefix_cache_mb=0, prefill_chunk=40)
+    seen: list[list[tuple[int, int]]] = []
+    real = scheduler._prefill_pass
+
+    def recording(parts):
+        seen.append([(id(r), len(p)) for r, p in parts])
+        return real(parts)
+
+    scheduler._prefill_pass = recording
+    scheduler.start()
+    try:
+        first = [Row(ids=ids_of(engine, "Tell a long story"), adapter="alpha", max_new_tokens=120)]
+        scheduler.submit(first)
+        while not scheduler.rows and first[0].finish_reason is None:
+            time.sleep(0.001)
+        seen.clear()
+        texts = ["Where was Marie Curie born , and when did she win the Nobel Prize ?",
+                 "Pierre Curie was born in Paris . Name the city where he was born .",
+                 "Rome is the capital of Italy . Which country has Rome as its capital city ?",
+                 DOC + " Who won the prize ?" + MODULE]
+        rows = [Row(ids=ids_of(engine, t), adapter=a, max_new_tokens=4)
+                for t, a in zip(texts, ["alpha", "beta", "gamma", "beta"])]
+        _run_rows(scheduler, rows)
+        assert first[0].finish_reason is None or len(first[0].produced) == 120
+    finally:
+        scheduler.close()
+    short, long = rows[:3], rows[3]
+    assert all(16 < len(r.ids) <= 40 for r in short) and len(long.ids) > 80, [len(r.ids) for r in rows]
+    parts = [p for ps in seen for p in ps]
+    for r in short:
+        assert [n for i, n in parts if i == id(r)] == [len(r.ids)]
+    chunks = [n for i, n in parts if i == id(long)]
+    assert sum(chunks) == len(long.ids) and all(n == 40 for n in chunks[:-1]) and len(chunks) >= 3
+    for ps in seen:
+        if any(i == id(long) for i, _ in ps) and len(ps) > 1:
+            assert [n for i, n in ps if i == id(long)][0] < 40  # a full chunk runs alone
+    for r in rows:
+        assert r.text(engine.tokenizer) == _alone(engine, r)
+
+
 def test_small_cache_budget_and_chunked_prefill_keep_outputs_and_interleave_decoding(engine):
     """A budget of a few blocks evicts and still gives every row its cold output; a long prompt arriving
     while a row decodes is prefilled in chunks of `prefill_chunk` tokens, decoding steps in between."""

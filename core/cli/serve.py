@@ -33,8 +33,9 @@ def serve_cmd(
                                                     "prompt prefixes kept across requests, evicted least recently "
                                                     "used (default: an eighth of the free RAM or a quarter of the "
                                                     "free GPU memory, at most 4096; 0: off)"),
-    prefill_chunk: int = typer.Option(512, "--prefill-chunk", min=0, help="prompt tokens per prefill pass while "
-                                      "other rows decode, so a long prompt does not stall them (0: whole prompts)"),
+    prefill_chunk: int = typer.Option(2048, "--prefill-chunk", min=0, help="prompt tokens prefilled between two "
+                                      "decoding steps while other rows decode; a longer prompt is split into chunks "
+                                      "of this size, so it does not stall them (0: whole prompts)"),
 ) -> None:
     """Serve a base model and adapters: OpenAI-compatible `/v1/models`, `/v1/completions` and
     `/v1/chat/completions` (the run's name as `model`), one endpoint per app (`/v1/apps/autore/extract`,

@@ -7,7 +7,8 @@ spare columns on both sides, the tokens of all rows right-aligned at one column 
 
     join     the new rows' keys and values are written into free row slots, right-aligned; only when a
              new row is longer than the batch's width and the buffer has no room left of it, or the rows
-             outnumber the slots, is the buffer reallocated (geometrically, so rarely)
+             outnumber the slots, is the buffer reallocated (geometrically, so rarely; the new buffer is
+             left unfilled and only the used part copied: zeroing it was most of joining's cost)
     leave    the rows that stay fill the holes of those that left from the end of the batch: only the moved
              rows are copied, and the batch's order changes accordingly (`select` returns it)
     step     the model appends one column for every row (`SlotLayer.update`)
@@ -37,11 +38,12 @@ def _slot_layer_cls():
             self.device, self.is_initialized = keys.device, True
             self.dtype = keys.dtype
             b, h, w, d = keys.shape
-            # zeros once here: a column the mask hides must hold a finite number (0 x NaN is NaN), and from
-            # then on every column holds zeros or keys and values the model computed, so a row taking a slot
-            # or the batch widening leaves its padding columns as they are
-            self._k = keys.new_zeros((max(capacity, b), h, left + w + right, d))
-            self._v = values.new_zeros((max(capacity, b), values.shape[1], left + w + right, values.shape[-1]))
+            # unfilled buffers: only what the batch's view shows (rows [0, n), columns [start, end)) must hold
+            # finite numbers, since a column the mask hides is still multiplied by zero (0 x NaN is NaN), so
+            # `add` zeroes the padding columns it exposes. Filling whole buffers with zeros cost more than all
+            # the rest of joining: on SmolLM2, 4.8 s of a 32 s concurrent run, mostly in reallocations
+            self._k = keys.new_empty((max(capacity, b), h, left + w + right, d))
+            self._v = values.new_empty((max(capacity, b), values.shape[1], left + w + right, values.shape[-1]))
             self.n, self.start, self.end = b, left, left + w
             self._k[:b, :, left:left + w] = keys
             self._v[:b, :, left:left + w] = values
@@ -55,8 +57,8 @@ def _slot_layer_cls():
             """New buffers with room for `rows` rows, `left` free columns before the used ones and `right`
             after; the used part copied once."""
             w = self.end - self.start
-            k = self._k.new_zeros((rows, self._k.shape[1], left + w + right, self._k.shape[3]))
-            v = self._v.new_zeros((rows, self._v.shape[1], left + w + right, self._v.shape[3]))
+            k = self._k.new_empty((rows, self._k.shape[1], left + w + right, self._k.shape[3]))
+            v = self._v.new_empty((rows, self._v.shape[1], left + w + right, self._v.shape[3]))
             k[:self.n, :, left:left + w] = self._k[:self.n, :, self.start:self.end]
             v[:self.n, :, left:left + w] = self._v[:self.n, :, self.start:self.end]
             self._k, self._v, self.start, self.end = k, v, left, left + w
@@ -83,8 +85,15 @@ def _slot_layer_cls():
                 self._realloc(max(rows * 2, self.n + b) if need_rows else rows,
                               max(w - width, 0) + max(w, width) // 2 if need_left else self.start,
                               self._k.shape[2] - self.end)
-            self.start = min(self.start, self.end - w)  # wider: the rows' new columns are masked padding
+            start = min(self.start, self.end - w)
+            if start < self.start:  # wider: the rows' new columns are masked padding
+                self._k[:self.n, :, start:self.start] = 0
+                self._v[:self.n, :, start:self.start] = 0
+            self.start = start
             new = slice(self.n, self.n + b)
+            if self.end - w > start:
+                self._k[new, :, start:self.end - w] = 0
+                self._v[new, :, start:self.end - w] = 0
             self._k[new, :, self.end - w:self.end] = keys
             self._v[new, :, self.end - w:self.end] = values
             self.n += b
@@ -172,6 +181,9 @@ class RunningBatch:
              tokens: list[int]) -> None:
         """Rows `index` of a prefill pass's `cache` (and of its `mask`, `last_pos`) join the batch."""
         self._spans = None
+        keep = index.tolist()
+        if keep == list(range(keep[0], keep[0] + len(keep))):  # consecutive rows: views, not copies
+            index = slice(keep[0], keep[0] + len(keep))
         mask, last_pos = mask[index], last_pos[index]
         used = _unused_left(mask)
         mask = mask[:, used:]

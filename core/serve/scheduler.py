@@ -11,9 +11,10 @@ batch, so a request that arrives while others decode joins them instead of waiti
              samples of one question) compute that prefix once, together.
     prefill  one pass over the rows admitted, each computing its prompt's remaining tokens over what it
              has, under its own adapter (attention row by row: causal over its new tokens, merged with
-             its cached head's; `engine/attention.py`). While other rows decode, a pass computes at most
-             `prefill_chunk` tokens (chunked prefill): a long prompt is spread over several passes, each
-             followed by a decoding step, so it does not stall the running rows. The full blocks of every
+             its cached head's; `engine/attention.py`). While other rows decode, at most `prefill_chunk`
+             tokens are computed between two steps (chunked prefill): whole prompts that fit, or a chunk of
+             a longer prompt, which is spread over several passes, each followed by a decoding step, so it
+             does not stall the running rows. The full blocks of every
              prompt computed are stored in the prefix cache. A row whose prompt is done takes its first
              token, and its cache joins the running batch's (left-padded to one width).
     step     one token for every running row in one forward pass, each row under its own adapter (two
@@ -76,7 +77,7 @@ class Scheduler(Admission):
     already taken, then stops."""
 
     def __init__(self, engine, *, max_batch: int = 32, max_waiting: int = 256, prefix_min: int = 16,
-                 prefill_tokens: int = 8192, prefill_chunk: int = 512, prefix_cache_mb: float | None = None,
+                 prefill_tokens: int = 8192, prefill_chunk: int = 2048, prefix_cache_mb: float | None = None,
                  block: int = 16):
         from peft_apps.core.engine.prefix_cache import PrefixCache, default_budget_mb
 
