@@ -129,7 +129,7 @@ class Admission:
         tokens are computed before the next decoding step: whole prompts that fit, or a chunk of a prompt
         longer than that, alone, so a long prompt is spread over several steps. A prompt is split only when
         it is longer than a chunk: splitting the rest of the budget off the next prompt left fragments that
-        each cost a pass and a copy of their head (on SmolLM2, 76 passes for 12.1k tokens where 60 do).
+        each cost a pass and a copy of their head (on SmolLM2, 76 passes for 12.1k tokens, against 60-67).
         The rows taken are computed in passes of similar lengths (a pass pads its rows to its longest: on a
         CPU, padding costs as much as tokens)."""
         chunked = self.prefill_chunk > 0 and bool(self.rows)
@@ -139,12 +139,7 @@ class Admission:
         chosen, total = [], 0
         for r in todo:
             rest = len(r.ids) - r.computed
-            if chunked and rest > budget:  # a prompt longer than a whole pass: a chunk of it, alone
-                if chosen:
-                    break
-                take = budget
-            else:
-                take = rest
+            take = min(rest, budget) if chunked else rest  # a prompt longer than a chunk: a chunk of it, alone
             if chosen and total + take > budget:
                 break
             chosen.append((r, take))

@@ -14,9 +14,9 @@ batch, so a request that arrives while others decode joins them instead of waiti
              its cached head's; `engine/attention.py`). While other rows decode, at most `prefill_chunk`
              tokens are computed between two steps (chunked prefill): whole prompts that fit, or a chunk of
              a longer prompt, which is spread over several passes, each followed by a decoding step, so it
-             does not stall the running rows. The full blocks of every
-             prompt computed are stored in the prefix cache. A row whose prompt is done takes its first
-             token, and its cache joins the running batch's (left-padded to one width).
+             does not stall the running rows. The full blocks of every prompt computed are stored in the
+             prefix cache. A row whose prompt is done takes its first token, and its cache joins the
+             running batch's (left-padded to one width).
     step     one token for every running row in one forward pass, each row under its own adapter (two
              dense matmuls per LoRA layer over all adapters' weights stacked: `engine/lora_batch.py`),
              attention reading each run of rows from its first used column (`batch.py`); finished and

@@ -18,7 +18,7 @@ class Limits:
     max_app_requests: int = 64
     api_key: str | None = None  # when set, /v1/* needs `Authorization: Bearer <key>`
     prefix_cache_mb: float | None = None  # the prefix cache's budget; None: sized to the machine, 0: off
-    prefill_chunk: int = 2048  # prompt tokens per prefill pass while rows decode; 0: whole prompts
+    prefill_chunk: int = 2048  # prompt tokens prefilled between two decoding steps while rows decode; 0: whole
 
 
 @dataclass
