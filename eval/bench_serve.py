@@ -54,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "data"
 APPS = ("autore", "codereview", "testgen", "exam")
 COUNTERS = ("steps", "tokens", "prefills", "prompt_tokens", "prefill_tokens", "shared_prefix_tokens", "joined_running",
-            "prefill_s", "step_s", "join_s", "step_cache_tokens", "step_padding_tokens", "cache_hits", "cache_misses", "cache_evictions", "cache_tokens_saved")
+            "mixed_steps", "prefill_s", "step_s", "join_s", "step_cache_tokens", "step_padding_tokens", "cache_hits", "cache_misses", "cache_evictions", "cache_tokens_saved")
 CONFIGS = {  # name: (clients (0: --clients), prefix cache, chunked prefill)
     "one-nocache": (1, False, False),
     "one-cache": (1, True, True),

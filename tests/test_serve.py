@@ -457,13 +457,13 @@ def test_chunked_prefill_splits_only_prompts_longer_than_a_chunk(engine):
 
     scheduler = Scheduler(engine, prefix_cache_mb=0, prefill_chunk=40)
     seen: list[list[tuple[int, int]]] = []
-    real = scheduler._prefill_pass
+    real = scheduler._computed  # after every pass that computed prompt tokens, mixed with a step or not
 
-    def recording(parts):
+    def recording(parts, *args):
         seen.append([(id(r), len(p)) for r, p in parts])
-        return real(parts)
+        return real(parts, *args)
 
-    scheduler._prefill_pass = recording
+    scheduler._computed = recording
     scheduler.start()
     try:
         first = [Row(ids=ids_of(engine, "Tell a long story"), adapter="alpha", max_new_tokens=120)]
@@ -482,6 +482,7 @@ def test_chunked_prefill_splits_only_prompts_longer_than_a_chunk(engine):
     finally:
         scheduler.close()
     short, long = rows[:3], rows[3]
+    assert scheduler.report()["mixed_steps"] >= 3  # the prompts were computed along with decoding steps
     assert all(16 < len(r.ids) <= 40 for r in short) and len(long.ids) > 80, [len(r.ids) for r in rows]
     parts = [p for ps in seen for p in ps]
     for r in short:
@@ -493,6 +494,37 @@ def test_chunked_prefill_splits_only_prompts_longer_than_a_chunk(engine):
             assert [n for i, n in ps if i == id(long)][0] < 40  # a full chunk runs alone
     for r in rows:
         assert r.text(engine.tokenizer) == _alone(engine, r)
+
+
+def test_a_failed_mixed_pass_fails_its_rows_and_the_scheduler_goes_on(engine, monkeypatch):
+    """A decoding step that carries prefill rows and fails ends every row it held with an error (the
+    prefill rows too: none is left waiting forever); the next rows are served as before."""
+    from peft_apps.core.engine.attention import MixedPass
+    from peft_apps.core.serve.scheduler import Row, Scheduler
+
+    real, calls = MixedPass.attention, []
+
+    def failing(self, *args):
+        calls.append(1)
+        raise RuntimeError("injected")
+
+    scheduler = Scheduler(engine, prefix_cache_mb=0).start()
+    try:
+        first = [Row(ids=ids_of(engine, "Tell a long story"), adapter="alpha", max_new_tokens=200)]
+        scheduler.submit(first)
+        while not scheduler.rows and first[0].finish_reason is None:
+            time.sleep(0.001)
+        monkeypatch.setattr(MixedPass, "attention", failing)
+        joining = _run_rows(scheduler, [Row(ids=ids_of(engine, "Rome is the capital of"), adapter="beta",
+                                            max_new_tokens=4)], timeout=60)
+        assert first[0].done.wait(60)
+        monkeypatch.setattr(MixedPass, "attention", real)
+        after = _run_rows(scheduler, [Row(ids=ids_of(engine, "Paris is"), adapter="gamma", max_new_tokens=6)])
+    finally:
+        scheduler.close()
+    assert calls and joining[0].finish_reason == "error" and "injected" in joining[0].error
+    assert first[0].finish_reason == "error"
+    assert after[0].finish_reason in ("stop", "length") and after[0].text(engine.tokenizer) == _alone(engine, after[0])
 
 
 def test_small_cache_budget_and_chunked_prefill_keep_outputs_and_interleave_decoding(engine):

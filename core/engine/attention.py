@@ -4,12 +4,14 @@
   root prefix's K/V in place and over its private tokens, the two merged by log-sum-exp;
 - SDPA with grouped-query heads on the CPU without copying K/V per query group (`_sdpa_gqa`), one
   decoding step by runs of rows (`row_spans`), a server's prefill pass row by row (`row_parts`);
+- a server's decoding step and prefill rows in one pass (`MixedPass`, given `mixed=`);
 - the model's own attention function otherwise.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any
 
 import torch
@@ -30,21 +32,10 @@ def _sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=No
     groups = getattr(module, "num_key_value_groups", 1)
     plain = kwargs.get("position_bias") is None and kwargs.get("softcap") is None
     if plain and q_len == 1 and attention_mask is not None and attention_mask.dim() == 4:
-        # one decoding step: a KV head's query group as `groups` queries of one row against its keys, read
-        # in place (no copy per group, no causal mask needed: every key is in the query's past)
+        # one decoding step: a KV head's query group as `groups` queries of one row against its keys
         b, h, _, d = query.shape
-        kvh, n = key.shape[1], key.shape[2]
-        q = query.view(b, kvh, h // kvh, d)
-        spans = kwargs.get("row_spans") or [(0, b, 0)]
-        out = q.new_empty(q.shape) if len(spans) > 1 else None
-        for a, z, col in spans:  # runs of rows, each from its first used column (`serve/batch.py`)
-            mask = attention_mask[a:z, :, :, col:].expand(z - a, 1, 1, n - col).expand(z - a, 1, h // kvh, n - col)
-            o = torch.nn.functional.scaled_dot_product_attention(q[a:z], key[a:z, :, col:], value[a:z, :, col:],
-                                                                 attn_mask=mask, dropout_p=dropout, scale=scaling)
-            if out is None:
-                out = o
-            else:
-                out[a:z] = o
+        q = query.view(b, key.shape[1], h // key.shape[1], d)
+        out = _decode_rows(q, key, value, attention_mask, kwargs.get("row_spans"), dropout, scaling)
         return out.view(b, h, 1, d).transpose(1, 2).contiguous(), None
     parts = kwargs.get("row_parts")
     if plain and parts is not None and q_len > 1 and dropout == 0.0 and len(parts) == query.shape[0]:
@@ -57,6 +48,45 @@ def _sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=No
                                                            dropout_p=dropout, scale=scaling, is_causal=bool(causal),
                                                            enable_gqa=True)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _decode_rows(q, key, value, mask, spans, dropout, scaling):
+    """One decoding step's attention, `q` [rows, KV heads, queries per KV head, dim]: each query group
+    read against its KV head in place (no copy per group, no causal mask needed: every key is in the
+    query's past), by runs of rows `spans` from their first used column (`serve/batch.py`); `mask` [rows,
+    1, 1 or groups, keys] hides padding."""
+    b, kvh, g, d = q.shape
+    n = key.shape[2]
+    spans = spans or [(0, b, 0)]
+    out = q.new_empty(q.shape) if len(spans) > 1 else None
+    mask = _additive(mask, q.dtype)
+    for a, z, col in spans:
+        m = mask[a:z, :, :, col:].expand(z - a, 1, 1, n - col).expand(z - a, 1, g, n - col)
+        o = torch.nn.functional.scaled_dot_product_attention(q[a:z], key[a:z, :, col:], value[a:z, :, col:],
+                                                             attn_mask=m, dropout_p=dropout, scale=scaling)
+        if out is None:
+            out = o
+        else:
+            out[a:z] = o
+    return out
+
+
+_memo = threading.local()
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean attention mask as an additive one (0 where attended, the dtype's lowest elsewhere), made
+    once for all the layers of a forward pass (which share one mask object): SDPA converted a boolean
+    mask at every call, 10 us of a 25 us call for a row of 500 keys, in every layer and run of rows."""
+    if mask.dtype != torch.bool:
+        return mask
+    version = None if mask.is_inference() else mask._version  # inference tensors cannot change in place
+    got = getattr(_memo, "mask", None)
+    if got is not None and got[0] is mask and got[1] == dtype and got[2] == version:
+        return got[3]
+    add = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+    _memo.mask = (mask, dtype, version, add)
+    return add
 
 
 def _prefill_rows(query, key, value, parts: list[tuple[int, int]], scaling):
@@ -110,12 +140,91 @@ def install_attention(model) -> bool:
 def _attention(impl: str, module, query, key, value, attention_mask, **kwargs):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+    mixed = kwargs.pop("mixed", None)
+    if mixed is not None:
+        return mixed.attention(module.layer_idx, query, key, value, kwargs.get("scaling"))
     shared = kwargs.pop("shared_prefix", None)
     if shared is not None:
         return _cascade_attention(module, query, key, value, shared, kwargs.get("scaling"))
     if impl == "sdpa" and query.device.type == "cpu":
         return _sdpa_gqa(module, query, key, value, attention_mask, **kwargs)
     return ALL_ATTENTION_FUNCTIONS[impl](module, query, key, value, attention_mask, **kwargs)
+
+
+class MixedPass:
+    """One forward pass over a decoding step and prefill rows together (vLLM's mixed batches): the model
+    is given one row of tokens, first the next token of each of the running batch's rows, then each prefill
+    row's new prompt tokens, and this object as its cache (`update`) and its attention (`mixed=`).
+
+    A prefill pass alone cost as much fixed work as a decoding step (every layer's weights read, every
+    operation dispatched; about 60 ms on SmolLM2-135M): under concurrent load a server ran one such pass
+    for almost every new request. Here the prompt tokens ride along with the step, and need no padding.
+
+    `decode`: the running batch's cache (slot layers, `serve/batch.py`), one column appended per step;
+    `mask` [rows, keys] its mask, the new column included; `spans` its attention runs. `prefill`: a cache
+    whose layers this pass fills; `heads`: each prefill row's cached keys and values per layer (or None),
+    `parts` its (head length, new tokens). After the pass, `prefill`'s layers hold every prefill row's
+    head and new tokens together, left-padded to the longest (`width`), as a batch that joins the running
+    one (a row's padding is all on its left: none between its head and its new tokens, which every later
+    decoding step would read)."""
+
+    def __init__(self, decode, mask: torch.Tensor | None, spans, prefill, heads: list, parts: list[tuple[int, int]]):
+        self.decode, self.spans, self.prefill, self.heads, self.parts = decode, spans, prefill, heads, parts
+        self.n = 0 if mask is None else mask.shape[0]
+        self.mask = None if mask is None else mask.bool().view(self.n, 1, 1, mask.shape[1])
+        self.width = max(h + m for h, m in parts)
+        self.offsets, at = [], self.n
+        for _, m in parts:
+            self.offsets.append(at)
+            at += m
+
+    def update(self, key, value, layer_idx: int, *args, **kwargs):
+        """The model's cache update: the decoding rows' new column into their slots; each prefill row's head
+        and new tokens into the prefill batch. Returns the pass's own keys and values (what `attention`
+        reads)."""
+        n = self.n
+        if n:
+            self.decode.layers[layer_idx].update(key[0, :, :n].transpose(0, 1).unsqueeze(2),
+                                                 value[0, :, :n].transpose(0, 1).unsqueeze(2))
+        w = self.width
+        shape = (len(self.parts), key.shape[1], w, key.shape[3])
+        keys, values = key.new_empty(shape), value.new_empty(shape)
+        for j, ((h, m), at, head) in enumerate(zip(self.parts, self.offsets, self.heads)):
+            start = w - h - m
+            if start:  # left padding: never attended to, but kept finite (0 x NaN is NaN)
+                keys[j, :, :start], values[j, :, :start] = 0, 0
+            if h:
+                keys[j, :, start:start + h], values[j, :, start:start + h] = head[layer_idx][0][0], head[layer_idx][1][0]
+            keys[j, :, w - m:], values[j, :, w - m:] = key[0, :, at:at + m], value[0, :, at:at + m]
+        layer = self.prefill.layers[layer_idx]
+        layer.keys, layer.values = keys, values
+        return key, value
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+    def attention(self, layer_idx: int, query, key, value, scaling):
+        """The decoding rows over their slots (`_decode_rows`), each prefill row causally over its new
+        tokens and over its head, merged by log-sum-exp (`_prefill_rows`' way)."""
+        _, h, t, d = query.shape
+        out = query.new_empty((1, t, h, d))
+        n = self.n
+        if n:
+            layer = self.decode.layers[layer_idx]
+            kvh = layer.keys.shape[1]
+            q = query[0, :, :n].transpose(0, 1).reshape(n, kvh, h // kvh, d)
+            out[0, :n] = _decode_rows(q, layer.keys, layer.values, self.mask, self.spans, 0.0, scaling).view(n, h, d)
+        op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        batch, w = self.prefill.layers[layer_idx], self.width
+        for j, ((head, m), at) in enumerate(zip(self.parts, self.offsets)):
+            q = query[:, :, at:at + m]
+            o, lse = op(q, key[:, :, at:at + m], value[:, :, at:at + m], is_causal=True, scale=scaling)[:2]
+            if head > 0:
+                o_h, lse_h = op(q, batch.keys[j:j + 1, :, w - m - head:w - m], batch.values[j:j + 1, :, w - m - head:w - m],
+                                scale=scaling)[:2]
+                o = _merged(o, lse, o_h, lse_h)
+            out[0, at:at + m] = o[0].transpose(0, 1)
+        return out, None
 
 
 class SharedPrefix:

@@ -166,9 +166,44 @@ def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     names = getattr(_local, "names", None)
     if names is None or self.disable_adapters or "adapter_names" in kwargs:
         return type(self).forward(self, x, *args, **kwargs)
+    runs = getattr(_local, "runs", None)
+    if runs is not None:  # one row of tokens: the first len(names) one per decoding row, then runs
+        if not _plain(self):
+            raise RuntimeError("a pass of token runs needs plain LoRA layers")
+        return _with_runs(self, x, names, runs, self.base_layer(x, *args, **kwargs))
     if not _plain(self):  # merged or training: peft's own mixed path (which refuses what it cannot mix)
         return type(self).forward(self, x, *args, adapter_names=list(names), **kwargs)
     return _with_lora(self, x, names, self.base_layer(x, *args, **kwargs))
+
+
+def _with_runs(self, x: torch.Tensor, names: tuple, runs: list[tuple[int, int, str]], result: torch.Tensor
+               ) -> torch.Tensor:
+    """A pass over one row of tokens (`attention.MixedPass`): its first `len(names)` tokens, one per
+    decoding row, each under its own adapter (`_with_lora`, as a decoding step); then runs of tokens
+    [start, end) of one adapter each, which get only that adapter's update (as `_by_runs`)."""
+    flat, out = x.reshape(-1, x.shape[-1]), result.view(-1, result.shape[-1])
+    n = len(names)
+    if n:
+        mine = out[:n].unsqueeze(1)
+        got = _with_lora(self, flat[:n].unsqueeze(1), names, mine)
+        if got is not mine:
+            out[:n] = got.view(n, -1)
+    stack = _stack(self, x.dtype)
+    r = stack["rank"]
+    for start, end, name in runs:
+        i = stack["index"].get(name)
+        if i is None:
+            continue
+        if "a_flat" in stack:
+            a, b = stack["a_flat"][i * r:(i + 1) * r], stack["b_each"][i]
+        else:
+            a, b = stack["a"][i], stack["b"][i]
+        low = torch.nn.functional.linear(flat[start:end], a) * stack["scale"][i]
+        if out.dtype == low.dtype:
+            out[start:end].addmm_(low, b.t())
+        else:
+            out[start:end] += torch.nn.functional.linear(low, b).to(out.dtype)
+    return result
 
 
 def _own_copy_or_original(self, x: torch.Tensor, adapter: str, *args, **kwargs) -> torch.Tensor:
@@ -203,16 +238,24 @@ def install_lora_batching(model) -> bool:
 
 
 @contextlib.contextmanager
-def rows_of_adapters(model, names: list[str]):
+def rows_of_adapters(model, names: list[str], runs: list[tuple[int, int, str]] | None = None):
     """Forward passes inside run row i under adapter `names[i]` ("__base__": none). Yields the keyword
     arguments to pass the model: none where the layers read the names themselves, else peft's
-    `adapter_names`."""
+    `adapter_names`. Given `runs`, the pass is one row of tokens: the first `len(names)` tokens under
+    `names`, one each, then each run `(start, end, adapter)` of tokens (plain LoRA layers only)."""
     if not getattr(model, "_peft_apps_rows", False):
+        if runs is not None:
+            raise ValueError("token runs need every adapter layer plain LoRA (rows_routable)")
         yield {"adapter_names": list(names)}
         return
-    prev = getattr(_local, "names", None)
-    _local.names = tuple(names)
+    prev = getattr(_local, "names", None), getattr(_local, "runs", None)
+    _local.names, _local.runs = tuple(names), runs
     try:
         yield {}
     finally:
-        _local.names = prev
+        _local.names, _local.runs = prev
+
+
+def rows_routable(model) -> bool:
+    """Whether `rows_of_adapters` routes `model`'s passes itself (every adapter layer plain LoRA)."""
+    return bool(getattr(model, "_peft_apps_rows", False))

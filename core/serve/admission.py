@@ -124,14 +124,37 @@ class Admission:
         return groups
 
     def _prefill(self) -> None:
-        """Prefill the rows waiting for it, shortest first (a row left out 8 times goes first), whole prompts
-        up to `prefill_tokens`. While rows decode and chunked prefill is on, at most `prefill_chunk` prompt
-        tokens are computed before the next decoding step: whole prompts that fit, or a chunk of a prompt
-        longer than that, alone, so a long prompt is spread over several steps. A prompt is split only when
-        it is longer than a chunk: splitting the rest of the budget off the next prompt left fragments that
-        each cost a pass and a copy of their head (on SmolLM2, 76 passes for 12.1k tokens, against 60-67).
-        The rows taken are computed in passes of similar lengths (a pass pads its rows to its longest: on a
+        """Prefill the rows waiting for it (`_choose`): where passes mix (`_mixes`), in one row of tokens
+        without padding; otherwise in passes of similar lengths (a pass pads its rows to its longest: on a
         CPU, padding costs as much as tokens)."""
+        chosen = self._choose()
+        if chosen and self._mixes():
+            self._mixed_pass(chosen, None, [])[1]()
+            return
+        chosen.sort(key=lambda x: x[1])
+        passes, cur = [], []
+        for r, take in chosen:
+            if cur and (len(cur) + 1) * take > 1.25 * (sum(t for _, t in cur) + take):
+                passes.append(cur)
+                cur = []
+            cur.append((r, take))
+        if cur:
+            passes.append(cur)
+        for i, group in enumerate(passes):
+            if not self._prefill_pass([(r, r.ids[r.computed:r.computed + take]) for r, take in group]):
+                rest = [r for g in passes[i:] for r, _ in g] + self.prefilling
+                self._static([r for r in rest if r.finish_reason is None])
+                self.prefilling = []
+                return
+
+    def _choose(self) -> list[tuple[Row, int]]:
+        """The rows to prefill now and how many prompt tokens each computes, taken out of `prefilling`:
+        shortest first (a row left out 8 times goes first), whole prompts up to `prefill_tokens`. While rows
+        decode and chunked prefill is on, at most `prefill_chunk` prompt tokens are computed before the next
+        decoding step: whole prompts that fit, or a chunk of a prompt longer than that, alone, so a long
+        prompt is spread over several steps. A prompt is split only when it is longer than a chunk:
+        splitting the rest of the budget off the next prompt left fragments that each cost a pass and a
+        copy of their head (on SmolLM2, 76 passes for 12.1k tokens, against 60-67)."""
         chunked = self.prefill_chunk > 0 and bool(self.rows)
         budget = self.prefill_chunk if chunked else self.prefill_tokens
         todo = [r for r in self.prefilling if not self._dropped(r)]
@@ -149,31 +172,24 @@ class Admission:
             if id(r) not in taken:
                 r.skipped += 1
         self.prefilling = [r for r in todo if id(r) not in taken]
-        chosen.sort(key=lambda x: x[1])
-        passes, cur = [], []
-        for r, take in chosen:
-            if cur and (len(cur) + 1) * take > 1.25 * (sum(t for _, t in cur) + take):
-                passes.append(cur)
-                cur = []
-            cur.append((r, take))
-        if cur:
-            passes.append(cur)
-        for i, group in enumerate(passes):
-            if not self._prefill_pass([(r, r.ids[r.computed:r.computed + take]) for r, take in group]):
-                rest = [r for g in passes[i:] for r, _ in g] + self.prefilling
-                self._static([r for r in rest if r.finish_reason is None])
-                self.prefilling = []
-                return
+        self.computing = [r for r, _ in chosen]
+        return chosen
 
     def _prefill_pass(self, parts: list[tuple[Row, list[int]]]) -> bool:
-        """One forward pass over `parts` (rows and the prompt ids each computes now). Rows whose prompt is
-        done take their first token and join the running batch; the others keep their keys and values for
-        the next pass. The full blocks computed go to the prefix cache. False where the model's cache
-        cannot be batched this way (nothing was taken)."""
+        """One forward pass over `parts` (rows and the prompt ids each computes now), then `_computed`.
+        False where the model's cache cannot be batched this way (nothing was taken)."""
         out, mask, positions = self._pass(parts)
         if out is None:
             return False
-        cache = cache_of(out)
+        self._computed(parts, cache_of(out), mask, positions, out.logits[:, -1, :])
+        return True
+
+    def _computed(self, parts: list[tuple[Row, list[int]]], cache, mask: torch.Tensor, positions: torch.Tensor,
+                  logits: torch.Tensor) -> None:
+        """After a pass computed `parts` (`cache`: their keys and values, heads left-padded then new tokens,
+        `mask` their columns, `positions` the new tokens', `logits` [rows, vocabulary] each row's last):
+        rows whose prompt is done take their first token and join the running batch; the others keep their
+        keys and values for the next pass. The full blocks computed go to the prefix cache."""
         complete = []
         block = self.prefix_cache.block
         for j, (r, part) in enumerate(parts):
@@ -192,12 +208,12 @@ class Admission:
                     kv = self._row_kv(cache, mask, j, first, full)
                     self.prefix_cache.store(r.adapter, r.ids[:full], kv, offset=first)
         if not complete:
-            return True
+            return
         rows = [parts[j][0] for j in complete]
-        first_tokens = self._pick(out.logits[complete, -1, :], rows)
+        first_tokens = self._pick(logits[complete], rows)
         keep = [j for j, r, t in zip(complete, rows, first_tokens) if not self._accept(r, t)]
         if not keep:
-            return True
+            return
         tokens = dict(zip(complete, first_tokens))
         index = torch.tensor(keep, dtype=torch.long, device=self.engine.device)
         t0 = time.perf_counter()
@@ -205,7 +221,33 @@ class Admission:
             self.stats["joined_running"] += 1
         self.batch.join([parts[j][0] for j in keep], cache, index, mask, positions[:, -1], [tokens[j] for j in keep])
         self.stats["join_s"] += time.perf_counter() - t0
-        return True
+
+    def _mixed_inputs(self, chosen: list[tuple[Row, int]]):
+        """The prefill half of a mixed pass (`engine/attention.py` `MixedPass`): `parts`, a cache for the
+        rows' keys and values (shaped like the model's), their heads and (head, new tokens), the batch's
+        mask and positions (each row left-padded, head then new tokens), and the rows' ids, positions and
+        adapter runs in the pass's row of tokens, which starts after `len(self.rows)` decoding tokens."""
+        import copy
+
+        dev = self.engine.device
+        parts = [(r, r.ids[r.computed:r.computed + take]) for r, take in chosen]
+        cache = copy.copy(self._template)
+        cache.layers = [copy.copy(layer) for layer in self._template.layers]
+        layout = [(r.head[0][0].shape[2] if r.head else 0, len(p)) for r, p in parts]
+        width = max(h + m for h, m in layout)
+        mask = torch.zeros((len(parts), width), dtype=torch.long)  # host: filled here, moved in one copy
+        ids, pos, runs, at = [], [], [], len(self.rows)
+        for j, ((r, p), (h, m)) in enumerate(zip(parts, layout)):
+            mask[j, width - h - m:] = 1
+            ids.extend(p)
+            pos.extend(range(h, h + m))
+            runs.append((at, at + m, r.adapter))
+            at += m
+        mask = mask.to(dev)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.stats["prefill_tokens"] += at - len(self.rows)
+        self.stats["prefills"] += 1
+        return parts, cache, [r.head for r, _ in parts], mask, positions, layout, ids, pos, runs
 
     def _pass(self, parts: list[tuple[Row, list[int]]]):
         """One forward pass computing each row's `ids` over its `head` (the keys and values of its first

@@ -22,6 +22,12 @@ batch, so a request that arrives while others decode joins them instead of waiti
              attention reading each run of rows from its first used column (`batch.py`); finished and
              cancelled rows leave the batch. Sampled rows get their distributions in one pass and draw
              from their own generators.
+    mixed    on a CPU (`_mixes`), the prompt tokens a prefill would compute ride along with the step
+             instead: one forward pass over one row of tokens, the running rows' next tokens first, then
+             each prefill row's new tokens (`engine/attention.py` `MixedPass`), so a new request costs no
+             pass of its own (each pass reads every weight and dispatches every operation again: about
+             60 ms on SmolLM2-135M). With no row running, a prefill is such a pass without the step's
+             tokens, its prompts unpadded.
 
 A row ends at an end-of-sequence id of the model (the same ids as in-process generation), a stop string,
 its `max_new_tokens` or the model's context. Greedy rows take the argmax; sampled rows draw from their own
@@ -51,7 +57,8 @@ import torch
 from peft_apps.core.engine import BASE
 from peft_apps.core.engine.decode import stop_ids
 from peft_apps.core.engine.nucleus import sample_rows
-from peft_apps.core.engine.lora_batch import rows_of_adapters
+from peft_apps.core.engine.attention import MixedPass
+from peft_apps.core.engine.lora_batch import rows_of_adapters, rows_routable
 
 from .admission import Admission
 from .batch import RunningBatch
@@ -60,6 +67,11 @@ from .rows import Cancelled, Closed, QueueFull, Row, completer, rows_of
 __all__ = ["Cancelled", "Closed", "QueueFull", "Row", "Scheduler", "completer", "rows_of"]
 
 log = logging.getLogger("peft_apps.serve")
+
+# model families whose decoder layers pass every attention call through the cache's `update` and the
+# registered attention function with nothing else position-dependent (mixed passes, `_mixes`)
+MIXED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+_NO_MASK = torch.ones((1, 1, 1, 1), dtype=torch.bool)  # host: a 4D mask transformers passes through untouched
 
 
 def _mixable(model) -> bool:
@@ -78,17 +90,19 @@ class Scheduler(Admission):
 
     def __init__(self, engine, *, max_batch: int = 32, max_waiting: int = 256, prefix_min: int = 16,
                  prefill_tokens: int = 8192, prefill_chunk: int = 2048, prefix_cache_mb: float | None = None,
-                 block: int = 16):
+                 block: int = 16, mixed_steps: bool = True):
         from peft_apps.core.engine.prefix_cache import PrefixCache, default_budget_mb
 
         self.engine, self.model, self.tokenizer = engine, engine.model, engine.tokenizer
         self.max_batch, self.max_waiting, self.prefix_min = max_batch, max_waiting, prefix_min
         self.prefill_tokens, self.prefill_chunk = prefill_tokens, prefill_chunk
+        self.mixed_steps, self._last_step = mixed_steps, 0.0
         if prefix_cache_mb is None:
             prefix_cache_mb = default_budget_mb(engine.device)
         self.prefix_cache = PrefixCache(int(prefix_cache_mb * (1 << 20)), block)
         self._template = None  # an empty cache shaped like the model's, to build batch caches from
         self.prefilling: list[Row] = []
+        self.computing: list[Row] = []  # rows taken out of `prefilling` for the pass under way
         self.eos = stop_ids(self.model, self.tokenizer)
         self.context = engine.context_length
         self.mixed = _mixable(self.model)
@@ -98,7 +112,7 @@ class Scheduler(Admission):
         self.cond = threading.Condition()
         self.closing = False
         self.stats: Counter = Counter({k: 0 for k in ("steps", "tokens", "prefills", "prompt_tokens", "prefill_tokens",
-                                                      "shared_prefix_tokens", "joined_running")})
+                                                      "shared_prefix_tokens", "joined_running", "mixed_steps")})
         self._thread: threading.Thread | None = None
         self._reset()
 
@@ -158,7 +172,7 @@ class Scheduler(Admission):
                         t0 = time.perf_counter()
                         if take:
                             self._admit(take)
-                        if self.prefilling:
+                        if self.prefilling and not (self.rows and self._mixes()):
                             self._prefill()
                         self.stats["prefill_s"] += time.perf_counter() - t0
                     if self.rows:
@@ -167,9 +181,9 @@ class Scheduler(Admission):
                         self.stats["step_s"] += time.perf_counter() - t0
                 except Exception as e:  # a failed pass fails its rows, never the server
                     log.exception("generation failed")
-                    for r in take + self.rows + self.prefilling:
+                    for r in take + self.rows + self.prefilling + self.computing:
                         r.finish("error", f"{type(e).__name__}: {e}")
-                    self.prefilling = []
+                    self.prefilling, self.computing = [], []
                     self._reset()
 
     def _adapter_scope(self, adapter: str):
@@ -182,36 +196,84 @@ class Scheduler(Admission):
         self.model.set_adapter(adapter)
         return contextlib.nullcontext()
 
-    def _forward(self, ids, mask, positions, cache, adapters: list[str], spans=None, parts=None):
+    def _forward(self, ids, mask, positions, cache, adapters: list[str], spans=None, parts=None, runs=None,
+                 mixed=None, keep=1):
         kw = dict(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                  logits_to_keep=1)
+                  logits_to_keep=keep)
         if spans is not None and len(spans) > 1:  # decoding attention by runs of rows (`batch.py`)
             kw["row_spans"] = spans
         if parts is not None:  # a prefill pass's rows: attention row by row (`engine/attention.py`)
             kw["row_parts"] = parts
-        if self.mixed:
-            with rows_of_adapters(self.model, adapters) as route:
+        if mixed is not None:  # a decoding step and prefill rows in one row of tokens
+            kw["mixed"] = mixed
+        if self.mixed or (runs is not None and self.peft):
+            with rows_of_adapters(self.model, adapters, runs) as route:
                 return self.model(**kw, **route)
-        with self._adapter_scope(adapters[0]):
+        with self._adapter_scope(adapters[0] if adapters else BASE):
             return self.model(**kw)
 
+    def _mixes(self) -> bool:
+        """Whether prefill rows ride along with the decoding step (`MixedPass`) rather than run passes of
+        their own: where the engine routes attention (`install_attention`) on the CPU, for a model family
+        whose attention layers all take it, and rows of every adapter can share a pass by token runs."""
+        return (self.mixed_steps and self._template is not None and not self.static
+                and getattr(self.engine, "shared_attention", False) and self.engine.device.type == "cpu"
+                and getattr(getattr(self.model, "config", None), "model_type", None) in MIXED_FAMILIES
+                and (not self.peft or rows_routable(self.model)))
+
+    def _mixed_pass(self, chosen, ids: torch.Tensor | None, adapters: list[str]):
+        """One forward pass (`MixedPass`) over the running rows' next tokens `ids` (None: no rows run) and
+        the prompt tokens `chosen` (`_choose`). Returns the running rows' logits and the call that
+        completes the prefill rows (`_computed`: first tokens, joins), made once the step's rows are done."""
+        b, dev = self.batch, self.engine.device
+        n = 0 if ids is None else ids.shape[0]
+        parts, cache, heads, mask, positions, layout, new_ids, new_pos, runs = self._mixed_inputs(chosen)
+        mixed = MixedPass(b.cache if n else None, b.mask if n else None, b.spans() if n else None, cache, heads,
+                          layout)
+        tokens = torch.tensor(new_ids, dtype=torch.long, device=dev)
+        where = torch.tensor(new_pos, dtype=torch.long, device=dev)
+        if n:
+            tokens, where = torch.cat([ids.view(-1), tokens]), torch.cat([b.last_pos, where])
+        keep = torch.tensor(list(range(n)) + [end - 1 for _, end, _ in runs], dtype=torch.long, device=dev)
+        out = self._forward(tokens.view(1, -1), _NO_MASK, where.view(1, -1), mixed, adapters, runs=runs, mixed=mixed,
+                            keep=keep)
+        logits = out.logits[0]
+        return logits[:n], lambda: self._computed(parts, cache, mask, positions, logits[n:])
+
     def _step(self) -> None:
-        """One token for every running row."""
+        """One token for every running row; while rows wait for prefill (and `_mixes`), their next prompt
+        tokens (`_choose`) are computed in the same forward pass."""
         self._select([j for j, r in enumerate(self.rows) if not self._dropped(r)])
         if not self.rows:
             return
         b, dev = self.batch, self.engine.device
         n = len(b.rows)
+        chosen = self._choose() if self.prefilling and self._mixes() else []
         ids = torch.tensor(b.next_tokens, dtype=torch.long, device=dev).view(n, 1)
         b.mask = torch.cat([b.mask, torch.ones((n, 1), dtype=b.mask.dtype, device=dev)], dim=1)
         b.last_pos = b.last_pos + 1
-        out = self._forward(ids, b.mask, b.last_pos.view(n, 1), b.cache, [r.adapter for r in b.rows], b.spans())
+        adapters = [r.adapter for r in b.rows]
+        if chosen:
+            t0 = time.perf_counter()
+            logits, computed = self._mixed_pass(chosen, ids, adapters)
+            # the step's share of the pass (for the counters): as long as the last step alone took
+            spent = time.perf_counter() - t0
+            self.stats["mixed_steps"] += 1
+            self.stats["prefill_s"] += max(spent - self._last_step, 0.0)
+            self.stats["step_s"] -= max(spent - self._last_step, 0.0)
+        else:
+            t0 = time.perf_counter()
+            out = self._forward(ids, b.mask, b.last_pos.view(n, 1), b.cache, adapters, b.spans())
+            logits = out.logits[:, -1, :]
+            self._last_step = time.perf_counter() - t0
         self.stats["steps"] += 1
         self.stats["step_cache_tokens"] += b.mask.numel()  # the keys each step reads; less the padding:
         self.stats["step_padding_tokens"] += b.mask.numel() - int(b.mask.sum())
-        tokens = self._pick(out.logits[:, -1, :], b.rows)
+        tokens = self._pick(logits, b.rows)
         b.next_tokens = tokens
         self._select([j for j, (r, t) in enumerate(zip(b.rows, tokens)) if not self._accept(r, t)])
+        if chosen:
+            computed()
 
     def _select(self, keep: list[int]) -> None:
         t0 = time.perf_counter()
@@ -226,7 +288,8 @@ class Scheduler(Admission):
     def _pick(self, logits: torch.Tensor, rows: list[Row]) -> list[int]:
         """Greedy rows take the argmax; sampled rows, grouped by temperature and top-p, are sampled
         together, each drawing from its own generator (`engine/nucleus.py`)."""
-        out = logits.argmax(-1).tolist()
+        # (bfloat16 logits compared as float32: the same argmax, in half the time of bfloat16's kernel)
+        out = (logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits).argmax(-1).tolist()
         groups: dict[tuple[float, float], list[int]] = {}
         for j, r in enumerate(rows):
             if r.do_sample and r.temperature > 0:
