@@ -25,7 +25,9 @@ It prints, per mix and configuration: requests/s and its ratio to the baseline (
 least 4x at 16 clients on the present mix, 2 cores), p50/p99 latency, prompt tokens sent and prefill tokens
 computed, cache hits and tokens saved, and the server's prefill and decoding seconds. The prefill bound is
 the baseline's wall time over the seconds the best configuration spent prefilling the tokens it had to
-compute: no schedule of that work could reach a higher ratio. Results go to a JSON file and a markdown table.
+compute: no schedule of that work could reach a higher ratio. Where prompt tokens ride along with a
+decoding step (`mixed_steps`; the server's way on a CPU), the server counts as prefill the time such a
+step took beyond the plain step before it. Results go to a JSON file and a markdown table.
 
 `--dtype bfloat16` runs every server in bfloat16 (`serve --dtype`; the default is the server's own
 choice, float32 on a CPU). On a CPU with AMX, bfloat16 matmuls of 20 rows or more run several times faster
@@ -54,7 +56,7 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "data"
 APPS = ("autore", "codereview", "testgen", "exam")
 COUNTERS = ("steps", "tokens", "prefills", "prompt_tokens", "prefill_tokens", "shared_prefix_tokens", "joined_running",
-            "mixed_steps", "prefill_s", "step_s", "join_s", "step_cache_tokens", "step_padding_tokens", "cache_hits", "cache_misses", "cache_evictions", "cache_tokens_saved")
+            "mixed_steps", "prefill_s", "step_s", "join_s", "step_cache_tokens", "step_padding_tokens", "step_read_tokens", "cache_hits", "cache_misses", "cache_evictions", "cache_tokens_saved")
 CONFIGS = {  # name: (clients (0: --clients), prefix cache, chunked prefill)
     "one-nocache": (1, False, False),
     "one-cache": (1, True, True),

@@ -222,11 +222,11 @@ class Admission:
         self.batch.join([parts[j][0] for j in keep], cache, index, mask, positions[:, -1], [tokens[j] for j in keep])
         self.stats["join_s"] += time.perf_counter() - t0
 
-    def _mixed_inputs(self, chosen: list[tuple[Row, int]]):
+    def _mixed_inputs(self, chosen: list[tuple[Row, int]], start: int):
         """The prefill half of a mixed pass (`engine/attention.py` `MixedPass`): `parts`, a cache for the
         rows' keys and values (shaped like the model's), their heads and (head, new tokens), the batch's
         mask and positions (each row left-padded, head then new tokens), and the rows' ids, positions and
-        adapter runs in the pass's row of tokens, which starts after `len(self.rows)` decoding tokens."""
+        adapter runs in the pass's row of tokens, which starts after `start` decoding tokens."""
         import copy
 
         dev = self.engine.device
@@ -236,7 +236,7 @@ class Admission:
         layout = [(r.head[0][0].shape[2] if r.head else 0, len(p)) for r, p in parts]
         width = max(h + m for h, m in layout)
         mask = torch.zeros((len(parts), width), dtype=torch.long)  # host: filled here, moved in one copy
-        ids, pos, runs, at = [], [], [], len(self.rows)
+        ids, pos, runs, at = [], [], [], start
         for j, ((r, p), (h, m)) in enumerate(zip(parts, layout)):
             mask[j, width - h - m:] = 1
             ids.extend(p)
@@ -245,7 +245,7 @@ class Admission:
             at += m
         mask = mask.to(dev)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        self.stats["prefill_tokens"] += at - len(self.rows)
+        self.stats["prefill_tokens"] += at - start
         self.stats["prefills"] += 1
         return parts, cache, [r.head for r, _ in parts], mask, positions, layout, ids, pos, runs
 

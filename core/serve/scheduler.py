@@ -227,7 +227,7 @@ class Scheduler(Admission):
         completes the prefill rows (`_computed`: first tokens, joins), made once the step's rows are done."""
         b, dev = self.batch, self.engine.device
         n = 0 if ids is None else ids.shape[0]
-        parts, cache, heads, mask, positions, layout, new_ids, new_pos, runs = self._mixed_inputs(chosen)
+        parts, cache, heads, mask, positions, layout, new_ids, new_pos, runs = self._mixed_inputs(chosen, n)
         mixed = MixedPass(b.cache if n else None, b.mask if n else None, b.spans() if n else None, cache, heads,
                           layout)
         tokens = torch.tensor(new_ids, dtype=torch.long, device=dev)
@@ -269,6 +269,7 @@ class Scheduler(Admission):
         self.stats["steps"] += 1
         self.stats["step_cache_tokens"] += b.mask.numel()  # the keys each step reads; less the padding:
         self.stats["step_padding_tokens"] += b.mask.numel() - int(b.mask.sum())
+        self.stats["step_read_tokens"] += sum((z - a) * (b.mask.shape[1] - col) for a, z, col in b.spans())
         tokens = self._pick(logits, b.rows)
         b.next_tokens = tokens
         self._select([j for j, (r, t) in enumerate(zip(b.rows, tokens)) if not self._accept(r, t)])
