@@ -200,9 +200,6 @@ class MixedPass:
         layer.keys, layer.values = keys, values
         return key, value
 
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0
-
     def attention(self, layer_idx: int, query, key, value, scaling):
         """The decoding rows over their slots (`_decode_rows`), each prefill row causally over its new
         tokens and over its head, merged by log-sum-exp (`_prefill_rows`' way)."""

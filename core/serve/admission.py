@@ -186,8 +186,8 @@ class Admission:
 
     def _computed(self, parts: list[tuple[Row, list[int]]], cache, mask: torch.Tensor, positions: torch.Tensor,
                   logits: torch.Tensor) -> None:
-        """After a pass computed `parts` (`cache`: their keys and values, heads left-padded then new tokens,
-        `mask` their columns, `positions` the new tokens', `logits` [rows, vocabulary] each row's last):
+        """After a pass computed `parts` (`cache`: their keys and values, each row's head and new tokens in
+        the columns `mask` marks; `positions` the new tokens'; `logits` [rows, vocabulary] each row's last):
         rows whose prompt is done take their first token and join the running batch; the others keep their
         keys and values for the next pass. The full blocks computed go to the prefix cache."""
         complete = []
