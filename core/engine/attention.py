@@ -96,22 +96,28 @@ def _prefill_rows(query, key, value, parts: list[tuple[int, int]], scaling):
     kernel skips the blocks above the diagonal) and to their head without one, the two merged by
     log-sum-exp. The batched masked call computed every padded and future block and converted the
     boolean mask to an additive one in every layer: twice the work."""
-    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     b, h, w, d = query.shape
     first = key.shape[2] - w
     out = query.new_zeros(query.shape)
     for j, (head, n) in enumerate(parts):
         if n <= 0:
             continue
-        q = query[j:j + 1, :, w - n:]
-        o, lse = op(q, key[j:j + 1, :, key.shape[2] - n:], value[j:j + 1, :, key.shape[2] - n:],
-                    is_causal=True, scale=scaling)[:2]
-        if head > 0:
-            o_h, lse_h = op(q, key[j:j + 1, :, first - head:first], value[j:j + 1, :, first - head:first],
-                            scale=scaling)[:2]
-            o = _merged(o, lse, o_h, lse_h)
-        out[j:j + 1, :, w - n:] = o
+        out[j:j + 1, :, w - n:] = _row_attention(
+            query[j:j + 1, :, w - n:], key[j:j + 1, :, key.shape[2] - n:], value[j:j + 1, :, key.shape[2] - n:],
+            key[j:j + 1, :, first - head:first], value[j:j + 1, :, first - head:first], scaling)
     return out.transpose(1, 2).contiguous()
+
+
+def _row_attention(q, keys, values, head_keys, head_values, scaling):
+    """One row's new tokens `q` [1, heads, n, dim]: causal attention over their own `keys`/`values` (no
+    mask: the kernel skips the blocks above the diagonal), merged by log-sum-exp with attention over the
+    row's cached head (`head_keys`/`head_values`, possibly empty)."""
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    o, lse = op(q, keys, values, is_causal=True, scale=scaling)[:2]
+    if head_keys.shape[2] > 0:
+        o_h, lse_h = op(q, head_keys, head_values, scale=scaling)[:2]
+        o = _merged(o, lse, o_h, lse_h)
+    return o
 
 
 def install_attention(model) -> bool:
@@ -211,15 +217,11 @@ class MixedPass:
             kvh = layer.keys.shape[1]
             q = query[0, :, :n].transpose(0, 1).reshape(n, kvh, h // kvh, d)
             out[0, :n] = _decode_rows(q, layer.keys, layer.values, self.mask, self.spans, 0.0, scaling).view(n, h, d)
-        op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
         batch, w = self.prefill.layers[layer_idx], self.width
         for j, ((head, m), at) in enumerate(zip(self.parts, self.offsets)):
-            q = query[:, :, at:at + m]
-            o, lse = op(q, key[:, :, at:at + m], value[:, :, at:at + m], is_causal=True, scale=scaling)[:2]
-            if head > 0:
-                o_h, lse_h = op(q, batch.keys[j:j + 1, :, w - m - head:w - m], batch.values[j:j + 1, :, w - m - head:w - m],
-                                scale=scaling)[:2]
-                o = _merged(o, lse, o_h, lse_h)
+            o = _row_attention(query[:, :, at:at + m], key[:, :, at:at + m], value[:, :, at:at + m],
+                               batch.keys[j:j + 1, :, w - m - head:w - m], batch.values[j:j + 1, :, w - m - head:w - m],
+                               scaling)
             out[0, at:at + m] = o[0].transpose(0, 1)
         return out, None
 

@@ -141,17 +141,30 @@ def _with_lora(self, x: torch.Tensor, names: tuple, result: torch.Tensor) -> tor
 def _by_runs(stack: dict, names: tuple, rows: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
     """A prefill pass (many tokens per row): each run of consecutive rows of one adapter gets only its
     adapter's update, where the dense form computed every adapter's for every token (k times the work)."""
-    r, out = stack["rank"], result.view(rows.shape[0], -1, result.shape[-1])
+    out = result.view(rows.shape[0], -1, result.shape[-1])
     a = 0
     for z in range(1, len(names) + 1):
         if z < len(names) and names[z] == names[a]:
             continue
         i = stack["index"].get(names[a])
         if i is not None:
-            low = torch.nn.functional.linear(rows[a:z], stack["a_flat"][i * r:(i + 1) * r]) * stack["scale"][i]
-            out[a:z].view(-1, out.shape[-1]).addmm_(low.view(-1, r), stack["b_each"][i].t())
+            _add_own(stack, i, rows[a:z].reshape(-1, rows.shape[-1]), out[a:z].view(-1, out.shape[-1]))
         a = z
     return result
+
+
+def _add_own(stack: dict, i: int, x: torch.Tensor, out: torch.Tensor) -> None:
+    """Adapter `i`'s update of the tokens `x` [tokens, in], added into `out` [tokens, out] in place."""
+    r = stack["rank"]
+    if "a_flat" in stack:
+        a, b = stack["a_flat"][i * r:(i + 1) * r], stack["b_each"][i]
+    else:
+        a, b = stack["a"][i], stack["b"][i]
+    low = torch.nn.functional.linear(x, a) * stack["scale"][i]
+    if out.dtype == low.dtype:
+        out.addmm_(low, b.t())
+    else:
+        out += torch.nn.functional.linear(low, b).to(out.dtype)
 
 
 def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names: list[str], **kwargs) -> torch.Tensor:
@@ -189,20 +202,10 @@ def _with_runs(self, x: torch.Tensor, names: tuple, runs: list[tuple[int, int, s
         if got is not mine:
             out[:n] = got.view(n, -1)
     stack = _stack(self, x.dtype)
-    r = stack["rank"]
     for start, end, name in runs:
         i = stack["index"].get(name)
-        if i is None:
-            continue
-        if "a_flat" in stack:
-            a, b = stack["a_flat"][i * r:(i + 1) * r], stack["b_each"][i]
-        else:
-            a, b = stack["a"][i], stack["b"][i]
-        low = torch.nn.functional.linear(flat[start:end], a) * stack["scale"][i]
-        if out.dtype == low.dtype:
-            out[start:end].addmm_(low, b.t())
-        else:
-            out[start:end] += torch.nn.functional.linear(low, b).to(out.dtype)
+        if i is not None:
+            _add_own(stack, i, flat[start:end], out[start:end])
     return result
 
 
