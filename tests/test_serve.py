@@ -496,6 +496,40 @@ def test_chunked_prefill_splits_only_prompts_longer_than_a_chunk(engine):
         assert r.text(engine.tokenizer) == _alone(engine, r)
 
 
+def test_a_pass_orders_its_prompts_by_adapter_one_run_each(engine, monkeypatch):
+    """The prompts of one pass are ordered by adapter, so that each adapter's tokens make one run (its
+    LoRA matmuls once per layer for all its prompts); every row still takes its own first token."""
+    from peft_apps.core.serve import scheduler as module
+    from peft_apps.core.serve.scheduler import Row, Scheduler
+
+    seen = []
+    real = module.rows_of_adapters
+
+    def recording(model, names, runs=None):
+        if runs:
+            seen.append(list(runs))
+        return real(model, names, runs)
+
+    monkeypatch.setattr(module, "rows_of_adapters", recording)
+    scheduler = Scheduler(engine, prefix_cache_mb=0)
+    texts = ["Where was Marie Curie born ?", "Pierre Curie was born in Paris .", "Rome is the capital of Italy .",
+             "Name the city where he was born ."]
+    rows = [Row(ids=ids_of(engine, t), adapter=a, max_new_tokens=5) for t, a in zip(texts, ["alpha", "beta", "alpha", "beta"])]
+    scheduler.start()
+    try:
+        _run_rows(scheduler, [Row(ids=ids_of(engine, "Hello"), adapter="alpha", max_new_tokens=1)])  # the first
+        seen.clear()  # pass is a plain one (it makes the cache template mixed passes build on)
+        _run_rows(scheduler, rows)
+    finally:
+        scheduler.close()
+    first = seen[0]  # the pass that computed the four prompts (no row was running)
+    assert [a for *_, a in first] == ["alpha", "beta"] and first[0][1] == first[1][0]
+    assert first[0][1] - first[0][0] == len(rows[0].ids) + len(rows[2].ids)
+    assert sum(e - s for s, e, _ in first) == sum(len(r.ids) for r in rows)
+    for r in rows:
+        assert r.text(engine.tokenizer) == _alone(engine, r)
+
+
 def test_a_failed_mixed_pass_fails_its_rows_and_the_scheduler_goes_on(engine, monkeypatch):
     """A decoding step that carries prefill rows and fails ends every row it held with an error (the
     prefill rows too: none is left waiting forever); the next rows are served as before."""

@@ -51,14 +51,17 @@ _last = threading.local()  # the last input padded, and its padded rows (q/k/v, 
 def _padded(x: torch.Tensor, m: int, size: int) -> torch.Tensor:
     """`x`'s rows and zeros up to `size` rows; the last input's padded rows again when it is the same
     tensor, unchanged (inference tensors keep no version counter: the same object counts as unchanged; a
-    model does not write into a layer's input between the projections reading it)."""
+    model does not write into a layer's input between the projections reading it). Kept only without
+    autograd (rows made in inference mode cannot enter a graph)."""
+    keep = not torch.is_grad_enabled()
     version = None if x.is_inference() else x._version
-    if getattr(_last, "x", None) is x and _last.version == version and _last.rows.shape[0] == size:
+    if keep and getattr(_last, "x", None) is x and _last.version == version and _last.rows.shape[0] == size:
         return _last.rows
     rows = x.new_empty((size, x.shape[-1]))
     rows[:m] = x.reshape(m, x.shape[-1])
     rows[m:].zero_()
-    _last.x, _last.version, _last.rows = x, version, rows
+    if keep:
+        _last.x, _last.version, _last.rows = x, version, rows
     return rows
 
 
@@ -91,11 +94,33 @@ def _bucketed(self, x: torch.Tensor) -> torch.Tensor:
 
 def _gated_mlp(self, x: torch.Tensor) -> torch.Tensor:
     """A SiLU-gated MLP (Llama's) without autograd: the activation and the product in place, the same
-    numbers without allocating two more [tokens, intermediate] tensors per layer."""
+    numbers without allocating two more [tokens, intermediate] tensors per layer. Where all three
+    projections are bucketed without bias, the down projection reads the gate's padded rows as they are
+    (zero in, zero out: silu(0) x 0 is 0), not a padded copy of them."""
     if torch.is_grad_enabled():
         return type(self).forward(self, x)
-    gate = torch.nn.functional.silu(self.gate_proj(x), inplace=True)
-    return self.down_proj(gate.mul_(self.up_proj(x)))
+    layers = (self.gate_proj, self.up_proj, self.down_proj)
+    m = x.numel() // x.shape[-1] if x.dim() else 0
+    size = bucket(m) if m else 0
+    if size == m or x.device.type != "cpu" or not all(_bucketed_layer(p) for p in layers):
+        gate = torch.nn.functional.silu(self.gate_proj(x), inplace=True)
+        return self.down_proj(gate.mul_(self.up_proj(x)))
+    rows = _padded(x, m, size)
+    gate = _product(self.gate_proj, rows)
+    torch.nn.functional.silu(gate[:m], inplace=True).mul_(_product(self.up_proj, rows)[:m])
+    return _product(self.down_proj, gate)[:m].view(*x.shape[:-1], -1)
+
+
+def _bucketed_layer(layer) -> bool:
+    return type(layer) is torch.nn.Linear and layer.bias is None and getattr(layer.forward, "__func__", None) is _bucketed
+
+
+def _product(layer, rows: torch.Tensor) -> torch.Tensor:
+    """A bucketed layer's product of rows already padded to a bucket."""
+    weight = _prepacked(layer)
+    if weight is None:
+        return torch.nn.functional.linear(rows, layer.weight)
+    return torch.ops.mkldnn._linear_pointwise(rows, weight, None, "none", [], "")
 
 
 def packed(x: torch.Tensor) -> torch.Tensor:

@@ -227,14 +227,14 @@ class Scheduler(Admission):
         completes the prefill rows (`_computed`: first tokens, joins), made once the step's rows are done."""
         b, dev = self.batch, self.engine.device
         n = 0 if ids is None else ids.shape[0]
-        parts, cache, heads, mask, positions, layout, new_ids, new_pos, runs = self._mixed_inputs(chosen, n)
+        parts, cache, heads, mask, positions, layout, new_ids, new_pos, runs, last = self._mixed_inputs(chosen, n)
         mixed = MixedPass(b.cache if n else None, b.mask if n else None, b.spans() if n else None, cache, heads,
                           layout)
         tokens = torch.tensor(new_ids, dtype=torch.long, device=dev)
         where = torch.tensor(new_pos, dtype=torch.long, device=dev)
         if n:
             tokens, where = torch.cat([ids.view(-1), tokens]), torch.cat([b.last_pos, where])
-        keep = torch.tensor(list(range(n)) + [end - 1 for _, end, _ in runs], dtype=torch.long, device=dev)
+        keep = torch.tensor(list(range(n)) + last, dtype=torch.long, device=dev)
         out = self._forward(tokens.view(1, -1), _NO_MASK, where.view(1, -1), mixed, adapters, runs=runs, mixed=mixed,
                             keep=keep)
         logits = out.logits[0]
