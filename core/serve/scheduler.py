@@ -27,7 +27,8 @@ batch, so a request that arrives while others decode joins them instead of waiti
              each prefill row's new tokens (`engine/attention.py` `MixedPass`), so a new request costs no
              pass of its own (each pass reads every weight and dispatches every operation again: about
              60 ms on SmolLM2-135M). With no row running, a prefill is such a pass without the step's
-             tokens, its prompts unpadded.
+             tokens, its prompts unpadded. The prompts are ordered by adapter: each adapter's tokens make
+             one run, which gets that adapter's LoRA update in one pair of matmuls per layer.
 
 A row ends at an end-of-sequence id of the model (the same ids as in-process generation), a stop string,
 its `max_new_tokens` or the model's context. Greedy rows take the argmax; sampled rows draw from their own
