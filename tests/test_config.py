@@ -67,3 +67,30 @@ def test_unknown_app():
 def test_output_dir_placeholders():
     r = Recipe(app="sft", name="lora")
     assert str(r.output_dir()) == "runs/sft-lora"
+
+
+def test_run_recipe_parses_a_run_folders_recipe_again_only_when_it_changes(tmp_path, sft_app):
+    import os
+
+    from peft_apps.core import config
+    from peft_apps.core.config import run_recipe
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    f = tmp_path / "recipe.yaml"
+    f.write_text(load_recipe(sft_app.recipe_path("lora"), ["train.lr=1e-4"]).to_yaml())
+    first = run_recipe(tmp_path, "sft")
+    parsed = []
+    real = config.load_recipe
+    config.load_recipe = lambda *a, **k: parsed.append(a) or real(*a, **k)
+    try:
+        again = run_recipe(tmp_path, "sft")
+        assert not parsed and again == first and again is not first  # unchanged: not parsed; a copy each
+        again.train.lr = 5.0
+        assert run_recipe(tmp_path, "sft").train.lr == pytest.approx(1e-4)  # a caller's change stays its own
+        f.write_text(f.read_text().replace("0.0001", "0.0002"))
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+        assert run_recipe(tmp_path, "sft").train.lr == pytest.approx(2e-4) and len(parsed) == 1  # edited: read again
+        with pytest.raises(UserError, match="sft"):
+            run_recipe(tmp_path, "codereview")  # a run of another app, cached or not
+    finally:
+        config.load_recipe = real
