@@ -591,3 +591,33 @@ def test_small_cache_budget_and_chunked_prefill_keep_outputs_and_interleave_deco
     assert report["cache_uncached_prompts"] >= 1  # the long prompt alone is over the budget: it ran uncached
     for r in first + long + more:
         assert r.text(engine.tokenizer) == _alone(engine, r)
+
+
+def test_serve_shortens_the_gil_switch_interval_for_the_model_thread(monkeypatch):
+    """The local server runs with a 0.5 ms GIL switch interval, not Python's 5 ms: request threads give the
+    model's worker thread the GIL back sooner."""
+    import sys
+
+    import peft_apps.core.serve as serve_module
+
+    seen = []
+
+    class Fake:
+        def __init__(self, config):
+            pass
+
+        def run(self):
+            seen.append(sys.getswitchinterval())
+
+    closed = []
+    monkeypatch.setattr(serve_module, "read_runs", lambda items: [])
+    monkeypatch.setattr(serve_module, "check_port", lambda host, port: None)
+    monkeypatch.setattr(serve_module, "local_served", lambda *a, **k: type("S", (), {"close": lambda self: closed.append(1)})())
+    monkeypatch.setattr(serve_module, "build_app", lambda served, limits: None)
+    monkeypatch.setattr(serve_module, "_Server", Fake)
+    before = sys.getswitchinterval()
+    try:
+        serve_module.serve([], port=1)
+        assert seen == [pytest.approx(serve_module.SWITCH_INTERVAL)] and closed == [1]
+    finally:
+        sys.setswitchinterval(before)
