@@ -85,11 +85,7 @@ def _bucketed(self, x: torch.Tensor) -> torch.Tensor:
     if weight is None and (size == m or x.device.type != "cpu"):
         return torch.nn.functional.linear(x, self.weight, self.bias)
     rows = _padded(x, m, size) if size != m else x.reshape(m, x.shape[-1]).contiguous()
-    if weight is None:
-        out = torch.nn.functional.linear(rows, self.weight, self.bias)
-    else:
-        out = torch.ops.mkldnn._linear_pointwise(rows, weight, self.bias, "none", [], "")
-    return out[:m].view(*x.shape[:-1], -1)
+    return _product(self, rows, weight)[:m].view(*x.shape[:-1], -1)
 
 
 def _gated_mlp(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,21 +102,23 @@ def _gated_mlp(self, x: torch.Tensor) -> torch.Tensor:
         gate = torch.nn.functional.silu(self.gate_proj(x), inplace=True)
         return self.down_proj(gate.mul_(self.up_proj(x)))
     rows = _padded(x, m, size)
-    gate = _product(self.gate_proj, rows)
-    torch.nn.functional.silu(gate[:m], inplace=True).mul_(_product(self.up_proj, rows)[:m])
-    return _product(self.down_proj, gate)[:m].view(*x.shape[:-1], -1)
+    gate = _product(self.gate_proj, rows, _prepacked(self.gate_proj))
+    up = _product(self.up_proj, rows, _prepacked(self.up_proj))
+    torch.nn.functional.silu(gate[:m], inplace=True).mul_(up[:m])
+    return _product(self.down_proj, gate, _prepacked(self.down_proj))[:m].view(*x.shape[:-1], -1)
 
 
 def _bucketed_layer(layer) -> bool:
-    return type(layer) is torch.nn.Linear and layer.bias is None and getattr(layer.forward, "__func__", None) is _bucketed
+    return (type(layer) is torch.nn.Linear and layer.bias is None
+            and getattr(layer.forward, "__func__", None) is _bucketed)
 
 
-def _product(layer, rows: torch.Tensor) -> torch.Tensor:
-    """A bucketed layer's product of rows already padded to a bucket."""
-    weight = _prepacked(layer)
+def _product(layer, rows: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """A bucketed layer's product of rows already padded to a bucket: oneDNN's on the `weight` it packed
+    (`_prepacked`), or plain `linear` where there is none."""
     if weight is None:
-        return torch.nn.functional.linear(rows, layer.weight)
-    return torch.ops.mkldnn._linear_pointwise(rows, weight, None, "none", [], "")
+        return torch.nn.functional.linear(rows, layer.weight, layer.bias)
+    return torch.ops.mkldnn._linear_pointwise(rows, weight, layer.bias, "none", [], "")
 
 
 def packed(x: torch.Tensor) -> torch.Tensor:
