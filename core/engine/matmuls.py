@@ -103,8 +103,8 @@ def _gated_mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(gate.mul_(self.up_proj(x)))
     rows = _padded(x, m, size)
     gate = _product(self.gate_proj, rows, _prepacked(self.gate_proj))
-    up = _product(self.up_proj, rows, _prepacked(self.up_proj))
-    torch.nn.functional.silu(gate[:m], inplace=True).mul_(up[:m])
+    torch.nn.functional.silu(gate[:m], inplace=True).mul_(
+        _product(self.up_proj, rows, _prepacked(self.up_proj))[:m])  # the up product freed before `down`
     return _product(self.down_proj, gate, _prepacked(self.down_proj))[:m].view(*x.shape[:-1], -1)
 
 
