@@ -226,8 +226,8 @@ class Admission:
         """The prefill half of a mixed pass (`engine/attention.py` `MixedPass`): `parts`, a cache for the
         rows' keys and values (shaped like the model's), their heads and (head, new tokens), the batch's
         mask and positions (each row left-padded, head then new tokens), and the rows' ids, positions and
-        adapter runs in the pass's row of tokens, which starts after `start` decoding tokens, and the index in
-        that row of each prefill row's last token. The rows are ordered by adapter, so that the rows of one
+        adapter runs in the pass's row of tokens, which starts after `start` decoding tokens. The rows are
+        ordered by adapter, so that the rows of one
         adapter make one run: each run costs every LoRA layer two matmuls (42 prompts of 4 adapters: 42
         runs of ~160 tokens took 80 us per layer each, 4 runs of ~1660 tokens 250 us)."""
         import copy
@@ -240,7 +240,7 @@ class Admission:
         layout = [(r.head[0][0].shape[2] if r.head else 0, len(p)) for r, p in parts]
         width = max(h + m for h, m in layout)
         mask = torch.zeros((len(parts), width), dtype=torch.long)  # host: filled here, moved in one copy
-        ids, pos, runs, last, at = [], [], [], [], start
+        ids, pos, runs, at = [], [], [], start
         for j, ((r, p), (h, m)) in enumerate(zip(parts, layout)):
             mask[j, width - h - m:] = 1
             ids.extend(p)
@@ -250,12 +250,11 @@ class Admission:
             else:
                 runs.append((at, at + m, r.adapter))
             at += m
-            last.append(at - 1)
         mask = mask.to(dev)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         self.stats["prefill_tokens"] += at - start
         self.stats["prefills"] += 1
-        return parts, cache, [r.head for r, _ in parts], mask, positions, layout, ids, pos, runs, last
+        return parts, cache, [r.head for r, _ in parts], mask, positions, layout, ids, pos, runs
 
     def _pass(self, parts: list[tuple[Row, list[int]]]):
         """One forward pass computing each row's `ids` over its `head` (the keys and values of its first

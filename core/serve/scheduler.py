@@ -47,6 +47,7 @@ time (their tokens arrive when the batch ends); they never use the prefix cache.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -228,14 +229,15 @@ class Scheduler(Admission):
         completes the prefill rows (`_computed`: first tokens, joins), made once the step's rows are done."""
         b, dev = self.batch, self.engine.device
         n = 0 if ids is None else ids.shape[0]
-        parts, cache, heads, mask, positions, layout, new_ids, new_pos, runs, last = self._mixed_inputs(chosen, n)
+        parts, cache, heads, mask, positions, layout, new_ids, new_pos, runs = self._mixed_inputs(chosen, n)
         mixed = MixedPass(b.cache if n else None, b.mask if n else None, b.spans() if n else None, cache, heads,
                           layout)
         tokens = torch.tensor(new_ids, dtype=torch.long, device=dev)
         where = torch.tensor(new_pos, dtype=torch.long, device=dev)
         if n:
             tokens, where = torch.cat([ids.view(-1), tokens]), torch.cat([b.last_pos, where])
-        keep = torch.tensor(list(range(n)) + last, dtype=torch.long, device=dev)
+        ends = itertools.accumulate(m for _, m in layout)  # where each prefill row's tokens end, after the step's
+        keep = torch.tensor(list(range(n)) + [n + e - 1 for e in ends], dtype=torch.long, device=dev)
         out = self._forward(tokens.view(1, -1), _NO_MASK, where.view(1, -1), mixed, adapters, runs=runs, mixed=mixed,
                             keep=keep)
         logits = out.logits[0]
