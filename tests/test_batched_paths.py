@@ -303,3 +303,14 @@ def test_nucleus_sampling_looks_among_the_likeliest_first_and_draws_the_nucleus_
     got = torch.bincount(torch.tensor(nucleus.sample_rows(probs.log().expand(n, 5), 1.0, 0.9, [g] * n)),
                          minlength=5) / n
     torch.testing.assert_close(got, torch.tensor([0.5, 0.2, 0.15, 0.1, 0.0]) / 0.95, atol=0.015, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_greedy_tokens_are_argmax_with_ties_and_nan(dtype):
+    from peft_apps.core.engine.nucleus import greedy_tokens
+
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(7, 3000), (3, 2, 500), (900,)]:
+        x = torch.randint(-3, 4, shape, generator=gen).to(dtype)  # many ties for the largest
+        x.view(-1, shape[-1])[0, 17] = float("nan")
+        assert torch.equal(greedy_tokens(x), x.float().argmax(-1))

@@ -32,7 +32,7 @@ def test_wheel_has_one_namespace_and_package_data(wheel):
                    "peft_apps/apps/testgen/_runner.py", "peft_apps/apps/testgen/metrics/codebleu/keywords/java.txt",
                    "peft_apps/apps/testgen/metrics/codebleu/parser/DFG.py", "peft_apps/prompts/testgen/python.j2",
                    "peft_apps/data/testgen/textkit/textkit/slug.py", "peft_apps/data/testgen/textkit/tests/test_slug.py",
-                   "peft_apps/data/testgen/textkit/pyproject.toml"):
+                   "peft_apps/data/testgen/textkit/pyproject.toml", "peft_apps/core/engine/decode_attention.c"):
         assert needed in names, needed
     assert not any(n.startswith("peft_apps/tests/") or n.endswith("setup.py") for n in names)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .native import decode_attention
 from .options import Prefix
 
 
@@ -51,12 +52,18 @@ def _sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=No
 
 
 def _decode_rows(q, key, value, mask, spans, dropout, scaling):
-    """One decoding step's attention, `q` [rows, KV heads, queries per KV head, dim]: each query group
-    read against its KV head in place (no copy per group, no causal mask needed: every key is in the
-    query's past), by runs of rows `spans` from their first used column (`serve/batch.py`); `mask` [rows,
-    1, 1 or groups, keys] hides padding."""
+    """One decoding step's attention, `q` [rows, KV heads, queries per KV head, dim]; `mask` [rows, 1, 1 or
+    groups, keys] hides padding. The engine's own kernel where it applies (`native.decode_attention`: each
+    row read from its first attended key, at about twice SDPA's pace); else SDPA, each query group read
+    against its KV head in place (no copy per group, no causal mask needed: every key is in the query's
+    past), by runs of rows `spans` from their first used column (`serve/batch.py`)."""
     b, kvh, g, d = q.shape
     n = key.shape[2]
+    if dropout == 0.0 and mask.dtype == torch.bool and mask.shape[1:3] == (1, 1) and mask.shape[0] in (1, b) \
+            and mask.shape[3] == n:
+        out = decode_attention(q, key, value, mask[:, 0, 0].expand(b, n), scaling)
+        if out is not None:
+            return out
     spans = spans or [(0, b, 0)]
     out = q.new_empty(q.shape) if len(spans) > 1 else None
     mask = _additive(mask, q.dtype)

