@@ -61,7 +61,8 @@ def build(dtype: torch.dtype, group: int, dim: int) -> Path:
     Raises RuntimeError with the compiler's message when it cannot be built."""
     cc = _compiler()
     if cc is None:
-        raise RuntimeError("no C compiler found (set CC)")
+        raise RuntimeError(f"CC={os.environ['CC']} not found" if os.environ.get("CC")
+                           else "no C compiler found (cc, gcc or clang; or set CC)")
     flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC",
              f"-DGROUP={group}", f"-DHEAD_DIM={dim}", f"-DBF16={_DTYPES[dtype]}"]
     tag = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *flags]).encode() + _cpu()).hexdigest()[:20]
