@@ -31,6 +31,8 @@ One concern per module:
     speculation.py   Drafter: prompt-lookup drafts
     attention.py     the attention routing: shared-prefix (cascade) attention, SDPA with grouped KV heads
                      (a decoding step by runs of rows, from each run's first used column)
+    native.py        a decoding step's attention on the CPU by a C kernel (decode_attention.c) built with
+                     the machine's compiler at first use; SDPA where it cannot be built
     lora_batch.py    rows of several LoRA adapters in one pass: dense matmuls over the stacked adapters
     matmuls.py       on the CPU: bfloat16 linear rows in buckets (oneDNN compiles per shape), the output
                      layer's input packed
