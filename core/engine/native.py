@@ -127,9 +127,7 @@ def decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, ma
             or mask.shape != (b, n) or value.stride() != strides or strides[3] != 1 or (mask.stride(1) != 1 and n > 1)
             or torch.is_grad_enabled() and (q.requires_grad or key.requires_grad or value.requires_grad)):
         return None
-    fn = _kernels.get((dtype, g, d), _kernel)
-    if fn is _kernel:  # not looked for yet
-        fn = _kernel(dtype, g, d)
+    fn = _kernel(dtype, g, d)
     if fn is None:
         return None
     q = q.contiguous()

@@ -227,9 +227,9 @@ class Admission:
         rows' keys and values (shaped like the model's), their heads and (head, new tokens), the batch's
         mask and positions (each row left-padded, head then new tokens), and the rows' ids, positions and
         adapter runs in the pass's row of tokens, which starts after `start` decoding tokens. The rows are
-        ordered by adapter, so that the rows of one
-        adapter make one run: each run costs every LoRA layer two matmuls (42 prompts of 4 adapters: 42
-        runs of ~160 tokens took 80 us per layer each, 4 runs of ~1660 tokens 250 us)."""
+        ordered by adapter, so that the rows of one adapter make one run: each run costs every LoRA layer
+        two matmuls (42 prompts of 4 adapters: 42 runs of ~160 tokens took 80 us per layer each, 4 runs of
+        ~1660 tokens 250 us)."""
         import copy
 
         dev = self.engine.device
