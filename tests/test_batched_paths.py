@@ -138,6 +138,19 @@ def test_attention_spans_read_the_fewest_keys():
         assert cost == best
 
 
+def test_running_batch_counts_the_keys_its_attention_reads():
+    from peft_apps.core.serve.batch import RunningBatch, attention_spans
+
+    batch = RunningBatch()
+    first, width = [0, 290, 5, 150, 299], 300
+    batch.mask = torch.arange(width).view(1, width) >= torch.tensor(first).view(-1, 1)
+    batch.mask[1, 295] = False  # a hole after the first attended key: still read
+    assert batch.keys_read(by_rows=True) == 300 + 10 + 295 + 150 + 1  # each row from its own first key
+    spans = attention_spans(first, width)
+    assert len(spans) > 1 and batch.spans() == spans  # SDPA: each run of rows from the run's first key
+    assert batch.keys_read(by_rows=False) == sum((z - a) * (width - col) for a, z, col in spans) > 756
+
+
 def test_decoding_attention_by_runs_of_rows_equals_the_whole_width():
     from types import SimpleNamespace
 
@@ -216,11 +229,13 @@ def test_bucketed_linear_rows_and_the_packed_head_input():
     assert not torch.equal(_bucketed(layer, x3), before)
 
 
-def test_prepacked_bfloat16_weights_give_plain_linear_numbers_and_follow_weight_changes():
+def test_prepacked_bfloat16_weights_give_plain_linear_numbers_and_follow_weight_changes(monkeypatch):
+    from peft_apps.core.engine import matmuls
     from peft_apps.core.engine.matmuls import _can_pack, install_matmuls
 
     if not _can_pack():
         pytest.skip("this torch has no oneDNN prepacked linear")
+    monkeypatch.setattr(matmuls, "_amx", lambda: True)  # oneDNN for every number of rows (no float32 copies)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Linear(48, 32, bias=False)).to(torch.bfloat16)
     assert install_matmuls(model) == 2 and all(m._peft_apps_pack_ok for m in model)
@@ -237,6 +252,54 @@ def test_prepacked_bfloat16_weights_give_plain_linear_numbers_and_follow_weight_
         assert torch.equal(model[0](x), torch.nn.functional.linear(x, model[0].weight, model[0].bias))
     y = model[0](x)  # with autograd: the plain path
     assert y.requires_grad
+
+
+def test_bfloat16_products_of_many_rows_run_in_float32_without_amx(monkeypatch):
+    from peft_apps.core.engine import matmuls
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Linear(48, 32, bias=False)).to(torch.bfloat16)
+    monkeypatch.setattr(matmuls, "_amx", lambda: True)
+    matmuls.install_matmuls(model)
+    assert not any(m._peft_apps_upcast_ok for m in model)  # AMX: oneDNN's bfloat16 kernels throughout
+    monkeypatch.setattr(matmuls, "_amx", lambda: False)
+    matmuls.install_matmuls(model)
+    assert all(m._peft_apps_upcast_ok for m in model)
+    layer = model[0]
+
+    def f32(x, weight, bias=None):  # the float32 product of the bucket's rows (zeros below x's), rounded
+        rows = torch.cat([x.reshape(-1, x.shape[-1]), x.new_zeros(matmuls.bucket(x.numel() // x.shape[-1])
+                                                                  - x.numel() // x.shape[-1], x.shape[-1])])
+        out = torch.nn.functional.linear(rows.float(), weight.float(), None if bias is None else bias.float())
+        return out[:x.numel() // x.shape[-1]].to(torch.bfloat16).view(*x.shape[:-1], -1)
+
+    for m in (1, 20, 63, 300):
+        x = torch.randn(m, 64, dtype=torch.bfloat16)
+        with torch.inference_mode():
+            got = layer(x)
+        upcast = f32(x, layer.weight, layer.bias)
+        plain = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        assert got.dtype == torch.bfloat16 and got.shape == (m, 48)
+        # the float32 product from `UPCAST_ROWS` rows on, padding included (a bfloat16 rounding of the same
+        # sums); oneDNN's below
+        assert torch.equal(got, upcast) if matmuls.bucket(m) >= matmuls.UPCAST_ROWS else torch.equal(got, plain)
+        torch.testing.assert_close(got, plain, atol=0.05, rtol=0.02)
+    with torch.no_grad():
+        layer.weight.mul_(2)  # in place: copied again
+        x = torch.randn(100, 64, dtype=torch.bfloat16)
+        assert torch.equal(layer(x), f32(x, layer.weight, layer.bias))
+    with torch.inference_mode():  # the gated MLP's padded path takes it too
+        from transformers import LlamaConfig
+        from transformers.models.llama.modeling_llama import LlamaMLP
+
+        mlp = LlamaMLP(LlamaConfig(hidden_size=64, intermediate_size=96, hidden_act="silu")).to(torch.bfloat16)
+        x = torch.randn(1, 70, 64, dtype=torch.bfloat16)
+        want = f32(torch.nn.functional.silu(f32(x, mlp.gate_proj.weight)).mul(f32(x, mlp.up_proj.weight)),
+                   mlp.down_proj.weight)
+        matmuls.install_matmuls(mlp)
+        assert torch.equal(mlp(x), want)
+    x = torch.randn(100, 64, dtype=torch.bfloat16)
+    assert layer(x).requires_grad  # with autograd: the plain path
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -75,8 +75,10 @@ def test_decoding_rows_use_the_kernel_and_keep_sdpa_where_it_does_not_apply(monk
         q = torch.randn(b, kvh, g, d, generator=gen)
         k, v = _cache(b, kvh, n, d, torch.float32, gen)
         sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask.expand(b, 1, g, n))
+        before = native.calls()
         got = _decode_rows(q, k, v, mask, None, 0.0, None)
         torch.testing.assert_close(got, sdpa, atol=1e-5, rtol=1e-4)
+        assert native.calls() == before + (d != 24)  # the counter counts the kernel's calls, not SDPA's
         assert (native.decode_attention(q, k, v, mask[:, 0, 0], None) is None) == (d == 24)
     q.requires_grad_(True)
     assert native.decode_attention(q, k, v, mask[:, 0, 0], None) is None  # autograd: SDPA

@@ -34,8 +34,8 @@ One concern per module:
     native.py        a decoding step's attention on the CPU by a C kernel (decode_attention.c) built with
                      the machine's compiler at first use; SDPA where it cannot be built
     lora_batch.py    rows of several LoRA adapters in one pass: dense matmuls over the stacked adapters
-    matmuls.py       on the CPU: bfloat16 linear rows in buckets (oneDNN compiles per shape), the output
-                     layer's input packed
+    matmuls.py       on the CPU: bfloat16 linear rows in buckets (oneDNN compiles per shape), prefill
+                     products in float32 where the CPU has no AMX, the output layer's input packed
     caches.py        root prefixes encoded in batches, batch caches from prefix caches, growing cache layers
     scope.py         AdapterScope: one named adapter active (or none: the base) for a block
     prefix_tree.py   PrefixTree: the core's prefix planner

@@ -31,6 +31,13 @@ _DTYPES = {torch.bfloat16: 1, torch.float32: 0}
 _lock = threading.Lock()
 _kernels: dict[tuple[torch.dtype, int, int], object] = {}  # (dtype, group, head dim) -> function, or None
 _warned = False
+_calls = [0]  # decoding steps' layer calls that the kernel ran (`calls`)
+
+
+def calls() -> int:
+    """How many attention calls the kernel has run in this process (a counter for the server's statistics:
+    a step whose calls ran here read each row's keys from its first attended one)."""
+    return _calls[0]
 
 
 def enabled() -> bool:
@@ -135,4 +142,5 @@ def decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, ma
     fn(q.data_ptr(), key.data_ptr(), value.data_ptr(), mask.data_ptr(), out.data_ptr(), b, kvh, n,
        strides[0], strides[1], strides[2], mask.stride(0),
        d ** -0.5 if scale is None else float(scale), torch.get_num_threads())
+    _calls[0] += 1
     return out

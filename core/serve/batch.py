@@ -165,14 +165,24 @@ class RunningBatch:
         self.last_pos: torch.Tensor | None = None
         self.next_tokens: list[int] = []
         self._spans: list[tuple[int, int, int]] | None = None
+        self._first: list[int] = []  # each row's first attended column, with `_spans`
 
     def spans(self) -> list[tuple[int, int, int]]:
         """The attention spans of the rows (`attention_spans`), computed again only when rows join or
         leave: a step appends a column on the right, which moves no row's first used column."""
         if self._spans is None:
-            first = (self.mask.cumsum(1) == 0).sum(1).tolist()
-            self._spans = attention_spans(first, self.mask.shape[1])
+            self._first = (self.mask.cumsum(1) == 0).sum(1).tolist()
+            self._spans = attention_spans(self._first, self.mask.shape[1])
         return self._spans
+
+    def keys_read(self, by_rows: bool) -> int:
+        """The keys a decoding step's attention reads in each layer: every row from its own first attended
+        column (`by_rows`: the engine's decoding kernel), else every run of rows from the run's (SDPA's runs,
+        `spans`)."""
+        spans, width = self.spans(), self.mask.shape[1]
+        if by_rows:
+            return sum(width - f for f in self._first)
+        return sum((z - a) * (width - col) for a, z, col in spans)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -56,7 +56,7 @@ from collections import Counter, deque
 
 import torch
 
-from peft_apps.core.engine import BASE
+from peft_apps.core.engine import BASE, native
 from peft_apps.core.engine.decode import stop_ids
 from peft_apps.core.engine.nucleus import greedy_tokens, sample_rows
 from peft_apps.core.engine.attention import MixedPass
@@ -256,6 +256,7 @@ class Scheduler(Admission):
         b.mask = torch.cat([b.mask, torch.ones((n, 1), dtype=b.mask.dtype, device=dev)], dim=1)
         b.last_pos = b.last_pos + 1
         adapters = [r.adapter for r in b.rows]
+        kernel_calls = native.calls()
         if chosen:
             t0 = time.perf_counter()
             logits, computed = self._mixed_pass(chosen, ids, adapters)
@@ -272,7 +273,7 @@ class Scheduler(Admission):
         self.stats["steps"] += 1
         self.stats["step_cache_tokens"] += b.mask.numel()  # the keys each step reads; less the padding:
         self.stats["step_padding_tokens"] += b.mask.numel() - int(b.mask.sum())
-        self.stats["step_read_tokens"] += sum((z - a) * (b.mask.shape[1] - col) for a, z, col in b.spans())
+        self.stats["step_read_tokens"] += b.keys_read(by_rows=native.calls() > kernel_calls)
         tokens = self._pick(logits, b.rows)
         b.next_tokens = tokens
         self._select([j for j, (r, t) in enumerate(zip(b.rows, tokens)) if not self._accept(r, t)])
