@@ -205,9 +205,25 @@ def measure(work: Path, items: list, clients: int, cache: bool, chunked: bool, c
     return {"clients": clients, "prefix_cache": cache, "chunked_prefill": chunked, **load, "server": server}
 
 
+def cpu_model() -> str:
+    """The CPU's name and whether it has AMX and AVX-512 BF16: what decides bfloat16's pace here."""
+    import torch
+
+    name = ""
+    try:
+        name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")), "")
+    except OSError:
+        pass
+    flags = [f"{flag}: {'yes' if getattr(torch.cpu, check, lambda: False)() else 'no'}"
+             for flag, check in (("AMX", "_is_amx_tile_supported"), ("AVX-512 BF16", "_is_avx512_bf16_supported"))]
+    return ", ".join([name or "CPU", *flags])
+
+
 def table(report: dict) -> str:
     lines = [f"model {report['model']} ({report.get('dtype', 'the server default')}), {report['requests']} requests "
-             f"per run, {report['clients']} clients, {report['cpu']} CPUs; each configuration run "
+             f"per run, {report['clients']} clients, {report['cpu']} CPUs"
+             f"{' (' + report['cpu_model'] + ')' if report.get('cpu_model') else ''}; each configuration run "
              f"{report.get('repeats', 1)} times, the run of median requests/s shown", "",
              "| mix | configuration | requests/s | every run | x baseline | p50 s | p99 s | prompt tokens | computed | "
              "cache hits | tokens saved | prefill s | decode s | errors |", "|" + "---|" * 14]
@@ -254,7 +270,8 @@ def main() -> None:
     for i, app in enumerate(APPS):
         make_run(work / f"{app}-run", app, args.model, i)
     report = {"model": args.model, "dtype": args.dtype or "the server's default", "requests": args.requests,
-              "clients": args.clients, "repeats": args.repeats, "cpu": os.cpu_count(), "mixes": {}}
+              "clients": args.clients, "repeats": args.repeats, "cpu": os.cpu_count(), "cpu_model": cpu_model(),
+              "mixes": {}}
     for mix in mixes:
         items = requests(args.requests, mix)
         tries: dict[str, list[dict]] = {name: [] for name in configs}
