@@ -124,7 +124,8 @@ def _bucketed_layer(layer) -> bool:
 
 
 def _product(layer, rows: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """A bucketed layer's product of rows already padded to a bucket: oneDNN's on the `weight` it packed
+    """A bucketed layer's product of rows already padded to a bucket: float32 on the weight's float32 copy
+    for `UPCAST_ROWS` rows or more on a CPU without AMX (`_upcast`), else oneDNN's on the `weight` it packed
     (`_prepacked`), or plain `linear` where there is none."""
     if rows.shape[0] >= UPCAST_ROWS and getattr(layer, "_peft_apps_upcast_ok", False) and not torch.is_grad_enabled():
         w, b = _upcast(layer)
