@@ -80,11 +80,18 @@ def _prepacked(self) -> torch.Tensor | None:
     place or is replaced); None where this layer is not packed or grad is on."""
     if not getattr(self, "_peft_apps_pack_ok", False) or torch.is_grad_enabled() or not _can_pack():
         return None
-    w = self.weight
+    return _per_weight(self, "_peft_apps_pack", lambda w: torch.ops.mkldnn._reorder_linear_weight(w, 32))
+
+
+def _per_weight(layer, attr: str, make):
+    """`make(weight)` for the layer's weight as it is now, kept on the layer as `attr` and made again when
+    the weight changes in place or is replaced."""
+    w = layer.weight
     key = (w.data_ptr(), None if w.is_inference() else w._version, w.shape)
-    got = getattr(self, "_peft_apps_pack", None)
+    got = getattr(layer, attr, None)
     if got is None or got[0] != key:
-        got = self._peft_apps_pack = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), 32))
+        got = (key, make(w.detach()))
+        setattr(layer, attr, got)
     return got[1]
 
 
@@ -142,13 +149,8 @@ UPCAST_ROWS = 64
 def _upcast(layer) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The layer's weight and bias as float32, copied once (again if the weight changes in place or is
     replaced)."""
-    w = layer.weight
-    key = (w.data_ptr(), None if w.is_inference() else w._version, w.shape)
-    got = getattr(layer, "_peft_apps_f32", None)
-    if got is None or got[0] != key:
-        bias = None if layer.bias is None else layer.bias.detach().float()
-        got = layer._peft_apps_f32 = (key, w.detach().float(), bias)
-    return got[1], got[2]
+    return _per_weight(layer, "_peft_apps_f32",
+                       lambda w: (w.float(), None if layer.bias is None else layer.bias.detach().float()))
 
 
 def packed(x: torch.Tensor) -> torch.Tensor:
