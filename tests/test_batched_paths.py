@@ -204,7 +204,7 @@ def test_prefill_attention_row_by_row_equals_the_masked_batch(dtype):
 def test_bucketed_linear_rows_and_the_packed_head_input():
     from peft_apps.core.engine.matmuls import _bucketed, bucket, packed
 
-    assert [bucket(m) for m in (1, 16, 17, 250, 257, 1025)] == [1, 16, 32, 256, 320, 1280]
+    assert [bucket(m) for m in (1, 17, 64, 65, 250, 257, 1025)] == [1, 17, 64, 80, 256, 320, 1280]
     torch.manual_seed(0)
     layer = torch.nn.Linear(64, 48).to(torch.bfloat16)
     for m in (3, 20, 300):
@@ -267,28 +267,25 @@ def test_bfloat16_products_of_many_rows_run_in_float32_without_amx(monkeypatch):
     assert all(m._peft_apps_upcast_ok for m in model)
     layer = model[0]
 
-    def f32(x, weight, bias=None):  # the float32 product of the bucket's rows (zeros below x's), rounded
-        rows = torch.cat([x.reshape(-1, x.shape[-1]), x.new_zeros(matmuls.bucket(x.numel() // x.shape[-1])
-                                                                  - x.numel() // x.shape[-1], x.shape[-1])])
-        out = torch.nn.functional.linear(rows.float(), weight.float(), None if bias is None else bias.float())
-        return out[:x.numel() // x.shape[-1]].to(torch.bfloat16).view(*x.shape[:-1], -1)
+    def f32(x, weight, bias=None):  # the float32 product of x's rows (not padded: MKL compiles nothing), rounded
+        out = torch.nn.functional.linear(x.float(), weight.float(), None if bias is None else bias.float())
+        return out.to(torch.bfloat16)
 
-    for m in (1, 20, 63, 300):
+    for m in (1, 20, 63, 64, 300):
         x = torch.randn(m, 64, dtype=torch.bfloat16)
         with torch.inference_mode():
             got = layer(x)
         upcast = f32(x, layer.weight, layer.bias)
         plain = torch.nn.functional.linear(x, layer.weight, layer.bias)
         assert got.dtype == torch.bfloat16 and got.shape == (m, 48)
-        # the float32 product from `UPCAST_ROWS` rows on, padding included (a bfloat16 rounding of the same
-        # sums); oneDNN's below
-        assert torch.equal(got, upcast) if matmuls.bucket(m) >= matmuls.UPCAST_ROWS else torch.equal(got, plain)
+        # the float32 product from `UPCAST_ROWS` rows on (a bfloat16 rounding of the same sums); oneDNN's below
+        assert torch.equal(got, upcast) if m >= matmuls.UPCAST_ROWS else torch.equal(got, plain)
         torch.testing.assert_close(got, plain, atol=0.05, rtol=0.02)
     with torch.no_grad():
         layer.weight.mul_(2)  # in place: copied again
         x = torch.randn(100, 64, dtype=torch.bfloat16)
         assert torch.equal(layer(x), f32(x, layer.weight, layer.bias))
-    with torch.inference_mode():  # the gated MLP's padded path takes it too
+    with torch.inference_mode():  # the gated MLP takes it too, its rows not padded
         from transformers import LlamaConfig
         from transformers.models.llama.modeling_llama import LlamaMLP
 

@@ -621,3 +621,90 @@ def test_serve_shortens_the_gil_switch_interval_for_the_model_thread(monkeypatch
         assert seen == [pytest.approx(serve_module.SWITCH_INTERVAL)] and closed == [1]
     finally:
         sys.setswitchinterval(before)
+
+
+def test_an_app_request_sleeps_until_its_rows_end_or_it_is_cancelled(monkeypatch):
+    """The completer the app endpoints generate through: its thread wakes when its rows end or its `Cancel`
+    is set, not every few milliseconds to look (with 16 requests waiting, such wake-ups slowed the worker's
+    steps); a plain Event as the cancellation is still looked at."""
+    from types import SimpleNamespace
+
+    from peft_apps.core.serve.rows import Cancel, Cancelled, completer
+
+    timed_out = []  # waits that ended without their event: wake-ups to look
+    wait = threading.Event.wait
+
+    def counted(self, timeout=None):
+        got = wait(self, timeout)
+        if not got:
+            timed_out.append(1)
+        return got
+
+    monkeypatch.setattr(threading.Event, "wait", counted)
+
+    class Counting(threading.Event):
+        checks = 0
+
+        def is_set(self):
+            Counting.checks += 1
+            return super().is_set()
+
+    class Scheduler:  # takes the rows and runs nothing: the test ends them
+        tokenizer = SimpleNamespace(decode=lambda ids, skip_special_tokens=True: " ".join(map(str, ids)))
+        rows: list = []
+
+        def submit(self, rows, force=False):
+            for r in rows:
+                r.done = Counting()
+            self.rows += rows
+
+    def request():
+        return SimpleNamespace(ids=[1, 2], adapter="a", max_new_tokens=4, do_sample=False, temperature=1.0, top_p=1.0,
+                               stop=[], seed=None)
+
+    def started(fn):
+        out = {}
+
+        def run():
+            try:
+                out["value"] = fn()
+            except Exception as e:  # noqa: BLE001 - handed to the test
+                out["error"] = e
+
+        thread = threading.Thread(target=run, daemon=True)  # a failing test leaves no thread behind
+        thread.start()
+        return thread, out
+
+    scheduler = Scheduler()
+    cancel = Cancel()
+    thread, out = started(lambda: completer(scheduler, cancel)([request(), request()]))
+    time.sleep(0.5)
+    assert len(scheduler.rows) == 2 and Counting.checks <= 2  # looked once on the way in, then slept
+    scheduler.rows[0].produced = [7]
+    scheduler.rows[0].finish("length")
+    time.sleep(0.2)
+    assert thread.is_alive() and Counting.checks <= 4  # woken by the first row's end; the second still runs
+    scheduler.rows[1].produced = [8, 9]
+    scheduler.rows[1].finish("stop")
+    thread.join(2)
+    assert not thread.is_alive() and out == {"value": ["7", "8 9"]} and not timed_out
+
+    cancel = Cancel()
+    thread, out = started(lambda: completer(scheduler, cancel)([request()]))
+    time.sleep(0.3)
+    cancel.set()
+    thread.join(2)
+    assert not thread.is_alive() and isinstance(out.get("error"), Cancelled) and scheduler.rows[-1].cancelled
+    assert not timed_out
+
+    plain = threading.Event()  # no `on_set`: looked at every 50 ms
+    thread, out = started(lambda: completer(scheduler, plain)([request()]))
+    time.sleep(0.2)
+    plain.set()
+    thread.join(2)
+    assert not thread.is_alive() and isinstance(out.get("error"), Cancelled) and timed_out
+    cancel = Cancel()
+    cancel.set()
+    woken = []
+    cancel.on_set(lambda: woken.append(1))  # already set: at once
+    assert woken == [1]

@@ -6,12 +6,15 @@ Buckets. torch runs bfloat16 (and float16) matmuls on the CPU through oneDNN, wh
 every new matrix shape: 2.8 ms for a [M, 512] x [512, 1376] product whose cached kernel then takes
 0.2-0.4 ms. A server meets a new M at almost every prefill pass (rows x tokens) and at every new batch
 size, so a run of a few dozen requests spent more time compiling kernels than multiplying. Here a linear
-layer's input rows are padded with zeros up to the next bucket (exact up to 16 rows, then multiples of 16
-up to 256, of 64 up to 1024, of 256 beyond) and the output sliced back: a few dozen shapes over a
-server's life. A row's products are those of a matmul of the bucket's size (kernels may round a row a
-bfloat16 ulp differently by matrix size, as they do by batch size without buckets). Float32 matmuls go
-through MKL, which compiles nothing, and are left alone. The q/k/v projections (and gate/up) read one
-input: it is padded once.
+layer's input rows are padded with zeros up to the next bucket (exact up to 64 rows, then multiples of 16
+up to 256, of 64 up to 1024, of 256 beyond) and the output sliced back: about a hundred shapes over a
+server's life. Decoding steps (a row per running request, at most `--max-batch`) keep their rows: a
+prepacked product's kernel for a new row count took 0.7-1.1 ms to compile, once, while its time grows
+with the rows (SmolLM2-135M's linear layers took 57 ms at 24 rows, 74 ms at 32), and padding 17-31 rows
+up to 32 had cost a step up to 22 ms. A row's products are those of a matmul of the bucket's size
+(kernels may round a row a bfloat16 ulp differently by matrix size, as they do by batch size without
+buckets). Float32 matmuls go through MKL, which compiles nothing, and are left alone, as are the float32
+products below. The q/k/v projections (and gate/up) read one input: it is padded once.
 
 Prepacked bfloat16 weights. Without them oneDNN reorders a weight into its blocked layout at every call:
 a [20, 512] x [512, 1376] product took 64 us, 36 us with the weight packed once (`mkldnn._linear_pointwise`
@@ -25,9 +28,9 @@ products) ran a prefill pass's products at 60-70% of MKL's float32 pace on the s
 [576, 1536] product took 5.4 ms in bfloat16, 3.2 ms as float32 on a float32 copy of the weight (the input
 converted, the output rounded back). Each product of a bfloat16 value pair is exact in float32 and both
 sum in float32, so the two differ only in the order of the sums, as kernels of two matrix sizes do. There,
-products of `UPCAST_ROWS` rows or more (prefill) run on a float32 copy of each weight, made at first use
-when the copies fit in a quarter of the machine's memory; fewer rows (decoding) stay on oneDNN's prepacked
-weights, faster there. A SmolLM2-135M prefill pass of 64-512 tokens took 1.23-1.32x less time.
+products of `UPCAST_ROWS` rows or more (prefill; their rows not padded) run on a float32 copy of each
+weight, made at first use when the copies fit in a quarter of the machine's memory; fewer rows (decoding)
+stay on oneDNN's prepacked weights, faster there. A SmolLM2-135M prefill pass of 64-512 tokens took 1.23-1.32x less time.
 
 Gated MLP in place. Llama's `down(silu(gate(x)) * up(x))` allocated two more [tokens, intermediate]
 tensors per layer; in bfloat16 the activation and product took longer than the three matmuls of a
@@ -49,7 +52,7 @@ import torch
 
 def bucket(m: int) -> int:
     """The number of rows a matmul of `m` rows is padded to."""
-    for limit, step in ((16, 1), (256, 16), (1024, 64)):
+    for limit, step in ((64, 1), (256, 16), (1024, 64)):
         if m <= limit:
             return -(-m // step) * step
     return -(-m // 256) * 256
@@ -97,9 +100,12 @@ def _per_weight(layer, attr: str, make):
 
 def _bucketed(self, x: torch.Tensor) -> torch.Tensor:
     m = x.numel() // x.shape[-1] if x.dim() else 0
-    size = bucket(m) if m else 0
-    weight = _prepacked(self) if m and x.device.type == "cpu" else None
-    if weight is None and (size == m or x.device.type != "cpu"):
+    if not m or x.device.type != "cpu":
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+    if _upcasts(self, m):  # MKL compiles nothing: the rows as they are
+        return _product(self, x.reshape(m, x.shape[-1]), None).view(*x.shape[:-1], -1)
+    size, weight = bucket(m), _prepacked(self)
+    if weight is None and size == m:
         return torch.nn.functional.linear(x, self.weight, self.bias)
     rows = _padded(x, m, size) if size != m else x.reshape(m, x.shape[-1]).contiguous()
     return _product(self, rows, weight)[:m].view(*x.shape[:-1], -1)
@@ -114,7 +120,7 @@ def _gated_mlp(self, x: torch.Tensor) -> torch.Tensor:
         return type(self).forward(self, x)
     layers = (self.gate_proj, self.up_proj, self.down_proj)
     m = x.numel() // x.shape[-1] if x.dim() else 0
-    size = bucket(m) if m else 0
+    size = m if not m or _upcasts(self.gate_proj, m) else bucket(m)
     if size == m or x.device.type != "cpu" or not all(_bucketed_layer(p) for p in layers):
         gate = torch.nn.functional.silu(self.gate_proj(x), inplace=True)
         return self.down_proj(gate.mul_(self.up_proj(x)))
@@ -134,7 +140,7 @@ def _product(layer, rows: torch.Tensor, weight: torch.Tensor | None) -> torch.Te
     """A bucketed layer's product of rows already padded to a bucket: float32 on the weight's float32 copy
     for `UPCAST_ROWS` rows or more on a CPU without AMX (`_upcast`), else oneDNN's on the `weight` it packed
     (`_prepacked`), or plain `linear` where there is none."""
-    if rows.shape[0] >= UPCAST_ROWS and getattr(layer, "_peft_apps_upcast_ok", False) and not torch.is_grad_enabled():
+    if _upcasts(layer, rows.shape[0]):
         w, b = _upcast(layer)
         return torch.nn.functional.linear(rows.float(), w, b).to(rows.dtype)
     if weight is None:
@@ -144,6 +150,11 @@ def _product(layer, rows: torch.Tensor, weight: torch.Tensor | None) -> torch.Te
 
 # Without AMX, a bfloat16 product of this many rows or more runs in float32 on a float32 copy of the weight
 UPCAST_ROWS = 64
+
+
+def _upcasts(layer, m: int) -> bool:
+    """Whether the layer's product of `m` rows runs in float32 on its weight's float32 copy."""
+    return m >= UPCAST_ROWS and getattr(layer, "_peft_apps_upcast_ok", False) and not torch.is_grad_enabled()
 
 
 def _upcast(layer) -> tuple[torch.Tensor, torch.Tensor | None]:

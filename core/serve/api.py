@@ -147,7 +147,7 @@ def _mount_app(api, app, runs: dict[str, Path], served: Served, limits: Limits, 
     Body = app.serve_request()
 
     async def endpoint(body: Body):  # type: ignore[valid-type]
-        from peft_apps.core.serve.scheduler import Cancelled, Closed
+        from peft_apps.core.serve.scheduler import Cancel, Cancelled, Closed
 
         if not runs:
             raise ApiError(404, f"no {app.name} run is served here; start the server with one "
@@ -155,7 +155,7 @@ def _mount_app(api, app, runs: dict[str, Path], served: Served, limits: Limits, 
         if not slots.acquire(blocking=False):
             raise ApiError(429, f"the server is busy ({limits.max_app_requests} app requests running); retry later",
                            "rate_limit_error", code="queue_full")
-        cancel = threading.Event()
+        cancel = Cancel()
         try:
             return await asyncio.wait_for(
                 run_in_threadpool(app.serve, lambda names: served.engine(list(names), cancel), runs, body),

