@@ -257,6 +257,7 @@ def test_prepacked_bfloat16_weights_give_plain_linear_numbers_and_follow_weight_
 def test_bfloat16_products_of_many_rows_run_in_float32_without_amx(monkeypatch):
     from peft_apps.core.engine import matmuls
 
+    monkeypatch.setenv("PEFT_APPS_NATIVE_LINEAR", "0")  # fewer rows: oneDNN's (the engine's kernel: below)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Linear(48, 32, bias=False)).to(torch.bfloat16)
     monkeypatch.setattr(matmuls, "_amx", lambda: True)
@@ -297,6 +298,58 @@ def test_bfloat16_products_of_many_rows_run_in_float32_without_amx(monkeypatch):
         assert torch.equal(mlp(x), want)
     x = torch.randn(100, 64, dtype=torch.bfloat16)
     assert layer(x).requires_grad  # with autograd: the plain path
+
+
+def test_bfloat16_products_of_few_rows_run_on_the_engines_kernel_without_amx(monkeypatch):
+    """Without AMX, bfloat16 products of fewer than `UPCAST_ROWS` rows run on the engine's kernel
+    (`linear_bf16.c`): each output is its row's products summed in float32 in the order of the inputs (the
+    reference below, bit for bit), whatever the other rows, rounded to bfloat16."""
+    from peft_apps.core.engine import matmuls, native
+
+    if native.pack_linear(torch.zeros((16, 2), dtype=torch.bfloat16)) is None:
+        pytest.skip("the kernel needs AVX-512 BF16 and a C compiler")
+
+    def sequential(x, weight):  # float32 sums in the order of k (each bfloat16 pair's product is exact)
+        acc = torch.zeros(x.shape[:-1] + weight.shape[:1])
+        for k in range(x.shape[-1]):
+            acc = acc + x[..., k:k + 1].float() * weight[:, k].float()
+        return acc.to(torch.bfloat16)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48, bias=False), torch.nn.Linear(48, 32, bias=True))
+    model = model.to(torch.bfloat16)
+    monkeypatch.setattr(matmuls, "_amx", lambda: False)
+    matmuls.install_matmuls(model)
+    layer = model[0]
+    assert layer._peft_apps_native_ok and not model[1]._peft_apps_native_ok  # a bias: oneDNN's
+    x = torch.randn(63, 64, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        for m in (1, 5, 6, 7, 20, 63):
+            got = layer(x[:m].view(1, m, 64))
+            assert got.shape == (1, m, 48) and torch.equal(got[0], sequential(x[:m], layer.weight))
+        whole = layer(x)
+        assert all(torch.equal(whole[j], layer(x[j:j + 1])[0]) for j in range(63))  # a row alone: the same numbers
+        torch.testing.assert_close(whole, torch.nn.functional.linear(x, layer.weight), atol=0.05, rtol=0.02)
+        assert layer._peft_apps_native[1] is not None and getattr(layer, "_peft_apps_pack", None) is None
+    with torch.no_grad():
+        layer.weight.mul_(2)  # in place: packed again
+        assert torch.equal(layer(x[:9]), sequential(x[:9], layer.weight))
+    with torch.inference_mode():  # the gated MLP's projections take it, their rows not padded
+        from transformers import LlamaConfig
+        from transformers.models.llama.modeling_llama import LlamaMLP
+
+        mlp = LlamaMLP(LlamaConfig(hidden_size=64, intermediate_size=96, hidden_act="silu")).to(torch.bfloat16)
+        h = torch.randn(1, 20, 64, dtype=torch.bfloat16)
+        gate = torch.nn.functional.silu(sequential(h, mlp.gate_proj.weight))
+        want = sequential(gate.mul(sequential(h, mlp.up_proj.weight)), mlp.down_proj.weight)
+        matmuls.install_matmuls(mlp)
+        assert torch.equal(mlp(h), want)
+    monkeypatch.setenv("PEFT_APPS_NATIVE_LINEAR", "0")
+    other = torch.nn.Linear(64, 48, bias=False).to(torch.bfloat16)
+    matmuls.install_matmuls(other)
+    with torch.inference_mode():  # switched off: oneDNN's, plain linear's numbers
+        assert torch.equal(other(x[:20]), torch.nn.functional.linear(x[:20], other.weight))
+    assert layer(x[:3]).requires_grad  # with autograd: the plain path
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

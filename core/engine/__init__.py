@@ -31,11 +31,13 @@ One concern per module:
     speculation.py   Drafter: prompt-lookup drafts
     attention.py     the attention routing: shared-prefix (cascade) attention, SDPA with grouped KV heads
                      (a decoding step by runs of rows, from each run's first used column)
-    native.py        a decoding step's attention on the CPU by a C kernel (decode_attention.c) built with
-                     the machine's compiler at first use; SDPA where it cannot be built
+    native.py        C kernels built with the machine's compiler at first use: a decoding step's attention
+                     (decode_attention.c; SDPA where it cannot be built), bfloat16 linear products of a
+                     few rows on CPUs without AMX (linear_bf16.c; oneDNN where it cannot be built)
     lora_batch.py    rows of several LoRA adapters in one pass: dense matmuls over the stacked adapters
     matmuls.py       on the CPU: bfloat16 linear rows in buckets (oneDNN compiles per shape), prefill
-                     products in float32 where the CPU has no AMX, the output layer's input packed
+                     products in float32 and decoding ones on native.py's kernel where the CPU has no AMX,
+                     the output layer's input packed
     caches.py        root prefixes encoded in batches, batch caches from prefix caches, growing cache layers
     scope.py         AdapterScope: one named adapter active (or none: the base) for a block
     prefix_tree.py   PrefixTree: the core's prefix planner

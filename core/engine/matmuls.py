@@ -1,6 +1,7 @@
 """The matmuls of a model the engine serves on a CPU: linear layers' rows in a few bucket sizes, bfloat16
-weights prepacked for oneDNN (and copied to float32 for long products on CPUs without AMX), the gated
-MLP's activation in place, and the output layer's input packed.
+weights prepacked for oneDNN (on CPUs without AMX: copied to float32 for long products, packed for the
+engine's own kernel for short ones), the gated MLP's activation in place, and the output layer's input
+packed.
 
 Buckets. torch runs bfloat16 (and float16) matmuls on the CPU through oneDNN, which compiles a kernel for
 every new matrix shape: 2.8 ms for a [M, 512] x [512, 1376] product whose cached kernel then takes
@@ -30,7 +31,18 @@ converted, the output rounded back). Each product of a bfloat16 value pair is ex
 sum in float32, so the two differ only in the order of the sums, as kernels of two matrix sizes do. There,
 products of `UPCAST_ROWS` rows or more (prefill; their rows not padded) run on a float32 copy of each
 weight, made at first use when the copies fit in a quarter of the machine's memory; fewer rows (decoding)
-stay on oneDNN's prepacked weights, faster there. A SmolLM2-135M prefill pass of 64-512 tokens took 1.23-1.32x less time.
+run on the engine's kernel (below). A SmolLM2-135M prefill pass of 64-512 tokens took 1.23-1.32x less
+time.
+
+The engine's kernel without AMX. oneDNN's bfloat16 kernels there are built on AVX-512 BF16's dot product,
+which issued at half the rate of float32 FMAs on the Xeon measured (86 against 175 GFLOP/s per core).
+Products of fewer than `UPCAST_ROWS` rows (decoding steps) run on `native.linear_bf16` (`linear_bf16.c`):
+the weight packed once, kept bfloat16 in memory and widened to float32 in registers, the rows multiplied by
+FMAs. SmolLM2-135M's linear layers took 1.44-1.57x less time than on oneDNN's prepacked weights at 1 to
+48 rows, a decoding step 1.3-1.4x less at 24 rows and 1.1x at 2. Each output sums its row's products in
+float32 in the order of the inputs, whatever the batch: no padding, and a row's numbers do not depend on
+the rows beside it. Layers with a bias, widths not a multiple of 16, CPUs without AVX-512 BF16 (where it
+does not build) and `PEFT_APPS_NATIVE_LINEAR=0` keep oneDNN.
 
 Gated MLP in place. Llama's `down(silu(gate(x)) * up(x))` allocated two more [tokens, intermediate]
 tensors per layer; in bfloat16 the activation and product took longer than the three matmuls of a
@@ -48,6 +60,8 @@ import threading
 import types
 
 import torch
+
+from . import native
 
 
 def bucket(m: int) -> int:
@@ -104,6 +118,9 @@ def _bucketed(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.linear(x, self.weight, self.bias)
     if _upcasts(self, m):  # MKL compiles nothing: the rows as they are
         return _product(self, x.reshape(m, x.shape[-1]), None).view(*x.shape[:-1], -1)
+    native_weight = _native(self, m)
+    if native_weight is not None:  # nor does the engine's kernel
+        return native.linear_bf16(x.reshape(m, x.shape[-1]), native_weight).view(*x.shape[:-1], -1)
     size, weight = bucket(m), _prepacked(self)
     if weight is None and size == m:
         return torch.nn.functional.linear(x, self.weight, self.bias)
@@ -120,7 +137,7 @@ def _gated_mlp(self, x: torch.Tensor) -> torch.Tensor:
         return type(self).forward(self, x)
     layers = (self.gate_proj, self.up_proj, self.down_proj)
     m = x.numel() // x.shape[-1] if x.dim() else 0
-    size = m if not m or _upcasts(self.gate_proj, m) else bucket(m)
+    size = m if not m or _upcasts(self.gate_proj, m) or _native(self.gate_proj, m) is not None else bucket(m)
     if size == m or x.device.type != "cpu" or not all(_bucketed_layer(p) for p in layers):
         gate = torch.nn.functional.silu(self.gate_proj(x), inplace=True)
         return self.down_proj(gate.mul_(self.up_proj(x)))
@@ -150,6 +167,14 @@ def _product(layer, rows: torch.Tensor, weight: torch.Tensor | None) -> torch.Te
 
 # Without AMX, a bfloat16 product of this many rows or more runs in float32 on a float32 copy of the weight
 UPCAST_ROWS = 64
+
+
+def _native(layer, m: int) -> torch.Tensor | None:
+    """The layer's weight packed for the engine's kernel (`native.linear_bf16`), where a product of `m` rows
+    runs there: fewer than `UPCAST_ROWS` rows on a CPU without AMX, without autograd; else None."""
+    if m >= UPCAST_ROWS or not getattr(layer, "_peft_apps_native_ok", False) or torch.is_grad_enabled():
+        return None
+    return _per_weight(layer, "_peft_apps_native", native.pack_linear)
 
 
 def _upcasts(layer, m: int) -> bool:
@@ -197,6 +222,8 @@ def install_matmuls(model) -> int:
         module.forward = types.MethodType(_bucketed, module)
         module._peft_apps_pack_ok = pack and module.weight.dtype == torch.bfloat16
         module._peft_apps_upcast_ok = upcast and module.weight.dtype == torch.bfloat16
+        module._peft_apps_native_ok = (pack and not _amx() and module.weight.dtype == torch.bfloat16
+                                       and module.bias is None)
     return len(linears)
 
 

@@ -1,4 +1,6 @@
-"""A kernel built on this machine at first use: one decoding step's attention (`decode_attention.c`).
+"""Kernels built on this machine at first use: one decoding step's attention (`decode_attention.c`), and a
+bfloat16 linear layer's product for a few rows in float32 arithmetic on CPUs without AMX (`linear_bf16.c`,
+`pack_linear` / `linear_bf16`; why: `matmuls.py`; `PEFT_APPS_NATIVE_LINEAR=0` switches it off).
 
 torch's SDPA kernel reads a decoding row's keys at about 8 GB/s on two cores: it is made for long queries,
 and a decoding row has one query per head (a few per KV head). No library on the CPU stack here does this
@@ -27,6 +29,7 @@ import torch
 from ..resources import cache_dir
 
 SOURCE = Path(__file__).with_name("decode_attention.c")
+LINEAR_SOURCE = Path(__file__).with_name("linear_bf16.c")
 _DTYPES = {torch.bfloat16: 1, torch.float32: 0}
 _lock = threading.Lock()
 _kernels: dict[tuple[torch.dtype, int, int], object] = {}  # (dtype, group, head dim) -> function, or None
@@ -66,14 +69,17 @@ def build(dtype: torch.dtype, group: int, dim: int) -> Path:
     """The kernel's shared library for one element type, query-group size and head size: built into the
     cache at first use (under a file lock: processes sharing the cache build it once), else the cached one.
     Raises RuntimeError with the compiler's message when it cannot be built."""
+    return _build(SOURCE, [f"-DGROUP={group}", f"-DHEAD_DIM={dim}", f"-DBF16={_DTYPES[dtype]}"])
+
+
+def _build(source: Path, defines: list[str]) -> Path:
     cc = _compiler()
     if cc is None:
         raise RuntimeError(f"CC={os.environ['CC']} not found" if os.environ.get("CC")
                            else "no C compiler found (cc, gcc or clang; or set CC)")
-    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC",
-             f"-DGROUP={group}", f"-DHEAD_DIM={dim}", f"-DBF16={_DTYPES[dtype]}"]
-    tag = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *flags]).encode() + _cpu()).hexdigest()[:20]
-    out = cache_dir() / "kernels" / f"decode_attention-{tag}.so"
+    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", *defines]
+    tag = hashlib.sha256(source.read_bytes() + " ".join([cc, *flags]).encode() + _cpu()).hexdigest()[:20]
+    out = cache_dir() / "kernels" / f"{source.stem}-{tag}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +93,7 @@ def build(dtype: torch.dtype, group: int, dim: int) -> Path:
         if out.exists():
             return out
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        done = subprocess.run([cc, *flags, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True, timeout=300)
+        done = subprocess.run([cc, *flags, str(source), "-o", str(tmp)], capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             tmp.unlink(missing_ok=True)
             raise RuntimeError(f"{Path(cc).name} failed: {(done.stderr or done.stdout).strip()[-2000:]}")
@@ -144,3 +150,56 @@ def decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, ma
        d ** -0.5 if scale is None else float(scale), torch.get_num_threads())
     _calls[0] += 1
     return out
+
+
+_linear: list = []  # the linear kernel's library, or None where it cannot be built (`_linear_library`)
+
+
+def linear_enabled() -> bool:
+    return os.environ.get("PEFT_APPS_NATIVE_LINEAR", "1") != "0"
+
+
+def _linear_library():
+    if _linear:
+        return _linear[0]
+    with _lock:
+        if not _linear:
+            try:
+                lib = ctypes.CDLL(str(_build(LINEAR_SOURCE, [])))
+                lib.pack_weight.restype = lib.linear_bf16.restype = None
+                lib.pack_weight.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long] * 2
+                lib.linear_bf16.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p,
+                                            ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_int]
+            except (RuntimeError, OSError, subprocess.SubprocessError):  # no AVX-512 BF16 here, or no compiler
+                lib = None
+            _linear.append(lib)
+    return _linear[0]
+
+
+def pack_linear(weight: torch.Tensor) -> torch.Tensor | None:
+    """A bfloat16 weight [out, in] packed for `linear_bf16` (`linear_bf16.c`), or None where the kernel does
+    not apply (another dtype or device, `out` not a multiple of 16, `in` odd) or cannot be built (a CPU
+    without AVX-512 BF16, no compiler) or `PEFT_APPS_NATIVE_LINEAR=0`."""
+    if (not linear_enabled() or weight.dtype != torch.bfloat16 or weight.device.type != "cpu" or weight.dim() != 2
+            or weight.shape[0] % 16 or weight.shape[1] % 2 or weight.numel() == 0):
+        return None
+    lib = _linear_library()
+    if lib is None:
+        return None
+    w = weight.detach().contiguous()
+    out = torch.empty_like(w)
+    lib.pack_weight(w.data_ptr(), out.data_ptr(), w.shape[0], w.shape[1])
+    return out
+
+
+def linear_bf16(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    """`x` [rows, in] (bfloat16) times the weight `packed` by `pack_linear`: [rows, out] in bfloat16, each
+    row's sums in float32 in the order of `in`, whatever the other rows."""
+    xf = x.float().contiguous()
+    m, k = xf.shape
+    n = packed.shape[0]
+    y = torch.empty((m, n), dtype=torch.bfloat16)
+    if m:
+        _linear_library().linear_bf16(xf.data_ptr(), m, k, packed.data_ptr(), n, k, y.data_ptr(),
+                                      torch.get_num_threads())
+    return y
