@@ -352,6 +352,22 @@ def test_bfloat16_products_of_few_rows_run_on_the_engines_kernel_without_amx(mon
     assert layer(x[:3]).requires_grad  # with autograd: the plain path
 
 
+def test_without_the_linear_kernel_bfloat16_products_stay_on_onednn(monkeypatch):
+    """Where the kernel cannot be built (no compiler here; elsewhere a CPU without AVX-512 BF16), a layer's
+    few-row products keep oneDNN's prepacked weights and plain linear's numbers, without an error."""
+    from peft_apps.core.engine import matmuls, native
+
+    monkeypatch.setattr(native, "_linear", [])  # not built yet in this process
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setattr(matmuls, "_amx", lambda: False)
+    assert native.pack_linear(torch.zeros((16, 2), dtype=torch.bfloat16)) is None and native._linear == [None]
+    layer = torch.nn.Linear(64, 48, bias=False).to(torch.bfloat16)
+    matmuls.install_matmuls(layer)
+    x = torch.randn(20, 64, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gated_mlp_in_place_equals_the_models_own(dtype):
     from transformers import LlamaConfig
