@@ -198,7 +198,7 @@ def linear_bf16(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     xf = x.float().contiguous()
     m, k = xf.shape
     n = packed.shape[0]
-    y = torch.empty((m, n), dtype=torch.bfloat16)
+    y = torch.empty((m, n), dtype=torch.bfloat16)  # host: a CPU kernel's output
     if m:
         _linear_library().linear_bf16(xf.data_ptr(), m, k, packed.data_ptr(), n, k, y.data_ptr(),
                                       torch.get_num_threads())
