@@ -109,7 +109,8 @@ def completer(scheduler, cancel: threading.Event | None = None):
 
     The waiting thread sleeps until one of its rows ends or `cancel` (a `Cancel`) is set. It used to wake
     every 50 ms to look: with 16 requests waiting, those wake-ups took the cores from the worker and made
-    its decoding steps 12-14% slower. A plain `threading.Event` as `cancel` is still looked at every 50 ms."""
+    its decoding steps 12-14% slower under Python's 5 ms switch interval, about 5% (-8% to +20% over five
+    pairs) under the server's 0.5 ms. A plain `threading.Event` as `cancel` is still looked at every 50 ms."""
 
     def complete(requests) -> list[str]:
         wake = threading.Event()
