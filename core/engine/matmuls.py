@@ -117,7 +117,8 @@ def _bucketed(self, x: torch.Tensor) -> torch.Tensor:
     if not m or x.device.type != "cpu":
         return torch.nn.functional.linear(x, self.weight, self.bias)
     if _upcasts(self, m):  # MKL compiles nothing: the rows as they are
-        return _product(self, x.reshape(m, x.shape[-1]), None).view(*x.shape[:-1], -1)
+        w, b = _upcast(self)
+        return torch.nn.functional.linear(x.float(), w, b).to(x.dtype)
     native_weight = _native(self, m)
     if native_weight is not None:  # nor does the engine's kernel
         return native.linear_bf16(x.reshape(m, x.shape[-1]), native_weight).view(*x.shape[:-1], -1)
@@ -154,12 +155,9 @@ def _bucketed_layer(layer) -> bool:
 
 
 def _product(layer, rows: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """A bucketed layer's product of rows already padded to a bucket: float32 on the weight's float32 copy
-    for `UPCAST_ROWS` rows or more on a CPU without AMX (`_upcast`), else oneDNN's on the `weight` it packed
-    (`_prepacked`), or plain `linear` where there is none."""
-    if _upcasts(layer, rows.shape[0]):
-        w, b = _upcast(layer)
-        return torch.nn.functional.linear(rows.float(), w, b).to(rows.dtype)
+    """A bucketed layer's product of rows already padded to a bucket: oneDNN's on the `weight` it packed
+    (`_prepacked`), or plain `linear` where there is none. (Float32 products and the engine's kernel take
+    their rows unpadded: `_bucketed`.)"""
     if weight is None:
         return torch.nn.functional.linear(rows, layer.weight, layer.bias)
     return torch.ops.mkldnn._linear_pointwise(rows, weight, layer.bias, "none", [], "")
